@@ -1,0 +1,77 @@
+//! `AppState` and `build_app()`: the one router that the binary and the tests run.
+
+use std::sync::Arc;
+
+use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderName, Request};
+use axum::{Router, middleware};
+use metrics_exporter_prometheus::PrometheusHandle;
+use sqlx::PgPool;
+use tower::ServiceBuilder;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+
+use crate::config::AppConfig;
+use crate::http::{self, middleware as mw};
+
+/// Shared state of every handler.
+#[derive(Clone)]
+pub struct AppState {
+    pub pool: PgPool,
+    pub config: Arc<AppConfig>,
+    pub metrics: PrometheusHandle,
+}
+
+impl AppState {
+    /// State over a migrated pool.
+    pub fn new(pool: PgPool, config: AppConfig) -> Self {
+        AppState {
+            pool,
+            config: Arc::new(config),
+            metrics: crate::telemetry::prometheus(),
+        }
+    }
+}
+
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Builds the whole application: `/v1` API behind auth, service endpoints, and the layers
+/// (request id, tracing, metrics, timeout, body limit) around everything.
+pub fn build_app(state: AppState) -> Router {
+    let api = Router::new()
+        .merge(http::items::router())
+        .merge(http::users::router())
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            mw::authenticate,
+        ));
+
+    Router::new()
+        .merge(api)
+        .merge(http::service::router())
+        .fallback(http::error::not_found)
+        .route_layer(middleware::from_fn(mw::track_metrics))
+        .layer(middleware::from_fn_with_state(state.clone(), mw::timeout))
+        .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
+        .layer(
+            ServiceBuilder::new()
+                .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+                .layer(TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
+                    let id = req.headers().get(REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("-");
+                    tracing::info_span!("request", method = %req.method(), uri = %req.uri(), request_id = %id)
+                }))
+                .layer(PropagateRequestIdLayer::new(REQUEST_ID)),
+        )
+        .with_state(state)
+}
+
+/// Serves `app` on `listener` until `shutdown` resolves, then drains in-flight requests.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+}

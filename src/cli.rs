@@ -1,0 +1,344 @@
+//! The `agp` command line: `serve`, `migrate`, `import`, `keys`, `openapi`.
+//! Every option can also be set from its `AGP_*` environment variable.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use sqlx::PgPool;
+
+use crate::app::{AppState, build_app, serve};
+use crate::auth::{self, Scope};
+use crate::catalog::{self, Limits};
+use crate::config::{AppConfig, DbArgs, LimitArgs, ServeArgs};
+use crate::import;
+use crate::store::{self, embedded};
+use crate::telemetry::{self, LogFormat};
+
+/// AGP Rerank: LLM reranking personalized by learned user-profile prompts.
+#[derive(Debug, Parser)]
+#[command(name = "agp", version, about, long_about = None)]
+pub struct Cli {
+    #[command(flatten)]
+    pub db: DbArgs,
+
+    /// Log filter (RUST_LOG syntax), e.g. `info` or `agp_rerank=debug,tower_http=info`.
+    #[arg(long, env = "AGP_LOG", default_value = "info", global = true)]
+    pub log: String,
+
+    /// Log format.
+    #[arg(long, env = "AGP_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the HTTP server (starts the embedded Postgres when DATABASE_URL is unset).
+    Serve(ServeArgs),
+    /// Apply database migrations and exit.
+    Migrate,
+    /// Bulk-load a dataset (items and interactions) into a project.
+    Import(ImportArgs),
+    /// Manage API keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Print the OpenAPI document (or write it to a file).
+    Openapi {
+        /// Write to this file instead of standard output.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+/// Options of `agp import`.
+#[derive(Debug, clap::Args)]
+pub struct ImportArgs {
+    /// Input format.
+    #[arg(long, env = "AGP_IMPORT_FORMAT", value_enum)]
+    pub format: import::Format,
+    /// Files or directories to read (see the README for what each format expects).
+    #[arg(required = true)]
+    pub paths: Vec<PathBuf>,
+    /// Project (tenant) to import into.
+    #[arg(long, env = "AGP_PROJECT", default_value = store::DEFAULT_PROJECT)]
+    pub project: String,
+    #[command(flatten)]
+    pub limits: LimitArgs,
+}
+
+/// `agp keys ...`
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Create a key and print it once (only its hash is stored).
+    Create {
+        /// What the key may do: `read` (GET), `rerank` (read + serving and ingestion), `admin` (all).
+        #[arg(long, value_enum)]
+        scope: Scope,
+        /// A name to recognise the key by.
+        #[arg(long, default_value = "")]
+        name: String,
+        /// Project (tenant) the key belongs to.
+        #[arg(long, default_value = store::DEFAULT_PROJECT)]
+        project: String,
+    },
+    /// Revoke a key by its id or its printed prefix.
+    Revoke {
+        /// Key id (uuid) or prefix (`agp_xxxxxxxx`).
+        key: String,
+    },
+    /// List keys (never their secrets).
+    List,
+}
+
+/// Runs the parsed command line.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    telemetry::init_logging(&cli.log, cli.log_format);
+    match cli.command {
+        Command::Serve(args) => run_serve(&cli.db, args).await,
+        Command::Migrate => {
+            let db = Database::open(&cli.db).await?;
+            println!("migrations applied");
+            db.close().await;
+            Ok(())
+        }
+        Command::Import(args) => run_import(&cli.db, args).await,
+        Command::Keys(cmd) => run_keys(&cli.db, cmd).await,
+        Command::Openapi { out } => {
+            let spec = crate::http::openapi::spec_json();
+            match out {
+                Some(path) => std::fs::write(&path, spec)
+                    .with_context(|| format!("writing {}", path.display()))?,
+                None => print!("{spec}"),
+            }
+            Ok(())
+        }
+    }
+}
+
+/// An open, migrated database and, when embedded, the cluster behind it.
+pub struct Database {
+    pub pool: PgPool,
+    embedded: Option<embedded::EmbeddedPg>,
+}
+
+impl Database {
+    /// Connects to `DATABASE_URL`, or starts/adopts the embedded cluster of `--data-dir`;
+    /// then runs migrations.
+    pub async fn open(args: &DbArgs) -> anyhow::Result<Self> {
+        let (url, embedded) = match &args.database_url {
+            Some(url) if !url.expose().is_empty() => (url.expose().to_string(), None),
+            _ => {
+                let opts = embedded::EmbeddedOptions {
+                    data_dir: args.data_dir.clone(),
+                    ephemeral: false,
+                };
+                let pg = tokio::task::spawn_blocking(move || embedded::EmbeddedPg::start(&opts))
+                    .await
+                    .context("embedded Postgres start-up panicked")??;
+                (pg.url(embedded::DB_NAME), Some(pg))
+            }
+        };
+        let pool = match store::connect(&url, args.db_max_connections).await {
+            Ok(p) => p,
+            Err(e) => {
+                if let Some(pg) = &embedded {
+                    pg.stop();
+                }
+                return Err(e).context("connecting to Postgres");
+            }
+        };
+        store::migrate(&pool).await.context("running migrations")?;
+        Ok(Database { pool, embedded })
+    }
+
+    /// Closes the pool and stops the embedded cluster if this process started it.
+    pub async fn close(self) {
+        self.pool.close().await;
+        if let Some(pg) = self.embedded {
+            let _ = tokio::task::spawn_blocking(move || pg.stop()).await;
+        }
+    }
+}
+
+async fn run_serve(db_args: &DbArgs, args: ServeArgs) -> anyhow::Result<()> {
+    let config = AppConfig::from_args(&args);
+    if config.master_key.is_none() {
+        if !args.listen.ip().is_loopback() {
+            bail!(
+                "refusing to listen on {} without AGP_MASTER_KEY: development mode (no auth) is \
+                 loopback only. Set AGP_MASTER_KEY or listen on 127.0.0.1",
+                args.listen
+            );
+        }
+        tracing::warn!(
+            "AGP_MASTER_KEY is not set: development mode, the API is open to anyone on this machine"
+        );
+    }
+    let db = Database::open(db_args).await?;
+    let listener = match tokio::net::TcpListener::bind(args.listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            db.close().await;
+            return Err(e).with_context(|| format!("binding {}", args.listen));
+        }
+    };
+    tracing::info!(addr = %listener.local_addr()?, "listening");
+    let app = build_app(AppState::new(db.pool.clone(), config));
+    let result = serve(listener, app, shutdown_signal()).await;
+    tracing::info!("shutting down");
+    db.close().await;
+    result.context("serving HTTP")
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}
+
+async fn run_import(db_args: &DbArgs, args: ImportArgs) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let format = args.format;
+    let paths = args.paths.clone();
+    eprintln!(
+        "reading {:?} from {}",
+        format,
+        paths
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let data = tokio::task::spawn_blocking(move || import::read(format, &paths)).await??;
+    let read_time = started.elapsed();
+    let limits = Limits {
+        max_items_per_batch: usize::MAX,
+        max_interactions_per_batch: usize::MAX,
+        ..args.limits.limits()
+    };
+    for (i, item) in data.items.iter().enumerate() {
+        catalog::validate_item(&format!("item #{} ({:?})", i + 1, item.id), item, &limits)
+            .map_err(|e| anyhow::anyhow!("{e}; nothing was written"))?;
+    }
+    for (i, it) in data.interactions.iter().enumerate() {
+        catalog::validate_interaction(&format!("interaction #{}", i + 1), it, &limits)
+            .map_err(|e| anyhow::anyhow!("{e}; nothing was written"))?;
+    }
+    let users: std::collections::HashSet<&str> = data
+        .interactions
+        .iter()
+        .map(|i| i.user_id.as_str())
+        .collect();
+    eprintln!(
+        "read {} items, {} users, {} interactions in {:.1} s",
+        data.items.len(),
+        users.len(),
+        data.interactions.len(),
+        read_time.as_secs_f64()
+    );
+    for note in &data.notes {
+        eprintln!("  note: {note}");
+    }
+
+    let db = Database::open(db_args).await?;
+    let total = (data.items.len() + data.interactions.len()) as u64;
+    let bar = ProgressBar::new(total);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} writing [{bar:40}] {pos}/{len} rows {per_sec} ETA {eta}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    let write_started = Instant::now();
+    let result = store::import::write(
+        &db.pool,
+        &args.project,
+        &data.items,
+        &data.interactions,
+        |n| bar.set_position(n),
+    )
+    .await;
+    bar.finish_and_clear();
+    let summary = match result {
+        Ok(s) => s,
+        Err(e) => {
+            db.close().await;
+            return Err(e).context(
+                "writing the dataset (the transaction was rolled back: nothing was written)",
+            );
+        }
+    };
+    let (items, users, interactions) = store::catalog::counts(&db.pool, &args.project).await?;
+    db.close().await;
+    println!(
+        "imported into project {:?}: {} items ({} new or changed), {} interactions ({} new, {} already present)",
+        args.project,
+        data.items.len(),
+        summary.items_changed,
+        data.interactions.len(),
+        summary.interactions.inserted,
+        summary.interactions.duplicates
+    );
+    println!("project totals: {items} items, {users} users, {interactions} interactions");
+    println!(
+        "time: {:.1} s total (read {:.1} s, write {:.1} s)",
+        started.elapsed().as_secs_f64(),
+        read_time.as_secs_f64(),
+        write_started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+async fn run_keys(db_args: &DbArgs, cmd: KeysCommand) -> anyhow::Result<()> {
+    let db = Database::open(db_args).await?;
+    let result = async {
+        match cmd {
+            KeysCommand::Create { scope, name, project } => {
+                let (secret, prefix, hash) = auth::generate_key();
+                let id = store::keys::insert(&db.pool, &project, &name, scope.as_str(), &prefix, &hash).await?;
+                println!("{secret}");
+                eprintln!(
+                    "created {} key {id} (prefix {prefix}) for project {project:?}; the key is shown only this once",
+                    scope.as_str()
+                );
+            }
+            KeysCommand::Revoke { key } => {
+                let n = store::keys::revoke(&db.pool, &key).await?;
+                if n == 0 {
+                    bail!("no live key with id or prefix {key:?}");
+                }
+                println!("revoked {n} key(s)");
+            }
+            KeysCommand::List => {
+                for k in store::keys::list(&db.pool).await? {
+                    let state = match k.revoked_at {
+                        Some(t) => format!("revoked {}", t.format("%Y-%m-%d %H:%M")),
+                        None => "live".to_string(),
+                    };
+                    println!("{}  {}  {:6}  {:10}  {}  {}", k.id, k.prefix, k.scope, k.project, state, k.name);
+                }
+            }
+        }
+        Ok(())
+    }
+    .await;
+    db.close().await;
+    result
+}

@@ -1,0 +1,121 @@
+//! Service endpoints: health, readiness, metrics, the OpenAPI spec and its docs page.
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::header;
+use axum::response::{Html, IntoResponse};
+use axum::routing::get;
+use serde::{Deserialize, Serialize};
+use utoipa::{OpenApi, ToSchema};
+
+use super::error::{ErrorBody, Json};
+use super::openapi::ApiDoc;
+use crate::app::AppState;
+
+/// Routes of this area (no auth: probes and docs must work without a key).
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/openapi.json", get(openapi_json))
+        .route("/docs", get(docs))
+        .route("/docs/rapidoc-min.js", get(rapidoc_js))
+}
+
+/// Answer of the probes.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Health {
+    /// `ok`, or `unavailable` with the reason in `checks`.
+    pub status: String,
+    /// Per-dependency status.
+    #[schema(value_type = Object)]
+    pub checks: serde_json::Map<String, serde_json::Value>,
+}
+
+/// The process is up.
+#[utoipa::path(get, path = "/healthz", tag = "service", responses((status = 200, body = Health)))]
+pub async fn healthz() -> Json<Health> {
+    Json(Health {
+        status: "ok".into(),
+        checks: serde_json::Map::new(),
+    })
+}
+
+/// Ready to serve: the database answers.
+#[utoipa::path(get, path = "/readyz", tag = "service",
+    responses((status = 200, body = Health), (status = 503, body = Health)))]
+pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
+    let mut checks = serde_json::Map::new();
+    let db_ok = match tokio::time::timeout(
+        std::time::Duration::from_secs(2),
+        crate::store::ping(&state.pool),
+    )
+    .await
+    {
+        Ok(Ok(())) => {
+            checks.insert("database".into(), "ok".into());
+            true
+        }
+        Ok(Err(e)) => {
+            checks.insert("database".into(), format!("error: {e}").into());
+            false
+        }
+        Err(_) => {
+            checks.insert("database".into(), "timeout after 2 s".into());
+            false
+        }
+    };
+    let status = if db_ok {
+        axum::http::StatusCode::OK
+    } else {
+        axum::http::StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = Health {
+        status: if db_ok { "ok" } else { "unavailable" }.into(),
+        checks,
+    };
+    (status, Json(body))
+}
+
+/// Prometheus metrics in the text exposition format.
+#[utoipa::path(get, path = "/metrics", tag = "service",
+    responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
+pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
+}
+
+/// This API's OpenAPI 3.1 document.
+#[utoipa::path(get, path = "/openapi.json", tag = "service",
+    responses((status = 200, description = "OpenAPI document"), (status = 500, body = ErrorBody)))]
+pub async fn openapi_json() -> impl IntoResponse {
+    axum::Json(ApiDoc::openapi())
+}
+
+const DOCS_HTML: &str = r#"<!doctype html>
+<html><head><meta charset="utf-8"><title>AGP Rerank API</title>
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<script type="module" src="/docs/rapidoc-min.js"></script></head>
+<body><rapi-doc spec-url="/openapi.json" render-style="read" show-header="false"
+ allow-try="true" allow-server-selection="false" theme="light"
+ regular-font="system-ui, sans-serif" mono-font="ui-monospace, monospace"></rapi-doc></body></html>"#;
+
+/// Interactive API docs (RapiDoc, served from the binary: works offline).
+pub async fn docs() -> Html<&'static str> {
+    Html(DOCS_HTML)
+}
+
+static RAPIDOC_JS: &[u8] = include_bytes!("../../assets/docs/rapidoc-min.js");
+
+async fn rapidoc_js() -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::CACHE_CONTROL, "public, max-age=86400"),
+        ],
+        RAPIDOC_JS,
+    )
+}

@@ -1,0 +1,706 @@
+//! Bulk dataset readers: pure, database-free parsers that turn a public recommendation data set
+//! (or a generic JSONL file) into catalog items and per-user interaction histories.
+//!
+//! Every reader follows the same contract (see [`Dataset`]):
+//! - interactions come grouped by user, users in first-appearance order, each user's events in
+//!   history order (oldest first);
+//! - every interaction's `item_id` exists in `items`, item ids are unique, and items without
+//!   interactions are kept;
+//! - a user's repeated rows for the same item are dropped (the first is kept) and counted in
+//!   `notes`;
+//! - `timestamp` stays `None` when the source has none (the writer assigns ordered synthetic
+//!   timestamps);
+//! - anything malformed (non-UTF-8 bytes, a missing or unexpected header, a wrong column count,
+//!   an unparsable number) is an [`ImportError`] naming the file and the 1-based line.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::fmt;
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+
+use crate::catalog::{NewInteraction, NewItem};
+
+mod goodreads;
+mod jsonl;
+mod recbole;
+mod yelp;
+
+pub use recbole::decode_html_entities;
+
+/// The input formats `agp import` understands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// RecBole atomic files (`.item` + `.inter`), e.g. LLMRank's Amazon Games-6k.
+    Recbole,
+    /// The Yelp core-40 sample (`items.txt` + `ratings.txt`).
+    #[value(name = "yelp-core40")]
+    YelpCore40,
+    /// Goodreads `user_rating_*.csv` files, optionally enriched by `goodbooks10k_books.csv`.
+    Goodreads,
+    /// One JSON object per line: `{"item": {...}}` or `{"interaction": {...}}`.
+    Jsonl,
+}
+
+impl Format {
+    /// The name used on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Format::Recbole => "recbole",
+            Format::YelpCore40 => "yelp-core40",
+            Format::Goodreads => "goodreads",
+            Format::Jsonl => "jsonl",
+        }
+    }
+}
+
+impl fmt::Display for Format {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What a reader produced.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Dataset {
+    /// Unique by id; items without interactions are kept.
+    pub items: Vec<NewItem>,
+    /// Grouped by user (users in first-appearance order), each user's in history order.
+    pub interactions: Vec<NewInteraction>,
+    /// Human-readable remarks: ordering assumptions, dropped rows, enrichment coverage.
+    pub notes: Vec<String>,
+}
+
+impl Dataset {
+    /// Number of distinct users (interactions are grouped by user, so this counts the groups).
+    pub fn user_count(&self) -> usize {
+        let mut n = 0;
+        let mut last: Option<&str> = None;
+        for it in &self.interactions {
+            if last != Some(it.user_id.as_str()) {
+                n += 1;
+                last = Some(it.user_id.as_str());
+            }
+        }
+        n
+    }
+}
+
+/// A reading failure. Content errors name the file and the 1-based line.
+#[derive(Debug, thiserror::Error)]
+pub enum ImportError {
+    /// A path could not be opened or listed (missing file, no permission, ...).
+    #[error("cannot open {}: {source}", path.display())]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// An I/O error while reading a file.
+    #[error("{}:{line}: read error: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        line: usize,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Malformed content.
+    #[error("{}:{line}: {message}", path.display())]
+    Parse {
+        path: PathBuf,
+        line: usize,
+        message: String,
+    },
+    /// The set of paths does not fit the format (a file missing, too many, wrong kind).
+    #[error("{message}")]
+    Paths { message: String },
+}
+
+impl ImportError {
+    pub(crate) fn parse(path: &Path, line: usize, message: impl Into<String>) -> Self {
+        ImportError::Parse {
+            path: path.to_path_buf(),
+            line,
+            message: message.into(),
+        }
+    }
+
+    pub(crate) fn paths(message: impl Into<String>) -> Self {
+        ImportError::Paths {
+            message: message.into(),
+        }
+    }
+}
+
+/// Reads `paths` (files and/or directories, as the format allows) into a [`Dataset`].
+pub fn read(format: Format, paths: &[PathBuf]) -> Result<Dataset, ImportError> {
+    if paths.is_empty() {
+        return Err(ImportError::paths(format!(
+            "{format}: no input paths given"
+        )));
+    }
+    for p in paths {
+        std::fs::metadata(p).map_err(|source| ImportError::Open {
+            path: p.clone(),
+            source,
+        })?;
+    }
+    match format {
+        Format::Recbole => recbole::read(paths),
+        Format::YelpCore40 => yelp::read(paths),
+        Format::Goodreads => goodreads::read(paths),
+        Format::Jsonl => jsonl::read(paths),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Shared machinery.
+
+/// The files of a directory (not recursing), sorted by name.
+pub(crate) fn list_dir(dir: &Path) -> Result<Vec<PathBuf>, ImportError> {
+    let open_err = |source| ImportError::Open {
+        path: dir.to_path_buf(),
+        source,
+    };
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(open_err)? {
+        let entry = entry.map_err(open_err)?;
+        let path = entry.path();
+        if path.is_file() {
+            out.push(path);
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// The final path component as text ("" when it has none or is not UTF-8).
+pub(crate) fn file_name(path: &Path) -> &str {
+    path.file_name().and_then(|n| n.to_str()).unwrap_or("")
+}
+
+pub(crate) fn display_list(paths: &[PathBuf]) -> String {
+    paths
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Line-by-line reader that checks UTF-8 and counts lines, reusing one buffer.
+pub(crate) struct Lines {
+    path: PathBuf,
+    reader: BufReader<File>,
+    buf: Vec<u8>,
+    line: usize,
+}
+
+impl Lines {
+    pub(crate) fn open(path: &Path) -> Result<Self, ImportError> {
+        let file = File::open(path).map_err(|source| ImportError::Open {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Ok(Lines {
+            path: path.to_path_buf(),
+            reader: BufReader::with_capacity(1 << 16, file),
+            buf: Vec::with_capacity(256),
+            line: 0,
+        })
+    }
+
+    /// The next line without its `\n` / `\r\n` terminator (and without a leading BOM on line 1),
+    /// with its 1-based number; `None` at the end of the file.
+    pub(crate) fn next_line(&mut self) -> Result<Option<(usize, &str)>, ImportError> {
+        self.buf.clear();
+        let n = self
+            .reader
+            .read_until(b'\n', &mut self.buf)
+            .map_err(|source| ImportError::Read {
+                path: self.path.clone(),
+                line: self.line + 1,
+                source,
+            })?;
+        if n == 0 {
+            return Ok(None);
+        }
+        self.line += 1;
+        if self.buf.last() == Some(&b'\n') {
+            self.buf.pop();
+            if self.buf.last() == Some(&b'\r') {
+                self.buf.pop();
+            }
+        }
+        let mut bytes = &self.buf[..];
+        if self.line == 1 && bytes.starts_with(b"\xEF\xBB\xBF") {
+            bytes = &bytes[3..];
+        }
+        match std::str::from_utf8(bytes) {
+            Ok(s) => Ok(Some((self.line, s))),
+            Err(e) => Err(ImportError::parse(
+                &self.path,
+                self.line,
+                format!("invalid UTF-8 (byte {} of the line)", e.valid_up_to() + 1),
+            )),
+        }
+    }
+}
+
+/// Splits `line` on `sep` into `out`, returning the number of fields (which may exceed
+/// `out.len()`; only the first `out.len()` are stored). Avoids a per-row allocation.
+pub(crate) fn split_into<'a>(line: &'a str, sep: char, out: &mut [&'a str]) -> usize {
+    let mut n = 0;
+    for field in line.split(sep) {
+        if n < out.len() {
+            out[n] = field;
+        }
+        n += 1;
+    }
+    n
+}
+
+/// Counts the newlines the CSV parser has pulled, so records get true line numbers.
+/// (`csv`'s own record positions start right after the previous record, so they are off after
+/// blank lines and with CRLF endings.)
+struct NewlineTracker<R> {
+    inner: R,
+    /// Absolute offset of the next byte to be read.
+    offset: u64,
+    /// Offsets of newlines not yet passed by a query.
+    pending: VecDeque<u64>,
+    /// Newlines before the last queried offset.
+    passed: usize,
+}
+
+impl<R: Read> Read for NewlineTracker<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        for (i, b) in buf[..n].iter().enumerate() {
+            if *b == b'\n' {
+                self.pending.push_back(self.offset + i as u64);
+            }
+        }
+        self.offset += n as u64;
+        Ok(n)
+    }
+}
+
+impl<R> NewlineTracker<R> {
+    /// The 1-based line of byte `at`; queries must not go backwards.
+    fn line_of(&mut self, at: u64) -> usize {
+        while self.pending.front().is_some_and(|&nl| nl < at) {
+            self.pending.pop_front();
+            self.passed += 1;
+        }
+        self.passed + 1
+    }
+}
+
+/// A CSV reader over a file, with UTF-8 checking and 1-based record line numbers.
+pub(crate) struct Csv {
+    path: PathBuf,
+    reader: csv::Reader<NewlineTracker<File>>,
+    record: csv::ByteRecord,
+}
+
+impl Csv {
+    pub(crate) fn open(path: &Path) -> Result<Self, ImportError> {
+        let file = File::open(path).map_err(|source| ImportError::Open {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let tracker = NewlineTracker {
+            inner: file,
+            offset: 0,
+            pending: VecDeque::new(),
+            passed: 0,
+        };
+        let reader = csv::ReaderBuilder::new()
+            .has_headers(false)
+            .flexible(true)
+            .buffer_capacity(1 << 16)
+            .from_reader(tracker);
+        Ok(Csv {
+            path: path.to_path_buf(),
+            reader,
+            record: csv::ByteRecord::new(),
+        })
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Reads the next record; returns the line it starts on, or `None` at the end. All fields
+    /// are checked to be UTF-8, so [`Csv::field`] cannot fail on encoding afterwards.
+    pub(crate) fn next_record(&mut self) -> Result<Option<usize>, ImportError> {
+        match self.reader.read_byte_record(&mut self.record) {
+            Ok(false) => Ok(None),
+            Ok(true) => {
+                // The parser stops just past the record's terminator's first byte (`\n`, or the
+                // `\r` of `\r\n`), or at the end of the file: the byte before is on the last line.
+                let end = self.reader.position().byte();
+                let last_line = self.reader.get_mut().line_of(end.saturating_sub(1));
+                let embedded = self
+                    .record
+                    .as_slice()
+                    .iter()
+                    .filter(|b| **b == b'\n')
+                    .count();
+                let line = last_line.saturating_sub(embedded).max(1);
+                for (i, field) in self.record.iter().enumerate() {
+                    if let Err(e) = std::str::from_utf8(field) {
+                        return Err(ImportError::parse(
+                            &self.path,
+                            line,
+                            format!(
+                                "invalid UTF-8 in column {} (byte {})",
+                                i + 1,
+                                e.valid_up_to() + 1
+                            ),
+                        ));
+                    }
+                }
+                Ok(Some(line))
+            }
+            Err(e) => {
+                let at = self.reader.position().byte();
+                let line = self.reader.get_mut().line_of(at);
+                let message = format!("invalid CSV: {e}");
+                match e.into_kind() {
+                    csv::ErrorKind::Io(source) => Err(ImportError::Read {
+                        path: self.path.clone(),
+                        line,
+                        source,
+                    }),
+                    _ => Err(ImportError::parse(&self.path, line, message)),
+                }
+            }
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.record.len()
+    }
+
+    /// Field `i` of the current record ("" when absent); a BOM opening the file is dropped.
+    pub(crate) fn field(&self, i: usize) -> &str {
+        let bytes = self.record.get(i).unwrap_or(b"");
+        let s = std::str::from_utf8(bytes).unwrap_or("");
+        let first = i == 0 && self.record.position().is_some_and(|p| p.byte() == 0);
+        if first {
+            s.strip_prefix('\u{feff}').unwrap_or(s)
+        } else {
+            s
+        }
+    }
+}
+
+/// How repeated events of one user are recognised.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Dedupe {
+    /// Same item (the data-set formats).
+    Item,
+    /// Same item, kind and timestamp (JSONL, where a view and a purchase of one item differ).
+    Event,
+}
+
+/// Per-user histories in first-appearance order.
+#[derive(Default)]
+pub(crate) struct Histories {
+    index: HashMap<String, usize>,
+    users: Vec<Vec<NewInteraction>>,
+}
+
+/// What [`Histories::finish`] did.
+pub(crate) struct Finished {
+    pub interactions: Vec<NewInteraction>,
+    pub users: usize,
+    pub duplicates: usize,
+    /// Users whose events were all timestamped and got sorted by time.
+    pub sorted_users: usize,
+    /// Users with some but not all events timestamped (left in file order).
+    pub mixed_users: usize,
+}
+
+impl Histories {
+    pub(crate) fn push(&mut self, it: NewInteraction) {
+        let slot = match self.index.get(it.user_id.as_str()) {
+            Some(&slot) => slot,
+            None => {
+                let slot = self.users.len();
+                self.index.insert(it.user_id.clone(), slot);
+                self.users.push(Vec::new());
+                slot
+            }
+        };
+        self.users[slot].push(it);
+    }
+
+    /// Flattens the histories: stable-sorts a user's events by time when all of them carry a
+    /// timestamp, then drops repeats (keeping the first).
+    pub(crate) fn finish(self, dedupe: Dedupe) -> Finished {
+        let total: usize = self.users.iter().map(Vec::len).sum();
+        let mut out = Vec::with_capacity(total);
+        let (mut duplicates, mut sorted_users, mut mixed_users) = (0, 0, 0);
+        let users = self.users.len();
+        for mut events in self.users {
+            let stamped = events.iter().filter(|e| e.timestamp.is_some()).count();
+            if stamped == events.len() && stamped > 0 {
+                events.sort_by_key(|e| e.timestamp);
+                sorted_users += 1;
+            } else if stamped > 0 {
+                mixed_users += 1;
+            }
+            let keep: Vec<bool> = match dedupe {
+                Dedupe::Item => {
+                    let mut seen = HashSet::with_capacity(events.len());
+                    events
+                        .iter()
+                        .map(|e| seen.insert(e.item_id.as_str()))
+                        .collect()
+                }
+                Dedupe::Event => {
+                    let mut seen = HashSet::with_capacity(events.len());
+                    events
+                        .iter()
+                        .map(|e| seen.insert((e.item_id.as_str(), e.kind.as_deref(), e.timestamp)))
+                        .collect()
+                }
+            };
+            for (e, k) in events.into_iter().zip(keep) {
+                if k {
+                    out.push(e);
+                } else {
+                    duplicates += 1;
+                }
+            }
+        }
+        Finished {
+            interactions: out,
+            users,
+            duplicates,
+            sorted_users,
+            mixed_users,
+        }
+    }
+}
+
+pub(crate) fn duplicate_note(duplicates: usize) -> Option<String> {
+    (duplicates > 0).then(|| {
+        format!("dropped {duplicates} repeated (user, item) rows, keeping each user's first")
+    })
+}
+
+/// Parses a float field, naming the column on failure; rejects NaN and infinities.
+pub(crate) fn parse_f64(
+    path: &Path,
+    line: usize,
+    column: &str,
+    s: &str,
+) -> Result<f64, ImportError> {
+    match s.trim().parse::<f64>() {
+        Ok(v) if v.is_finite() => Ok(v),
+        _ => Err(ImportError::parse(
+            path,
+            line,
+            format!("{column}: {s:?} is not a number"),
+        )),
+    }
+}
+
+pub(crate) fn percent(part: usize, whole: usize) -> f64 {
+    if whole == 0 {
+        0.0
+    } else {
+        100.0 * part as f64 / whole as f64
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod test_util {
+    use std::path::{Path, PathBuf};
+
+    pub fn write(dir: &Path, name: &str, content: &[u8]) -> PathBuf {
+        let path = dir.join(name);
+        std::fs::write(&path, content).expect("write fixture");
+        path
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_util::write;
+    use super::*;
+
+    #[test]
+    fn missing_file_names_the_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("nope.jsonl");
+        let err = read(Format::Jsonl, std::slice::from_ref(&missing)).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("nope.jsonl"), "{msg}");
+        assert!(matches!(err, ImportError::Open { .. }));
+    }
+
+    #[test]
+    fn format_names() {
+        use clap::ValueEnum;
+        for f in Format::value_variants() {
+            assert_eq!(Format::from_str(f.as_str(), false), Ok(*f));
+        }
+        assert_eq!(
+            Format::from_str("yelp-core40", false),
+            Ok(Format::YelpCore40)
+        );
+    }
+
+    #[test]
+    fn no_paths_is_an_error() {
+        assert!(matches!(
+            read(Format::Recbole, &[]),
+            Err(ImportError::Paths { .. })
+        ));
+    }
+
+    #[test]
+    fn lines_strip_terminators_and_bom_and_reject_bad_utf8() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(dir.path(), "a.txt", b"\xEF\xBB\xBFone\r\ntwo\nthr\xFFee\n");
+        let mut lines = Lines::open(&p).unwrap();
+        assert_eq!(lines.next_line().unwrap(), Some((1, "one")));
+        assert_eq!(lines.next_line().unwrap(), Some((2, "two")));
+        let err = lines.next_line().unwrap_err().to_string();
+        assert!(err.contains("a.txt:3:") && err.contains("UTF-8"), "{err}");
+    }
+
+    #[test]
+    fn csv_lines_are_one_based_and_utf8_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(dir.path(), "a.csv", b"h1,h2\n\"multi\nline\",x\nok,\xFF\n");
+        let mut csv = Csv::open(&p).unwrap();
+        assert_eq!(csv.next_record().unwrap(), Some(1));
+        assert_eq!(csv.next_record().unwrap(), Some(2));
+        assert_eq!(csv.field(0), "multi\nline");
+        let err = csv.next_record().unwrap_err().to_string();
+        assert!(err.contains("a.csv:4:") && err.contains("UTF-8"), "{err}");
+
+        // Blank lines, CRLF and a missing final newline keep the numbering right.
+        let p = write(
+            dir.path(),
+            "b.csv",
+            b"\xEF\xBB\xBFh\r\n\r\na\r\n\r\n\r\n\"x\r\ny\"\r\n\nlast",
+        );
+        let mut csv = Csv::open(&p).unwrap();
+        let mut got = Vec::new();
+        while let Some(line) = csv.next_record().unwrap() {
+            got.push((line, csv.field(0).to_owned()));
+        }
+        let want = [(1, "h"), (3, "a"), (6, "x\r\ny"), (9, "last")];
+        assert_eq!(got, want.map(|(l, f)| (l, f.to_owned())));
+    }
+
+    #[test]
+    fn histories_group_sort_and_dedupe() {
+        use chrono::{TimeZone, Utc};
+        let ev = |u: &str, i: &str, t: Option<i64>| NewInteraction {
+            user_id: u.into(),
+            item_id: i.into(),
+            kind: None,
+            value: None,
+            timestamp: t.map(|s| Utc.timestamp_opt(s, 0).unwrap()),
+        };
+        let mut h = Histories::default();
+        for e in [
+            ev("b", "1", Some(20)),
+            ev("a", "1", None),
+            ev("b", "2", Some(10)),
+            ev("a", "2", None),
+            ev("a", "1", None),
+        ] {
+            h.push(e);
+        }
+        let f = h.finish(Dedupe::Item);
+        let got: Vec<(&str, &str)> = f
+            .interactions
+            .iter()
+            .map(|e| (e.user_id.as_str(), e.item_id.as_str()))
+            .collect();
+        assert_eq!(got, [("b", "2"), ("b", "1"), ("a", "1"), ("a", "2")]);
+        assert_eq!((f.users, f.duplicates, f.sorted_users), (2, 1, 1));
+    }
+
+    /// The samples shipped in `data/` read cleanly (see data/README.md for the expected counts).
+    #[test]
+    fn shipped_samples() {
+        let data = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data");
+        let ds = read(Format::Recbole, &[data.join("amazon-games-sample")]).unwrap();
+        assert_eq!(
+            (ds.items.len(), ds.user_count(), ds.interactions.len()),
+            (2990, 300, 3940)
+        );
+        assert_eq!(ds.items[0].id, "0");
+        assert_eq!(ds.items[0].title, "Fire Emblem: The Sacred Stones");
+        assert!(ds.items.iter().all(|i| !i.title.contains("&amp;")));
+        let ds = read(Format::Jsonl, &[data.join("example.jsonl")]).unwrap();
+        assert_eq!(
+            (ds.items.len(), ds.user_count(), ds.interactions.len()),
+            (3, 2, 5)
+        );
+    }
+
+    /// Reads the real data sets under /work/shared/data and prints counts and read times.
+    /// Run with `cargo test --release --lib import::tests::real_datasets -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn real_datasets() {
+        let root = Path::new("/work/shared/data");
+        let cases: [(Format, Vec<PathBuf>); 5] = [
+            (
+                Format::Recbole,
+                vec![
+                    root.join("amazon-games/Games-6k.item"),
+                    root.join("amazon-games/Games-6k.test.inter"),
+                ],
+            ),
+            (Format::Recbole, vec![root.join("amazon-games")]),
+            (Format::YelpCore40, vec![root.join("yelp-core40")]),
+            (Format::Goodreads, vec![root.join("goodreads")]),
+            (
+                Format::Jsonl,
+                vec![PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data/example.jsonl")],
+            ),
+        ];
+        for (format, paths) in cases {
+            let start = std::time::Instant::now();
+            let ds = read(format, &paths).unwrap_or_else(|e| panic!("{format}: {e}"));
+            let took = start.elapsed();
+            println!(
+                "{format} {}: {} items, {} users, {} interactions in {:.3} s",
+                display_list(&paths),
+                ds.items.len(),
+                ds.user_count(),
+                ds.interactions.len(),
+                took.as_secs_f64()
+            );
+            for n in &ds.notes {
+                println!("  note: {n}");
+            }
+            let ids: HashSet<&str> = ds.items.iter().map(|i| i.id.as_str()).collect();
+            assert_eq!(ids.len(), ds.items.len(), "unique item ids");
+            assert!(
+                ds.interactions
+                    .iter()
+                    .all(|i| ids.contains(i.item_id.as_str()))
+            );
+            // What `agp import` checks before writing.
+            let limits = crate::catalog::Limits::default();
+            for item in &ds.items {
+                crate::catalog::validate_item("item", item, &limits).unwrap();
+            }
+            for it in &ds.interactions {
+                crate::catalog::validate_interaction("interaction", it, &limits).unwrap();
+            }
+        }
+    }
+}

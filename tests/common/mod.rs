@@ -1,0 +1,186 @@
+//! Test harness: the real router on port 0 against real Postgres, one fresh database per test.
+//! Without `DATABASE_URL` a throwaway embedded cluster is started once per test binary (the
+//! same code `agp serve` uses) and stopped when the binary exits.
+#![allow(dead_code)]
+
+use std::sync::OnceLock;
+
+use agp_rerank::app::{AppState, build_app, serve};
+use agp_rerank::config::AppConfig;
+use agp_rerank::store::{self, embedded};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{ConnectOptions, PgPool};
+
+struct Cluster {
+    admin: PgConnectOptions,
+    _pg: Option<embedded::EmbeddedPg>,
+}
+
+static CLUSTER: OnceLock<Cluster> = OnceLock::new();
+static TEST_DIR: OnceLock<std::path::PathBuf> = OnceLock::new();
+
+extern "C" fn stop_cluster() {
+    if let Some(Cluster { _pg: Some(pg), .. }) = CLUSTER.get() {
+        pg.stop();
+    }
+    if let Some(dir) = TEST_DIR.get() {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
+fn cluster() -> &'static Cluster {
+    CLUSTER.get_or_init(|| match std::env::var("DATABASE_URL") {
+        Ok(url) if !url.is_empty() => Cluster {
+            admin: url.parse().expect("DATABASE_URL is a valid URL"),
+            _pg: None,
+        },
+        _ => {
+            let dir = std::env::temp_dir().join(format!("agp-test-{}", std::process::id()));
+            let _ = TEST_DIR.set(dir.clone());
+            let pg = embedded::EmbeddedPg::start(&embedded::EmbeddedOptions {
+                data_dir: dir,
+                ephemeral: true,
+            })
+            .expect("start the embedded test cluster");
+            // SAFETY: registering a plain extern "C" function is always sound.
+            unsafe { libc::atexit(stop_cluster) };
+            Cluster {
+                admin: pg.url("postgres").parse().expect("embedded URL parses"),
+                _pg: Some(pg),
+            }
+        }
+    })
+}
+
+/// A fresh, migrated database on the test cluster.
+pub async fn fresh_db() -> (PgPool, String) {
+    let c = cluster();
+    let name = format!("t_{}", uuid::Uuid::new_v4().simple());
+    let mut admin = c
+        .admin
+        .clone()
+        .connect()
+        .await
+        .expect("connect to the test cluster");
+    sqlx::Executor::execute(
+        &mut admin,
+        sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")),
+    )
+    .await
+    .expect("create test database");
+    let opts = c.admin.clone().database(&name);
+    let pool = PgPoolOptions::new()
+        .max_connections(8)
+        .connect_with(opts.clone())
+        .await
+        .expect("connect test db");
+    store::migrate(&pool).await.expect("migrate test db");
+    (pool, opts.to_url_lossy().to_string())
+}
+
+/// A running app and a client for it.
+pub struct TestApp {
+    pub base: String,
+    pub client: reqwest::Client,
+    pub pool: PgPool,
+    pub db_url: String,
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    /// Sends `method path` with a JSON body; returns status and parsed JSON (Null if none).
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> (u16, serde_json::Value) {
+        let mut req = self.client.request(method, self.url(path));
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.expect("request");
+        let status = resp.status().as_u16();
+        let text = resp.text().await.expect("body");
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
+        )
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, serde_json::Value) {
+        self.call(reqwest::Method::GET, path, None).await
+    }
+    pub async fn put(&self, path: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
+        self.call(reqwest::Method::PUT, path, Some(body)).await
+    }
+    pub async fn post(&self, path: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
+        self.call(reqwest::Method::POST, path, Some(body)).await
+    }
+
+    /// Sends a raw body with the given content type.
+    pub async fn raw(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        content_type: &str,
+        body: Vec<u8>,
+    ) -> (u16, serde_json::Value) {
+        let resp = self
+            .client
+            .request(method, self.url(path))
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+            .expect("request");
+        let status = resp.status().as_u16();
+        let text = resp.text().await.expect("body");
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
+        )
+    }
+
+    /// Scalar query helper for assertions on stored rows.
+    pub async fn count(&self, sql: &'static str) -> i64 {
+        sqlx::query_scalar(sql)
+            .fetch_one(&self.pool)
+            .await
+            .expect("count query")
+    }
+}
+
+/// Starts the real app on port 0 with `config` against a fresh database.
+pub async fn spawn_app_with(config: AppConfig) -> TestApp {
+    let (pool, db_url) = fresh_db().await;
+    let app = build_app(AppState::new(pool.clone(), config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(serve(listener, app, std::future::pending()));
+    TestApp {
+        base: format!("http://{addr}"),
+        client: reqwest::Client::new(),
+        pool,
+        db_url,
+    }
+}
+
+/// Starts the real app with development defaults.
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(AppConfig::default()).await
+}
+
+/// Asserts the contract's error body and returns its message.
+pub fn error_message(body: &serde_json::Value, expected_type: &str) -> String {
+    assert_eq!(body["error"]["type"], expected_type, "error body: {body}");
+    body["error"]["message"]
+        .as_str()
+        .expect("message is a string")
+        .to_string()
+}
