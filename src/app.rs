@@ -13,6 +13,7 @@ use tower_http::trace::TraceLayer;
 
 use crate::config::AppConfig;
 use crate::http::{self, middleware as mw};
+use crate::llm::LlmClient;
 
 /// Shared state of every handler.
 #[derive(Clone)]
@@ -20,16 +21,28 @@ pub struct AppState {
     pub pool: PgPool,
     pub config: Arc<AppConfig>,
     pub metrics: PrometheusHandle,
+    /// The LLM handle (may be unconfigured: reranks then fall back).
+    pub llm: LlmClient,
+    /// Health of the managed local llama-server, when `--llm local` runs one.
+    pub local_llm_healthy: Option<Arc<std::sync::atomic::AtomicBool>>,
 }
 
 impl AppState {
-    /// State over a migrated pool.
+    /// State over a migrated pool, with no LLM configured.
     pub fn new(pool: PgPool, config: AppConfig) -> Self {
         AppState {
             pool,
             config: Arc::new(config),
             metrics: crate::telemetry::prometheus(),
+            llm: LlmClient::disabled(),
+            local_llm_healthy: None,
         }
+    }
+
+    /// The same state with this LLM client.
+    pub fn with_llm(mut self, llm: LlmClient) -> Self {
+        self.llm = llm;
+        self
     }
 }
 

@@ -14,6 +14,9 @@ use crate::auth::{self, Scope};
 use crate::catalog::{self, Limits};
 use crate::config::{AppConfig, DbArgs, LimitArgs, ServeArgs};
 use crate::import;
+use crate::llm::LlmClient;
+use crate::llm::config::{LlmArgs, LlmMode};
+use crate::llm::local::{LocalLlm, LocalOptions};
 use crate::store::{self, embedded};
 use crate::telemetry::{self, LogFormat};
 
@@ -40,7 +43,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the HTTP server (starts the embedded Postgres when DATABASE_URL is unset).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Apply database migrations and exit.
     Migrate,
     /// Bulk-load a dataset (items and interactions) into a project.
@@ -100,7 +103,7 @@ pub enum KeysCommand {
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     telemetry::init_logging(&cli.log, cli.log_format);
     match cli.command {
-        Command::Serve(args) => run_serve(&cli.db, args).await,
+        Command::Serve(args) => run_serve(&cli.db, *args).await,
         Command::Migrate => {
             let db = Database::open(&cli.db).await?;
             println!("migrations applied");
@@ -181,19 +184,70 @@ async fn run_serve(db_args: &DbArgs, args: ServeArgs) -> anyhow::Result<()> {
         );
     }
     let db = Database::open(db_args).await?;
+    let (llm, local) = match start_llm(&args.llm, &db.pool).await {
+        Ok(x) => x,
+        Err(e) => {
+            db.close().await;
+            return Err(e);
+        }
+    };
     let listener = match tokio::net::TcpListener::bind(args.listen).await {
         Ok(l) => l,
         Err(e) => {
+            if let Some(l) = local {
+                l.stop().await;
+            }
             db.close().await;
             return Err(e).with_context(|| format!("binding {}", args.listen));
         }
     };
     tracing::info!(addr = %listener.local_addr()?, "listening");
-    let app = build_app(AppState::new(db.pool.clone(), config));
+    let mut state = AppState::new(db.pool.clone(), config).with_llm(llm.clone());
+    state.local_llm_healthy = local.as_ref().map(|l| l.health_flag());
+    let app = build_app(state);
     let result = serve(listener, app, shutdown_signal()).await;
     tracing::info!("shutting down");
+    llm.flush_usage().await;
+    if let Some(l) = local {
+        l.stop().await;
+    }
     db.close().await;
     result.context("serving HTTP")
+}
+
+/// Builds the LLM client from the flags; with `--llm local`, first starts the managed
+/// llama-server and routes every role to it.
+pub async fn start_llm(
+    args: &LlmArgs,
+    pool: &PgPool,
+) -> anyhow::Result<(LlmClient, Option<LocalLlm>)> {
+    let local = match args.mode {
+        LlmMode::Local => {
+            let opts = LocalOptions::new(
+                args.llama_server.clone(),
+                args.llama_model.clone(),
+                args.llama_port,
+                args.llama_threads,
+            );
+            Some(LocalLlm::start(opts).await?)
+        }
+        _ => None,
+    };
+    let mut settings = args
+        .settings(local.as_ref().map(|l| l.base_url()))
+        .map_err(anyhow::Error::msg)?;
+    if local.is_some() && args.llm_model == "default" {
+        for route in settings.routes.values_mut() {
+            route.model = crate::llm::local::LOCAL_MODEL_NAME.to_string();
+        }
+    }
+    match settings.routes.get(&crate::llm::Role::Rank) {
+        Some(r) => tracing::info!(base_url = %r.base_url, model = %r.model, "LLM configured"),
+        None => tracing::warn!(
+            "no LLM configured: reranks will return their fallback order (set AGP_LLM_BASE_URL or use --llm local)"
+        ),
+    }
+    Ok((LlmClient::new(settings, Some(pool.clone())), local))
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

@@ -126,6 +126,9 @@ pub struct ServeArgs {
 
     #[command(flatten)]
     pub limits: LimitArgs,
+
+    #[command(flatten)]
+    pub llm: crate::llm::config::LlmArgs,
 }
 
 /// The resolved configuration the app runs with (what `AppState` carries).

@@ -11,5 +11,6 @@ pub mod cli;
 pub mod config;
 pub mod http;
 pub mod import;
+pub mod llm;
 pub mod store;
 pub mod telemetry;

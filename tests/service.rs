@@ -12,6 +12,11 @@ async fn probes_answer() {
     assert_eq!((s, b["status"].as_str()), (200, Some("ok")));
     let (s, b) = app.get("/readyz").await;
     assert_eq!((s, b["checks"]["database"].as_str()), (200, Some("ok")));
+    let llm = b["checks"]["llm"].as_str().unwrap_or_default();
+    assert!(
+        llm.starts_with("not configured") && llm.contains("AGP_LLM_BASE_URL"),
+        "{llm}"
+    );
 }
 
 #[tokio::test]
@@ -86,17 +91,31 @@ async fn unknown_routes_get_json_404() {
 #[tokio::test]
 async fn request_timeout_answers_503_json() {
     let config = agp_rerank::config::AppConfig {
-        request_timeout: std::time::Duration::from_millis(1),
+        request_timeout: std::time::Duration::from_millis(300),
         ..Default::default()
     };
     let app = spawn_app_with(config).await;
-    // A batch write takes well over a millisecond.
-    let list: Vec<_> = (0..500)
-        .map(|i| json!({"id": format!("i{i}"), "title": "t"}))
-        .collect();
-    let (s, b) = app.put("/v1/items", json!({"items": list})).await;
+    // Hold a lock on the items table so the write has to wait past the timeout.
+    let mut tx = app.pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE items IN EXCLUSIVE MODE")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let (s, b) = app
+        .put("/v1/items", json!({"items": [{"id": "i1", "title": "t"}]}))
+        .await;
+    let waited = started.elapsed();
+    tx.rollback().await.unwrap();
     assert_eq!(s, 503, "{b}");
     assert!(error_message(&b, "unavailable").contains("AGP_REQUEST_TIMEOUT_MS"));
+    assert!(
+        waited >= std::time::Duration::from_millis(300)
+            && waited < std::time::Duration::from_secs(5),
+        "{waited:?}"
+    );
+    // The abandoned write left nothing behind.
+    assert_eq!(app.count("SELECT count(*) FROM items").await, 0);
 }
 
 #[tokio::test]

@@ -66,6 +66,7 @@ pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
             false
         }
     };
+    checks.insert("llm".into(), llm_status(&state).into());
     let status = if db_ok {
         axum::http::StatusCode::OK
     } else {
@@ -76,6 +77,21 @@ pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
         checks,
     };
     (status, Json(body))
+}
+
+/// What `/readyz` says about the LLM. The LLM does not decide readiness: without it,
+/// reranks answer with their fallback order.
+fn llm_status(state: &AppState) -> String {
+    use crate::llm::Role;
+    if let Some(flag) = &state.local_llm_healthy
+        && !flag.load(std::sync::atomic::Ordering::Relaxed)
+    {
+        return "local llama-server is restarting; reranks fall back meanwhile".into();
+    }
+    match state.llm.model(Role::Rank) {
+        Some(model) => format!("configured (rank model {model})"),
+        None => "not configured: reranks return their fallback order (set AGP_LLM_BASE_URL or use --llm local)".into(),
+    }
 }
 
 /// Prometheus metrics in the text exposition format.

@@ -5,6 +5,7 @@ pub mod catalog;
 pub mod embedded;
 pub mod import;
 pub mod keys;
+pub mod llm;
 
 use std::time::Duration;
 

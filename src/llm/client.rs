@@ -1,0 +1,516 @@
+//! `LlmClient`: the handle every LLM caller gets. A value handed in (never a global), so
+//! tests hand in the test server's URL.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use sqlx::PgPool;
+
+use super::config::{LlmSettings, Route};
+use super::limiter::PriorityLimiter;
+use super::retry::parse_retry_after;
+use super::usage::{UsageRecord, UsageSink, record_metrics};
+use super::{CallContext, ChatRequest, ChatResponse, LlmError, Role};
+
+/// Structured-output support of an upstream server, learned from its answers.
+const SCHEMA_UNKNOWN: u8 = 0;
+const SCHEMA_UNSUPPORTED: u8 = 2;
+
+/// One upstream server: its concurrency limit is shared by every role routed to it.
+#[derive(Debug)]
+struct Endpoint {
+    base_url: String,
+    limiter: Arc<PriorityLimiter>,
+    schema_support: AtomicU8,
+}
+
+#[derive(Debug)]
+struct RoleRoute {
+    endpoint: Arc<Endpoint>,
+    route: Route,
+}
+
+#[derive(Debug)]
+struct Inner {
+    http: reqwest::Client,
+    routes: HashMap<Role, RoleRoute>,
+    settings: LlmSettings,
+    pool: Option<PgPool>,
+    usage: UsageSink,
+}
+
+/// Cheap to clone; all clones share limits, cache and usage writer.
+#[derive(Debug, Clone)]
+pub struct LlmClient {
+    inner: Arc<Inner>,
+}
+
+impl LlmClient {
+    /// A client over `settings`. With a pool, deterministic calls are cached in Postgres and
+    /// usage rows are stored; without one, neither.
+    pub fn new(settings: LlmSettings, pool: Option<PgPool>) -> Self {
+        let http = reqwest::Client::builder()
+            .pool_idle_timeout(Duration::from_secs(90))
+            .tcp_nodelay(true)
+            .build()
+            .unwrap_or_else(|_| reqwest::Client::new());
+        let mut endpoints: HashMap<String, Arc<Endpoint>> = HashMap::new();
+        let mut routes = HashMap::new();
+        for (role, route) in &settings.routes {
+            let endpoint = endpoints
+                .entry(route.base_url.clone())
+                .or_insert_with(|| {
+                    Arc::new(Endpoint {
+                        base_url: route.base_url.clone(),
+                        limiter: PriorityLimiter::new(
+                            settings.concurrency,
+                            settings.reserved_interactive,
+                        ),
+                        schema_support: AtomicU8::new(SCHEMA_UNKNOWN),
+                    })
+                })
+                .clone();
+            routes.insert(
+                *role,
+                RoleRoute {
+                    endpoint,
+                    route: route.clone(),
+                },
+            );
+        }
+        let usage = match &pool {
+            Some(p) => UsageSink::start(p.clone()),
+            None => UsageSink::discard(),
+        };
+        LlmClient {
+            inner: Arc::new(Inner {
+                http,
+                routes,
+                settings,
+                pool,
+                usage,
+            }),
+        }
+    }
+
+    /// A client with no LLM configured: every call fails with `NotConfigured`.
+    pub fn disabled() -> Self {
+        LlmClient::new(LlmSettings::none(), None)
+    }
+
+    /// Whether `role` has a route.
+    pub fn is_configured(&self, role: Role) -> bool {
+        self.inner.routes.contains_key(&role)
+    }
+
+    /// The model `role` is routed to.
+    pub fn model(&self, role: Role) -> Option<&str> {
+        self.inner.routes.get(&role).map(|r| r.route.model.as_str())
+    }
+
+    /// The settings in force.
+    pub fn settings(&self) -> &LlmSettings {
+        &self.inner.settings
+    }
+
+    /// Waits until all usage rows sent so far are stored.
+    pub async fn flush_usage(&self) {
+        self.inner.usage.flush().await;
+    }
+
+    /// One chat completion for `role`: cache, concurrency limit, timeout and retries included.
+    pub async fn chat(
+        &self,
+        role: Role,
+        req: &ChatRequest,
+        ctx: &CallContext,
+    ) -> Result<ChatResponse, LlmError> {
+        let Some(rr) = self.inner.routes.get(&role) else {
+            return Err(LlmError::NotConfigured(role.as_str().into()));
+        };
+        let s = &self.inner.settings;
+        let temperature = req.temperature.unwrap_or(s.temperature);
+        let body = request_body(
+            &rr.route.model,
+            req,
+            temperature,
+            req.seed.unwrap_or(s.seed),
+            req.max_tokens.unwrap_or(s.max_tokens),
+        );
+        let cacheable = s.cache && !ctx.no_cache && temperature == 0.0 && self.inner.pool.is_some();
+        let key = cacheable.then(|| cache_key(&rr.endpoint.base_url, &body));
+
+        if let (Some(pool), Some(key)) = (&self.inner.pool, &key) {
+            match crate::store::llm::cache_get(pool, key).await {
+                Ok(Some(v)) => {
+                    if let Ok(mut resp) = serde_json::from_value::<ChatResponse>(v) {
+                        resp.cached = true;
+                        resp.latency_ms = 0;
+                        resp.attempts = 0;
+                        self.account(role, rr, ctx, &Ok(resp.clone()), 0);
+                        return Ok(resp);
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => tracing::warn!(error = %e, "LLM cache lookup failed; calling upstream"),
+            }
+        }
+
+        let started = Instant::now();
+        let result = self.call_with_retries(rr, body, ctx).await;
+        let latency = started.elapsed().as_millis() as u64;
+        let result = result.map(|mut r| {
+            r.latency_ms = latency;
+            r
+        });
+        self.account(role, rr, ctx, &result, latency);
+        if let (Ok(resp), Some(pool), Some(key)) = (&result, &self.inner.pool, &key)
+            && !resp.truncated()
+            && !resp.content.trim().is_empty()
+            && let Ok(v) = serde_json::to_value(resp)
+            && let Err(e) = crate::store::llm::cache_put(pool, key, &rr.route.model, &v).await
+        {
+            tracing::warn!(error = %e, "could not store an LLM answer in the cache");
+        }
+        result
+    }
+
+    /// `chat`, then parse the answer's JSON into `T` (prose around it is tolerated).
+    pub async fn chat_json<T: serde::de::DeserializeOwned>(
+        &self,
+        role: Role,
+        req: &ChatRequest,
+        ctx: &CallContext,
+    ) -> Result<(T, ChatResponse), LlmError> {
+        let resp = self.chat(role, req, ctx).await?;
+        let parsed = super::parse_json_answer(&resp.content)?;
+        Ok((parsed, resp))
+    }
+
+    async fn call_with_retries(
+        &self,
+        rr: &RoleRoute,
+        mut body: Value,
+        ctx: &CallContext,
+    ) -> Result<ChatResponse, LlmError> {
+        let policy = self.inner.settings.retry;
+        let started = Instant::now();
+        let mut attempt = 0u32;
+        if rr.endpoint.schema_support.load(Ordering::Relaxed) == SCHEMA_UNSUPPORTED {
+            strip_schema(&mut body);
+        }
+        loop {
+            attempt += 1;
+            let result = {
+                let _permit = rr.endpoint.limiter.acquire(ctx.priority).await;
+                self.attempt(rr, &body).await
+            };
+            let err = match result {
+                Ok(mut resp) => {
+                    resp.attempts = attempt;
+                    return Ok(resp);
+                }
+                Err(e) => e,
+            };
+            // A server that rejects `response_format`: remember, and ask again without it.
+            if let LlmError::Refused {
+                status: 400 | 422,
+                body: text,
+            } = &err
+                && body.get("response_format").is_some()
+                && mentions_response_format(text)
+            {
+                tracing::info!(base_url = %rr.endpoint.base_url, "LLM server rejects response_format; using prompt-only JSON");
+                rr.endpoint
+                    .schema_support
+                    .store(SCHEMA_UNSUPPORTED, Ordering::Relaxed);
+                strip_schema(&mut body);
+                attempt -= 1;
+                continue;
+            }
+            if !err.retryable() {
+                return Err(err);
+            }
+            let retry_after = match &err {
+                LlmError::RateLimited { retry_after } => *retry_after,
+                _ => None,
+            };
+            match policy.next_delay(
+                attempt,
+                retry_after,
+                rand::random::<f64>(),
+                started.elapsed(),
+            ) {
+                Some(delay) => {
+                    tracing::debug!(attempt, ?delay, error = %err, "retrying LLM call");
+                    tokio::time::sleep(delay).await;
+                }
+                None if attempt == 1 => return Err(err),
+                None => {
+                    return Err(LlmError::Exhausted {
+                        attempts: attempt,
+                        elapsed: started.elapsed(),
+                        last: Box::new(err),
+                    });
+                }
+            }
+        }
+    }
+
+    /// One HTTP attempt, bounded by the per-call timeout.
+    async fn attempt(&self, rr: &RoleRoute, body: &Value) -> Result<ChatResponse, LlmError> {
+        let timeout = self.inner.settings.timeout;
+        let url = format!("{}/chat/completions", rr.endpoint.base_url);
+        let mut req = self.inner.http.post(&url).json(body).timeout(timeout);
+        if let Some(key) = &rr.route.api_key {
+            req = req.bearer_auth(key.expose());
+        }
+        let fut = async {
+            let resp = req.send().await.map_err(|e| classify(e, timeout))?;
+            let status = resp.status();
+            let retry_after = resp
+                .headers()
+                .get(reqwest::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(parse_retry_after);
+            let text = resp.text().await.map_err(|e| classify(e, timeout))?;
+            if status.as_u16() == 429 {
+                return Err(LlmError::RateLimited { retry_after });
+            }
+            if status.is_server_error() {
+                return Err(LlmError::Server {
+                    status: status.as_u16(),
+                    body: clip(&text),
+                });
+            }
+            if !status.is_success() {
+                return Err(LlmError::Refused {
+                    status: status.as_u16(),
+                    body: clip(&text),
+                });
+            }
+            parse_completion(&text, &rr.route.model)
+        };
+        // reqwest's timeout covers the body too; this outer one also bounds DNS and TLS.
+        match tokio::time::timeout(timeout + Duration::from_millis(50), fut).await {
+            Ok(r) => r,
+            Err(_) => Err(LlmError::Timeout(timeout)),
+        }
+    }
+
+    fn account(
+        &self,
+        role: Role,
+        rr: &RoleRoute,
+        ctx: &CallContext,
+        result: &Result<ChatResponse, LlmError>,
+        latency_ms: u64,
+    ) {
+        let (pt, ct, hit, outcome) = match result {
+            Ok(r) => (
+                r.prompt_tokens,
+                r.completion_tokens,
+                r.cached,
+                "ok".to_string(),
+            ),
+            Err(e) => (0, 0, false, e.kind().to_string()),
+        };
+        let record = UsageRecord {
+            project: ctx.project.clone(),
+            role: role.as_str().to_string(),
+            provider: rr.endpoint.base_url.clone(),
+            model: rr.route.model.clone(),
+            latency_ms,
+            prompt_tokens: pt,
+            completion_tokens: ct,
+            cache_hit: hit,
+            outcome,
+            request_id: ctx.request_id.clone(),
+            job_id: ctx.job_id,
+        };
+        record_metrics(&record);
+        if let Some(t) = &ctx.tally {
+            t.add(&record);
+        }
+        self.inner.usage.send(record);
+    }
+}
+
+/// The JSON body of a chat completions request.
+pub fn request_body(
+    model: &str,
+    req: &ChatRequest,
+    temperature: f32,
+    seed: u64,
+    max_tokens: u32,
+) -> Value {
+    let mut body = json!({
+        "model": model,
+        "messages": req.messages,
+        "temperature": temperature,
+        "seed": seed,
+        "max_tokens": max_tokens,
+        "stream": false,
+    });
+    if let Some(schema) = &req.json_schema {
+        body["response_format"] = json!({
+            "type": "json_schema",
+            "json_schema": {"name": schema.name, "schema": schema.schema, "strict": true}
+        });
+    }
+    if let Some(n) = req.top_logprobs {
+        body["logprobs"] = json!(true);
+        body["top_logprobs"] = json!(n);
+    }
+    body
+}
+
+/// Cache key: hash of the server and the exact request body (model, messages, parameters).
+pub fn cache_key(base_url: &str, body: &Value) -> Vec<u8> {
+    let mut h = Sha256::new();
+    h.update(base_url.as_bytes());
+    h.update([0]);
+    h.update(body.to_string().as_bytes());
+    h.finalize().to_vec()
+}
+
+fn strip_schema(body: &mut Value) {
+    if let Some(o) = body.as_object_mut() {
+        o.remove("response_format");
+    }
+}
+
+fn mentions_response_format(text: &str) -> bool {
+    let t = text.to_ascii_lowercase();
+    t.contains("response_format") || t.contains("json_schema") || t.contains("response format")
+}
+
+fn classify(e: reqwest::Error, timeout: Duration) -> LlmError {
+    if e.is_timeout() {
+        LlmError::Timeout(timeout)
+    } else if e.is_connect() || e.is_request() {
+        LlmError::Connect(e.to_string())
+    } else if e.is_body() || e.is_decode() {
+        LlmError::Garbage(format!("could not read the answer: {e}"))
+    } else {
+        LlmError::Connect(e.to_string())
+    }
+}
+
+fn clip(s: &str) -> String {
+    const MAX: usize = 500;
+    if s.len() <= MAX {
+        return s.to_string();
+    }
+    let mut end = MAX;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &s[..end])
+}
+
+/// Parses a chat completions response body.
+pub fn parse_completion(text: &str, model: &str) -> Result<ChatResponse, LlmError> {
+    let v: Value = serde_json::from_str(text)
+        .map_err(|e| LlmError::Garbage(format!("response is not JSON ({e}): {}", clip(text))))?;
+    let choice = v
+        .get("choices")
+        .and_then(|c| c.get(0))
+        .ok_or_else(|| LlmError::Garbage(format!("response has no choices: {}", clip(text))))?;
+    let content = choice
+        .get("message")
+        .and_then(|m| m.get("content"))
+        .and_then(|c| c.as_str())
+        .ok_or_else(|| LlmError::Garbage("response has no message content".into()))?
+        .to_string();
+    let usage = v.get("usage");
+    let tokens = |k: &str| {
+        usage
+            .and_then(|u| u.get(k))
+            .and_then(|x| x.as_u64())
+            .unwrap_or(0) as u32
+    };
+    Ok(ChatResponse {
+        content,
+        model: v
+            .get("model")
+            .and_then(|m| m.as_str())
+            .unwrap_or(model)
+            .to_string(),
+        finish_reason: choice
+            .get("finish_reason")
+            .and_then(|f| f.as_str())
+            .map(str::to_string),
+        prompt_tokens: tokens("prompt_tokens"),
+        completion_tokens: tokens("completion_tokens"),
+        logprobs: choice.get("logprobs").filter(|l| !l.is_null()).cloned(),
+        cached: false,
+        latency_ms: 0,
+        attempts: 0,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::llm::{JsonSchema, Message};
+
+    #[test]
+    fn body_has_schema_and_logprobs_when_asked() {
+        let mut req = ChatRequest::new(vec![Message::user("hi")]);
+        let plain = request_body("m", &req, 0.0, 7, 64);
+        assert!(plain.get("response_format").is_none() && plain.get("logprobs").is_none());
+        assert_eq!(plain["seed"], 7);
+        req.json_schema = Some(JsonSchema {
+            name: "r".into(),
+            schema: json!({"type": "object"}),
+        });
+        req.top_logprobs = Some(3);
+        let b = request_body("m", &req, 0.0, 7, 64);
+        assert_eq!(b["response_format"]["type"], "json_schema");
+        assert_eq!(b["top_logprobs"], 3);
+    }
+
+    #[test]
+    fn cache_key_depends_on_every_parameter() {
+        let req = ChatRequest::new(vec![Message::user("hi")]);
+        let a = cache_key("u", &request_body("m", &req, 0.0, 1, 64));
+        assert_eq!(a, cache_key("u", &request_body("m", &req, 0.0, 1, 64)));
+        assert_ne!(a, cache_key("u2", &request_body("m", &req, 0.0, 1, 64)));
+        assert_ne!(a, cache_key("u", &request_body("m2", &req, 0.0, 1, 64)));
+        assert_ne!(a, cache_key("u", &request_body("m", &req, 0.0, 2, 64)));
+        assert_ne!(a, cache_key("u", &request_body("m", &req, 0.0, 1, 65)));
+    }
+
+    #[test]
+    fn completions_parse_and_garbage_is_typed() {
+        let ok = r#"{"model":"x","choices":[{"message":{"role":"assistant","content":"hi"},"finish_reason":"length"}],
+                    "usage":{"prompt_tokens":5,"completion_tokens":2}}"#;
+        let r = parse_completion(ok, "m").unwrap();
+        assert_eq!(
+            (
+                r.content.as_str(),
+                r.prompt_tokens,
+                r.completion_tokens,
+                r.truncated()
+            ),
+            ("hi", 5, 2, true)
+        );
+        assert!(matches!(
+            parse_completion("{not json", "m"),
+            Err(LlmError::Garbage(_))
+        ));
+        assert!(matches!(
+            parse_completion(r#"{"choices":[]}"#, "m"),
+            Err(LlmError::Garbage(_))
+        ));
+        assert!(matches!(
+            parse_completion(r#"{"choices":[{"message":{}}]}"#, "m"),
+            Err(LlmError::Garbage(_))
+        ));
+    }
+}

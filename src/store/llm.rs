@@ -1,0 +1,105 @@
+//! LLM response cache and usage rows.
+
+use sqlx::PgPool;
+
+use crate::llm::usage::{TallySnapshot, UsageRecord};
+
+/// A cached response by key.
+pub async fn cache_get(
+    pool: &PgPool,
+    key: &[u8],
+) -> Result<Option<serde_json::Value>, sqlx::Error> {
+    sqlx::query_scalar("SELECT response FROM llm_cache WHERE key = $1")
+        .bind(key)
+        .fetch_optional(pool)
+        .await
+}
+
+/// Stores a response (first writer wins: the same deterministic call gives the same answer).
+pub async fn cache_put(
+    pool: &PgPool,
+    key: &[u8],
+    model: &str,
+    response: &serde_json::Value,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("INSERT INTO llm_cache (key, model, response) VALUES ($1, $2, $3) ON CONFLICT (key) DO NOTHING")
+        .bind(key)
+        .bind(model)
+        .bind(response)
+        .execute(pool)
+        .await
+        .map(|_| ())
+}
+
+/// Inserts usage rows in one statement.
+pub async fn insert_usage(pool: &PgPool, rows: &[UsageRecord]) -> Result<(), sqlx::Error> {
+    let col = |f: fn(&UsageRecord) -> String| rows.iter().map(f).collect::<Vec<String>>();
+    let projects = col(|r| r.project.clone());
+    let roles = col(|r| r.role.clone());
+    let providers = col(|r| r.provider.clone());
+    let models = col(|r| r.model.clone());
+    let outcomes = col(|r| r.outcome.clone());
+    let latency: Vec<i32> = rows
+        .iter()
+        .map(|r| r.latency_ms.min(i32::MAX as u64) as i32)
+        .collect();
+    let pt: Vec<i32> = rows.iter().map(|r| r.prompt_tokens as i32).collect();
+    let ct: Vec<i32> = rows.iter().map(|r| r.completion_tokens as i32).collect();
+    let hits: Vec<bool> = rows.iter().map(|r| r.cache_hit).collect();
+    let req: Vec<Option<String>> = rows.iter().map(|r| r.request_id.clone()).collect();
+    let jobs: Vec<Option<uuid::Uuid>> = rows.iter().map(|r| r.job_id).collect();
+    sqlx::query(
+        "INSERT INTO llm_usage (project, role, provider, model, latency_ms, prompt_tokens, completion_tokens,
+                                cache_hit, outcome, request_id, job_id)
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::int4[], $6::int4[], $7::int4[],
+                              $8::bool[], $9::text[], $10::text[], $11::uuid[])",
+    )
+    .bind(&projects)
+    .bind(&roles)
+    .bind(&providers)
+    .bind(&models)
+    .bind(&latency)
+    .bind(&pt)
+    .bind(&ct)
+    .bind(&hits)
+    .bind(&outcomes)
+    .bind(&req)
+    .bind(&jobs)
+    .execute(pool)
+    .await
+    .map(|_| ())
+}
+
+/// Usage totals of one job, per role (for a run's cost report).
+pub async fn job_usage_by_role(
+    pool: &PgPool,
+    job_id: uuid::Uuid,
+) -> Result<Vec<(String, TallySnapshot)>, sqlx::Error> {
+    let rows: Vec<(String, i64, i64, i64, i64, i64)> = sqlx::query_as(
+        "SELECT role,
+                count(*) FILTER (WHERE NOT cache_hit),
+                count(*) FILTER (WHERE cache_hit),
+                coalesce(sum(prompt_tokens) FILTER (WHERE NOT cache_hit), 0),
+                coalesce(sum(completion_tokens) FILTER (WHERE NOT cache_hit), 0),
+                count(*) FILTER (WHERE outcome <> 'ok')
+         FROM llm_usage WHERE job_id = $1 GROUP BY role ORDER BY role",
+    )
+    .bind(job_id)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(role, calls, hits, pt, ct, errors)| {
+            (
+                role,
+                TallySnapshot {
+                    llm_calls: calls as u64,
+                    cache_hits: hits as u64,
+                    prompt_tokens: pt as u64,
+                    completion_tokens: ct as u64,
+                    errors: errors as u64,
+                },
+            )
+        })
+        .collect())
+}
