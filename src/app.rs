@@ -14,6 +14,7 @@ use tower_http::trace::TraceLayer;
 use crate::config::AppConfig;
 use crate::http::{self, middleware as mw};
 use crate::llm::LlmClient;
+use crate::rerank::Reranker;
 
 /// Shared state of every handler.
 #[derive(Clone)]
@@ -23,6 +24,8 @@ pub struct AppState {
     pub metrics: PrometheusHandle,
     /// The LLM handle (may be unconfigured: reranks then fall back).
     pub llm: LlmClient,
+    /// The rerank service (caches, request log).
+    pub reranker: Arc<Reranker>,
     /// Health of the managed local llama-server, when `--llm local` runs one.
     pub local_llm_healthy: Option<Arc<std::sync::atomic::AtomicBool>>,
 }
@@ -30,19 +33,20 @@ pub struct AppState {
 impl AppState {
     /// State over a migrated pool, with no LLM configured.
     pub fn new(pool: PgPool, config: AppConfig) -> Self {
+        AppState::with_llm(pool, config, LlmClient::disabled())
+    }
+
+    /// State over a migrated pool and this LLM client.
+    pub fn with_llm(pool: PgPool, config: AppConfig, llm: LlmClient) -> Self {
+        let reranker = Reranker::new(pool.clone(), llm.clone(), config.rerank.clone());
         AppState {
             pool,
             config: Arc::new(config),
             metrics: crate::telemetry::prometheus(),
-            llm: LlmClient::disabled(),
+            llm,
+            reranker,
             local_llm_healthy: None,
         }
-    }
-
-    /// The same state with this LLM client.
-    pub fn with_llm(mut self, llm: LlmClient) -> Self {
-        self.llm = llm;
-        self
     }
 }
 
@@ -54,6 +58,8 @@ pub fn build_app(state: AppState) -> Router {
     let api = Router::new()
         .merge(http::items::router())
         .merge(http::users::router())
+        .merge(http::rerank::router())
+        .merge(http::prompts::router())
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             mw::authenticate,

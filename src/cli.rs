@@ -202,11 +202,13 @@ async fn run_serve(db_args: &DbArgs, args: ServeArgs) -> anyhow::Result<()> {
         }
     };
     tracing::info!(addr = %listener.local_addr()?, "listening");
-    let mut state = AppState::new(db.pool.clone(), config).with_llm(llm.clone());
+    let mut state = AppState::with_llm(db.pool.clone(), config, llm.clone());
     state.local_llm_healthy = local.as_ref().map(|l| l.health_flag());
+    let reranker = state.reranker.clone();
     let app = build_app(state);
     let result = serve(listener, app, shutdown_signal()).await;
     tracing::info!("shutting down");
+    reranker.flush().await;
     llm.flush_usage().await;
     if let Some(l) = local {
         l.stop().await;

@@ -128,7 +128,62 @@ pub struct ServeArgs {
     pub limits: LimitArgs,
 
     #[command(flatten)]
+    pub rerank: RerankArgs,
+
+    #[command(flatten)]
     pub llm: crate::llm::config::LlmArgs,
+}
+
+/// Settings of the rerank path.
+#[derive(Debug, Clone, Args)]
+pub struct RerankArgs {
+    /// Most candidates one rerank accepts (longer lists are ranked in sliding windows).
+    #[arg(long, env = "AGP_RERANK_MAX_CANDIDATES", default_value_t = 200)]
+    pub rerank_max_candidates: usize,
+    /// Recent items a profile is written from (L).
+    #[arg(long, env = "AGP_HISTORY_LEN", default_value_t = 5)]
+    pub history_len: usize,
+    /// Candidates per ranking call; longer lists are ranked in windows, bottom up.
+    #[arg(long, env = "AGP_RANK_WINDOW", default_value_t = 20)]
+    pub rank_window: usize,
+    /// Step between windows.
+    #[arg(long, env = "AGP_RANK_STEP", default_value_t = 10)]
+    pub rank_step: usize,
+    /// Rankings in shuffled orders whose points are summed, against position bias (1 = off).
+    #[arg(long, env = "AGP_RANK_REPEATS", default_value_t = 1)]
+    pub rank_repeats: usize,
+    /// Bound on the LLM part of one rerank, in milliseconds (then: fallback `llm_timeout`).
+    #[arg(long, env = "AGP_RERANK_DEADLINE_MS", default_value_t = 30_000)]
+    pub rerank_deadline_ms: u64,
+    /// Write profiles from item summaries (`p_sum`) instead of raw metadata.
+    #[arg(long, env = "AGP_SUMMARIES", default_value_t = true, action = clap::ArgAction::Set)]
+    pub summaries: bool,
+    /// Order returned when the LLM cannot be used.
+    #[arg(long, env = "AGP_FALLBACK_RANKER", value_enum, default_value_t = crate::rerank::FallbackRanker::Incoming)]
+    pub fallback_ranker: crate::rerank::FallbackRanker,
+    /// Entries per in-process cache (items, histories, profiles, summaries).
+    #[arg(long, env = "AGP_CACHE_ENTRIES", default_value_t = 100_000)]
+    pub cache_entries: usize,
+}
+
+impl RerankArgs {
+    /// The settings the rerank service takes.
+    pub fn settings(&self) -> crate::rerank::RerankSettings {
+        crate::rerank::RerankSettings {
+            max_candidates: self.rerank_max_candidates.max(1),
+            history_len: self.history_len.max(1),
+            rank: crate::agp::rank::RankOptions {
+                window: self.rank_window.max(2),
+                step: self.rank_step.max(1),
+                repeats: self.rank_repeats.max(1),
+                ..Default::default()
+            },
+            deadline: Duration::from_millis(self.rerank_deadline_ms.max(1)),
+            summaries: self.summaries,
+            fallback_ranker: self.fallback_ranker,
+            cache_entries: self.cache_entries.max(16),
+        }
+    }
 }
 
 /// The resolved configuration the app runs with (what `AppState` carries).
@@ -138,6 +193,7 @@ pub struct AppConfig {
     pub request_timeout: Duration,
     pub max_body_bytes: usize,
     pub limits: Limits,
+    pub rerank: crate::rerank::RerankSettings,
 }
 
 impl AppConfig {
@@ -148,6 +204,7 @@ impl AppConfig {
             request_timeout: Duration::from_millis(args.request_timeout_ms),
             max_body_bytes: args.max_body_bytes,
             limits: args.limits.limits(),
+            rerank: args.rerank.settings(),
         }
     }
 }
@@ -160,6 +217,7 @@ impl Default for AppConfig {
             request_timeout: Duration::from_secs(30),
             max_body_bytes: 8 * 1024 * 1024,
             limits: Limits::default(),
+            rerank: crate::rerank::RerankSettings::default(),
         }
     }
 }

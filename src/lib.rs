@@ -4,6 +4,7 @@
 //! The tree follows the architecture: `http/` is the edge, `store/` holds every SQL
 //! statement and the embedded Postgres, `catalog/` the data model, `import/` the bulk readers.
 
+pub mod agp;
 pub mod app;
 pub mod auth;
 pub mod catalog;
@@ -12,5 +13,6 @@ pub mod config;
 pub mod http;
 pub mod import;
 pub mod llm;
+pub mod rerank;
 pub mod store;
 pub mod telemetry;

@@ -78,7 +78,8 @@ impl Default for Limits {
 #[error("{0}")]
 pub struct Invalid(pub String);
 
-fn check_id(field: &str, value: &str, max: usize) -> Result<(), Invalid> {
+/// Checks an id-like field: not blank, at most `max` characters, no control characters.
+pub fn check_id(field: &str, value: &str, max: usize) -> Result<(), Invalid> {
     if value.trim().is_empty() {
         return Err(Invalid(format!("{field} must not be empty")));
     }

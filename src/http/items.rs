@@ -11,6 +11,7 @@ use super::error::{AppError, ErrorBody, Json, Path};
 use crate::app::AppState;
 use crate::auth::Principal;
 use crate::catalog::{self, NewInteraction, NewItem};
+use crate::store::Invalidation;
 use crate::store::catalog::{self as db, Item};
 
 /// Routes of this area.
@@ -54,6 +55,10 @@ pub async fn upsert_items(
     let mut tx = state.pool.begin().await?;
     let changed = db::upsert_items(&mut tx, &who.project, &body.items).await?;
     tx.commit().await?;
+    state
+        .reranker
+        .caches
+        .invalidate(&Invalidation::Items(who.project.clone()));
     Ok(Json(Upserted {
         upserted: body.items.len(),
         changed,
@@ -128,8 +133,17 @@ pub async fn post_interactions(
             missing.len()
         )));
     }
-    let res = db::insert_interactions(&mut tx, &who.project, &rows, &default_ts).await?;
+    let res = db::insert_interactions(&mut tx, &who.project, &rows, &default_ts, true).await?;
     tx.commit().await?;
+    let mut users: Vec<&str> = rows.iter().map(|r| r.user_id.as_str()).collect();
+    users.sort_unstable();
+    users.dedup();
+    for u in users {
+        state
+            .reranker
+            .caches
+            .invalidate(&Invalidation::User(who.project.clone(), u.to_string()));
+    }
     Ok(Json(Accepted {
         accepted: rows.len(),
         duplicates: res.duplicates,

@@ -5,5 +5,7 @@ pub mod error;
 pub mod items;
 pub mod middleware;
 pub mod openapi;
+pub mod prompts;
+pub mod rerank;
 pub mod service;
 pub mod users;

@@ -4,7 +4,7 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{error, items, service, users};
+use super::{error, items, prompts, rerank, service, users};
 use crate::catalog;
 use crate::store::catalog as store;
 
@@ -16,6 +16,8 @@ use crate::store::catalog as store;
     paths(
         service::healthz, service::readyz, service::metrics, service::openapi_json,
         items::upsert_items, items::get_item, items::post_interactions, users::history,
+        rerank::rerank, rerank::feedback, rerank::profile,
+        prompts::list, prompts::versions, prompts::version, prompts::create_version, prompts::set_label,
     ),
     components(schemas(
         error::ErrorBody, error::ErrorDetail, catalog::NewItem, catalog::NewInteraction,
@@ -25,6 +27,8 @@ use crate::store::catalog as store;
     security(("bearer" = [])),
     tags(
         (name = "catalog", description = "Items, interactions and user histories"),
+        (name = "rerank", description = "Personalized reranking, feedback and profiles"),
+        (name = "prompts", description = "The prompt registry: versions, labels, A/B splits"),
         (name = "service", description = "Health, readiness, metrics and this document"),
     )
 )]

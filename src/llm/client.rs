@@ -13,7 +13,7 @@ use sqlx::PgPool;
 use super::config::{LlmSettings, Route};
 use super::limiter::PriorityLimiter;
 use super::retry::parse_retry_after;
-use super::usage::{UsageRecord, UsageSink, record_metrics};
+use super::usage::{UsageRecord, UsageSink, record_metrics, usage_sink};
 use super::{CallContext, ChatRequest, ChatResponse, LlmError, Role};
 
 /// Structured-output support of an upstream server, learned from its answers.
@@ -83,7 +83,7 @@ impl LlmClient {
             );
         }
         let usage = match &pool {
-            Some(p) => UsageSink::start(p.clone()),
+            Some(p) => usage_sink(p.clone()),
             None => UsageSink::discard(),
         };
         LlmClient {

@@ -2,11 +2,11 @@
 //! callers, Prometheus metrics, and a writer that stores records in batches off the hot path.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
 
 use serde::Serialize;
 use sqlx::PgPool;
-use tokio::sync::{mpsc, oneshot};
+
+use crate::store::batch::BatchWriter;
 
 /// One call, as stored in `llm_usage`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -97,107 +97,15 @@ pub fn record_metrics(r: &UsageRecord) {
     }
 }
 
-enum Msg {
-    Record(UsageRecord),
-    Flush(oneshot::Sender<()>),
-}
+/// Where usage records go: stored in batches off the hot path.
+pub type UsageSink = BatchWriter<UsageRecord>;
 
-/// Sends usage records to a background task that inserts them in batches. Cheap to clone.
-#[derive(Debug, Clone)]
-pub struct UsageSink {
-    tx: Option<mpsc::UnboundedSender<Msg>>,
-}
-
-impl std::fmt::Debug for Msg {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("usage message")
-    }
-}
-
-/// Records per insert statement.
-const BATCH: usize = 500;
-
-impl UsageSink {
-    /// A sink that stores nothing (no database: CLI dry runs, unit tests).
-    pub fn discard() -> Self {
-        UsageSink { tx: None }
-    }
-
-    /// Starts the writer task on `pool`. Records are inserted every 200 ms or per 500.
-    pub fn start(pool: PgPool) -> Self {
-        let (tx, mut rx) = mpsc::unbounded_channel::<Msg>();
-        tokio::spawn(async move {
-            let mut buf: Vec<UsageRecord> = Vec::new();
-            let mut acks: Vec<oneshot::Sender<()>> = Vec::new();
-            loop {
-                let msg = if buf.is_empty() {
-                    rx.recv().await
-                } else {
-                    match tokio::time::timeout(Duration::from_millis(200), rx.recv()).await {
-                        Ok(m) => m,
-                        Err(_) => {
-                            flush(&pool, &mut buf).await;
-                            continue;
-                        }
-                    }
-                };
-                match msg {
-                    Some(Msg::Record(r)) => {
-                        buf.push(r);
-                        if buf.len() >= BATCH {
-                            flush(&pool, &mut buf).await;
-                        }
-                    }
-                    Some(Msg::Flush(ack)) => {
-                        acks.push(ack);
-                        // Take whatever else is queued, then write and answer.
-                        while let Ok(m) = rx.try_recv() {
-                            match m {
-                                Msg::Record(r) => buf.push(r),
-                                Msg::Flush(a) => acks.push(a),
-                            }
-                        }
-                        flush(&pool, &mut buf).await;
-                        for a in acks.drain(..) {
-                            let _ = a.send(());
-                        }
-                    }
-                    None => {
-                        flush(&pool, &mut buf).await;
-                        return;
-                    }
-                }
-            }
-        });
-        UsageSink { tx: Some(tx) }
-    }
-
-    /// Queues a record (never blocks the caller).
-    pub fn send(&self, r: UsageRecord) {
-        if let Some(tx) = &self.tx {
-            let _ = tx.send(Msg::Record(r));
-        }
-    }
-
-    /// Waits until every record sent so far is stored (tests, shutdown, end of a job step).
-    pub async fn flush(&self) {
-        if let Some(tx) = &self.tx {
-            let (ack, done) = oneshot::channel();
-            if tx.send(Msg::Flush(ack)).is_ok() {
-                let _ = done.await;
-            }
-        }
-    }
-}
-
-async fn flush(pool: &PgPool, buf: &mut Vec<UsageRecord>) {
-    if buf.is_empty() {
-        return;
-    }
-    let rows = std::mem::take(buf);
-    if let Err(e) = crate::store::llm::insert_usage(pool, &rows).await {
-        tracing::warn!(error = %e, lost = rows.len(), "could not store LLM usage rows");
-    }
+/// A sink that stores usage rows in `pool`.
+pub fn usage_sink(pool: PgPool) -> UsageSink {
+    BatchWriter::start("LLM usage", move |rows: Vec<UsageRecord>| {
+        let pool = pool.clone();
+        async move { crate::store::llm::insert_usage(&pool, &rows).await }
+    })
 }
 
 #[cfg(test)]

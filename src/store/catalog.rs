@@ -76,6 +76,7 @@ pub async fn upsert_items(
     .bind(&hashes)
     .execute(&mut **tx)
     .await?;
+    super::notify_tx(tx, &super::Invalidation::Items(project.to_string())).await?;
     Ok(res.rows_affected())
 }
 
@@ -109,12 +110,14 @@ pub struct InsertedInteractions {
 }
 
 /// Inserts interactions (timestamps already resolved) and their users; existing events are
-/// skipped. Users with new events get their `history_version` bumped (profile invalidation).
+/// skipped. Users with new events get their `history_version` bumped, and with `notify`
+/// every replica is told to drop its cached history of those users.
 pub async fn insert_interactions(
     tx: &mut Transaction<'_, Postgres>,
     project: &str,
     rows: &[NewInteraction],
     default_ts: &[DateTime<Utc>],
+    notify: bool,
 ) -> Result<InsertedInteractions, sqlx::Error> {
     let mut users: Vec<&str> = rows.iter().map(|r| r.user_id.as_str()).collect();
     users.sort_unstable();
@@ -164,6 +167,14 @@ pub async fn insert_interactions(
     .fetch_one(&mut **tx)
     .await?;
     let inserted = inserted.max(0) as u64;
+    if notify && inserted > 0 {
+        sqlx::query("SELECT pg_notify($1, 'user' || chr(31) || $2 || chr(31) || u) FROM UNNEST($3::text[]) AS u")
+            .bind(super::INVALIDATION_CHANNEL)
+            .bind(project)
+            .bind(&users)
+            .execute(&mut **tx)
+            .await?;
+    }
     Ok(InsertedInteractions {
         inserted,
         duplicates: rows.len() as u64 - inserted,

@@ -35,11 +35,8 @@ pub async fn write(
     interactions: &[NewInteraction],
     mut progress: impl FnMut(u64),
 ) -> Result<ImportSummary, sqlx::Error> {
+    super::prompts::ensure_project(pool, project).await?;
     let mut tx = pool.begin().await?;
-    sqlx::query("INSERT INTO projects (id) VALUES ($1) ON CONFLICT DO NOTHING")
-        .bind(project)
-        .execute(&mut *tx)
-        .await?;
     // The import is one big transaction; don't wait for a disk flush per statement.
     sqlx::query("SET LOCAL synchronous_commit = off")
         .execute(&mut *tx)
@@ -63,12 +60,13 @@ pub async fn write(
         })
         .collect();
     for (chunk, ts) in interactions.chunks(CHUNK).zip(default_ts.chunks(CHUNK)) {
-        let r = insert_interactions(&mut tx, project, chunk, ts).await?;
+        let r = insert_interactions(&mut tx, project, chunk, ts, false).await?;
         summary.interactions.inserted += r.inserted;
         summary.interactions.duplicates += r.duplicates;
         done += chunk.len() as u64;
         progress(done);
     }
+    super::notify_tx(&mut tx, &super::Invalidation::All).await?;
     tx.commit().await?;
     Ok(summary)
 }

@@ -26,11 +26,8 @@ pub async fn insert(
     prefix: &str,
     hash: &[u8],
 ) -> Result<Uuid, sqlx::Error> {
+    super::prompts::ensure_project(pool, project).await?;
     let mut tx = pool.begin().await?;
-    sqlx::query("INSERT INTO projects (id) VALUES ($1) ON CONFLICT DO NOTHING")
-        .bind(project)
-        .execute(&mut *tx)
-        .await?;
     let id = Uuid::new_v4();
     sqlx::query(
         "INSERT INTO api_keys (id, project, name, scope, prefix, key_hash) VALUES ($1, $2, $3, $4, $5, $6)",

@@ -1,11 +1,14 @@
 //! Every SQL statement of the service lives under this folder, one file per table group.
 //! `embedded` runs the private Postgres cluster used when no `DATABASE_URL` is given.
 
+pub mod batch;
 pub mod catalog;
 pub mod embedded;
 pub mod import;
 pub mod keys;
 pub mod llm;
+pub mod prompts;
+pub mod rerank;
 
 use std::time::Duration;
 
@@ -30,12 +33,68 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, sqlx::Er
         .await
 }
 
-/// Applies pending migrations.
+/// Applies pending migrations and seeds the default project's prompts.
 pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
-    MIGRATOR.run(pool).await
+    MIGRATOR.run(pool).await?;
+    prompts::ensure_project(pool, DEFAULT_PROJECT).await?;
+    Ok(())
 }
 
 /// Cheap liveness query for `/readyz`.
 pub async fn ping(pool: &PgPool) -> Result<(), sqlx::Error> {
     sqlx::query("SELECT 1").execute(pool).await.map(|_| ())
+}
+
+/// Channel on which writers tell every replica which in-process cache entries went stale.
+pub const INVALIDATION_CHANNEL: &str = "agp_invalidate";
+
+/// A cache invalidation message (sent with `pg_notify`, delivered at commit).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Invalidation {
+    /// Items of a project changed.
+    Items(String),
+    /// A user's history changed: (project, user).
+    User(String, String),
+    /// Prompt labels of a project moved.
+    Labels(String),
+    /// Anything may have changed (bulk import).
+    All,
+}
+
+const SEP: char = '\u{1f}';
+
+impl Invalidation {
+    /// The NOTIFY payload.
+    pub fn payload(&self) -> String {
+        match self {
+            Invalidation::Items(p) => format!("items{SEP}{p}"),
+            Invalidation::User(p, u) => format!("user{SEP}{p}{SEP}{u}"),
+            Invalidation::Labels(p) => format!("labels{SEP}{p}"),
+            Invalidation::All => "all".into(),
+        }
+    }
+
+    /// Parses a payload; unknown payloads mean `All` (safe: everything is reloaded).
+    pub fn parse(s: &str) -> Invalidation {
+        let parts: Vec<&str> = s.split(SEP).collect();
+        match parts.as_slice() {
+            ["items", p] => Invalidation::Items(p.to_string()),
+            ["user", p, u] => Invalidation::User(p.to_string(), u.to_string()),
+            ["labels", p] => Invalidation::Labels(p.to_string()),
+            _ => Invalidation::All,
+        }
+    }
+}
+
+/// Queues an invalidation inside a transaction (sent only if it commits).
+pub async fn notify_tx(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    inv: &Invalidation,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(INVALIDATION_CHANNEL)
+        .bind(inv.payload())
+        .execute(&mut **tx)
+        .await
+        .map(|_| ())
 }

@@ -1,0 +1,414 @@
+//! `POST /v1/rerank`, `POST /v1/feedback`, `GET /v1/users/{id}/profile`.
+
+use std::collections::HashSet;
+
+use axum::extract::State;
+use axum::routing::{get, post};
+use axum::{Extension, Router};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use super::error::{AppError, ErrorBody, Json, Path, Query};
+use crate::app::AppState;
+use crate::auth::Principal;
+use crate::llm::usage::TallySnapshot;
+use crate::rerank::{ItemRef, PromptSelector, RerankError, RerankRequest};
+use crate::store::prompts::PRODUCTION;
+use crate::store::rerank as db;
+
+/// Routes of this area.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/rerank", post(rerank))
+        .route("/v1/feedback", post(feedback))
+        .route("/v1/users/{id}/profile", get(profile))
+}
+
+/// A candidate or history entry: a catalog id, or an inline item with a title and/or text.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ItemBody {
+    pub id: String,
+    #[serde(default)]
+    pub title: Option<String>,
+    #[serde(default)]
+    pub text: Option<String>,
+}
+
+/// Which `p_gen` to use: by label (default `production`) or by version.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PromptBody {
+    #[serde(default)]
+    pub label: Option<String>,
+    #[serde(default)]
+    pub version: Option<i32>,
+}
+
+/// Body of `POST /v1/rerank`.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"user_id": "u1", "candidates": [{"id": "i7"}, {"id": "new-1", "title": "Brand new game", "text": "Co-op puzzle platformer"}], "top_n": 10}))]
+pub struct RerankBody {
+    pub user_id: String,
+    pub candidates: Vec<ItemBody>,
+    /// How many results to return (1..=candidates; default all).
+    #[serde(default)]
+    pub top_n: Option<usize>,
+    #[serde(default)]
+    pub prompt: Option<PromptBody>,
+    /// Overrides the stored history (anonymous or session users), oldest first.
+    #[serde(default)]
+    pub history: Option<Vec<ItemBody>>,
+    /// Turn LLM faults into 502/504 instead of a fallback order.
+    #[serde(default)]
+    pub strict: bool,
+}
+
+/// One result, pointing back into the request by `index`.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct RerankResult {
+    /// Position of the candidate in the request.
+    pub index: usize,
+    pub id: String,
+    /// Derived from the final rank: `(n - rank) / n` for 0-based rank among n candidates
+    /// (1.0 for the top item, falling evenly to 1/n).
+    pub score: f64,
+}
+
+/// A prompt reference.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct PromptRef {
+    pub name: String,
+    pub version: i32,
+}
+
+/// LLM usage of one request.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Usage {
+    /// Upstream LLM calls made (cache hits excluded).
+    pub llm_calls: u64,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub cache_hits: u64,
+}
+
+impl From<TallySnapshot> for Usage {
+    fn from(t: TallySnapshot) -> Self {
+        Usage {
+            llm_calls: t.llm_calls,
+            prompt_tokens: t.prompt_tokens,
+            completion_tokens: t.completion_tokens,
+            cache_hits: t.cache_hits,
+        }
+    }
+}
+
+/// How the answer was made.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct RerankMeta {
+    pub prompt: PromptRef,
+    /// Versions of every prompt used (`p_gen`, `p_rank`, `p_sum`).
+    #[schema(value_type = Object)]
+    pub prompt_versions: serde_json::Value,
+    pub profile_id: Option<uuid::Uuid>,
+    /// The ranking model.
+    pub model: Option<String>,
+    /// Null, or why the fallback order was returned: `cold_start`, `llm_timeout`,
+    /// `llm_error`, `unusable_output`.
+    pub fallback: Option<String>,
+    /// Human-readable reason for the fallback.
+    pub fallback_detail: Option<String>,
+    /// The LLM's ranking needed ids dropped or appended.
+    pub repaired: bool,
+    pub usage: Usage,
+    pub latency_ms: u64,
+}
+
+/// Answer of `POST /v1/rerank`.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct RerankResponse {
+    /// Request id (`rr_...`): pass it to `POST /v1/feedback`.
+    pub id: String,
+    /// Best first, cut to `top_n`.
+    pub results: Vec<RerankResult>,
+    pub meta: RerankMeta,
+}
+
+fn to_refs(field: &str, items: &[ItemBody], state: &AppState) -> Result<Vec<ItemRef>, AppError> {
+    let l = &state.config.limits;
+    let mut seen = HashSet::with_capacity(items.len());
+    let mut out = Vec::with_capacity(items.len());
+    for (i, it) in items.iter().enumerate() {
+        let at = format!("{field}[{i}]");
+        crate::catalog::check_id(&format!("{at}.id"), &it.id, l.max_id_len)?;
+        if let Some(t) = &it.title
+            && t.chars().count() > l.max_title_len
+        {
+            return Err(AppError::Validation(format!(
+                "{at}.title is longer than {} characters",
+                l.max_title_len
+            )));
+        }
+        if let Some(t) = &it.text
+            && t.chars().count() > l.max_text_len
+        {
+            return Err(AppError::Validation(format!(
+                "{at}.text is longer than {} characters",
+                l.max_text_len
+            )));
+        }
+        if field == "candidates" && !seen.insert(it.id.as_str()) {
+            return Err(AppError::Validation(format!(
+                "{at}.id {:?} appears more than once",
+                it.id
+            )));
+        }
+        out.push(ItemRef {
+            id: it.id.clone(),
+            title: it.title.clone(),
+            text: it.text.clone(),
+        });
+    }
+    Ok(out)
+}
+
+/// Rerank candidates for a user with the LLM, personalized by the user's profile.
+#[utoipa::path(post, path = "/v1/rerank", tag = "rerank", request_body = RerankBody,
+    responses(
+        (status = 200, description = "Candidates best first (fallback order on LLM faults, see meta.fallback)", body = RerankResponse),
+        (status = 400, description = "Malformed JSON", body = ErrorBody),
+        (status = 422, description = "Empty, duplicate or too many candidates, unknown ids, bad top_n, unknown prompt", body = ErrorBody),
+        (status = 502, description = "strict: the LLM failed or answered unusably", body = ErrorBody),
+        (status = 504, description = "strict: the LLM timed out", body = ErrorBody),
+    ))]
+pub async fn rerank(
+    State(state): State<AppState>,
+    Extension(who): Extension<Principal>,
+    Json(body): Json<RerankBody>,
+) -> Result<Json<RerankResponse>, AppError> {
+    let max = state.reranker.settings.max_candidates;
+    crate::catalog::check_id("user_id", &body.user_id, state.config.limits.max_id_len)?;
+    if body.candidates.is_empty() {
+        return Err(AppError::Validation(
+            "candidates must contain at least one candidate".into(),
+        ));
+    }
+    if body.candidates.len() > max {
+        return Err(AppError::Validation(format!(
+            "candidates has {} entries; the limit is {max} (AGP_RERANK_MAX_CANDIDATES)",
+            body.candidates.len()
+        )));
+    }
+    let n = body.candidates.len();
+    let top_n = body.top_n.unwrap_or(n);
+    if top_n == 0 || top_n > n {
+        return Err(AppError::Validation(format!(
+            "top_n must be between 1 and the number of candidates ({n}), got {top_n}"
+        )));
+    }
+    let candidates = to_refs("candidates", &body.candidates, &state)?;
+    let history = match &body.history {
+        Some(h) if h.len() > 1000 => {
+            return Err(AppError::Validation(format!(
+                "history has {} entries; the limit is 1000",
+                h.len()
+            )));
+        }
+        Some(h) => Some(to_refs("history", h, &state)?),
+        None => None,
+    };
+    let prompt = match body.prompt {
+        None => PromptSelector::Label(PRODUCTION.into()),
+        Some(PromptBody {
+            label: Some(_),
+            version: Some(_),
+        }) => {
+            return Err(AppError::Validation(
+                "prompt takes either label or version, not both".into(),
+            ));
+        }
+        Some(PromptBody {
+            version: Some(v), ..
+        }) if v < 1 => {
+            return Err(AppError::Validation(format!(
+                "prompt.version must be at least 1, got {v}"
+            )));
+        }
+        Some(PromptBody {
+            version: Some(v), ..
+        }) => PromptSelector::Version(v),
+        Some(PromptBody { label: Some(l), .. }) => PromptSelector::Label(l),
+        Some(PromptBody { .. }) => PromptSelector::Label(PRODUCTION.into()),
+    };
+    let req = RerankRequest {
+        project: who.project.clone(),
+        request_id: format!("rr_{}", uuid::Uuid::new_v4().simple()),
+        user_id: body.user_id,
+        candidates,
+        top_n,
+        prompt,
+        history,
+        strict: body.strict,
+    };
+    let out = state.reranker.rerank(&req).await.map_err(|e| match e {
+        RerankError::Invalid(m) => AppError::Validation(m),
+        RerankError::StrictTimeout(m) => AppError::UpstreamTimeout(m),
+        RerankError::StrictUpstream(m) => AppError::Upstream(m),
+        RerankError::Db(e) => AppError::from(e),
+    })?;
+    Ok(Json(RerankResponse {
+        id: req.request_id,
+        results: out
+            .results
+            .into_iter()
+            .map(|r| RerankResult {
+                index: r.index,
+                id: r.id,
+                score: r.score,
+            })
+            .collect(),
+        meta: RerankMeta {
+            prompt: PromptRef {
+                name: "p_gen".into(),
+                version: out.prompt_version,
+            },
+            prompt_versions: serde_json::to_value(&out.prompt_versions).unwrap_or_default(),
+            profile_id: out.profile_id,
+            model: out.model,
+            fallback: out.fallback.map(|f| f.as_str().to_string()),
+            fallback_detail: out.fallback_detail,
+            repaired: out.repaired,
+            usage: out.usage.into(),
+            latency_ms: out.latency_ms,
+        },
+    }))
+}
+
+/// Body of `POST /v1/feedback`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"request_id": "rr_0123456789abcdef0123456789abcdef", "user_id": "u1", "item_id": "i7", "kind": "click"}))]
+pub struct FeedbackBody {
+    pub request_id: String,
+    pub user_id: String,
+    pub item_id: String,
+    /// What happened (`click`, `purchase`, ...).
+    pub kind: String,
+}
+
+/// Answer of `POST /v1/feedback`.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct FeedbackRecorded {
+    /// False when the same (request, item, kind) was recorded before.
+    pub recorded: bool,
+}
+
+/// Join an outcome (click, purchase, ...) to the rerank that produced the list.
+#[utoipa::path(post, path = "/v1/feedback", tag = "rerank", request_body = FeedbackBody,
+    responses(
+        (status = 200, body = FeedbackRecorded),
+        (status = 404, description = "Unknown request id", body = ErrorBody),
+        (status = 422, description = "User or item does not match the request", body = ErrorBody),
+    ))]
+pub async fn feedback(
+    State(state): State<AppState>,
+    Extension(who): Extension<Principal>,
+    Json(body): Json<FeedbackBody>,
+) -> Result<Json<FeedbackRecorded>, AppError> {
+    for (field, v) in [
+        ("request_id", &body.request_id),
+        ("user_id", &body.user_id),
+        ("item_id", &body.item_id),
+        ("kind", &body.kind),
+    ] {
+        crate::catalog::check_id(field, v, state.config.limits.max_id_len)?;
+    }
+    let mut logged = db::logged_request(&state.pool, &who.project, &body.request_id).await?;
+    if logged.is_none() {
+        // The log row may still be queued in this process: write it out and look again.
+        state.reranker.flush().await;
+        logged = db::logged_request(&state.pool, &who.project, &body.request_id).await?;
+    }
+    let Some((user, candidates)) = logged else {
+        return Err(AppError::NotFound(format!(
+            "rerank request {:?} not found",
+            body.request_id
+        )));
+    };
+    if user != body.user_id {
+        return Err(AppError::Validation(format!(
+            "user_id {:?} does not match the user of request {:?}",
+            body.user_id, body.request_id
+        )));
+    }
+    let in_list = candidates
+        .as_array()
+        .is_some_and(|a| a.iter().any(|c| c.as_str() == Some(body.item_id.as_str())));
+    if !in_list {
+        return Err(AppError::Validation(format!(
+            "item_id {:?} was not among the candidates of request {:?}",
+            body.item_id, body.request_id
+        )));
+    }
+    let recorded = db::insert_feedback(
+        &state.pool,
+        &who.project,
+        &body.request_id,
+        &body.user_id,
+        &body.item_id,
+        &body.kind,
+    )
+    .await?;
+    Ok(Json(FeedbackRecorded { recorded }))
+}
+
+/// Query of the profile endpoint.
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct ProfileQuery {
+    /// Only a profile written by this `p_gen` version (default: the newest of any version).
+    pub version: Option<i32>,
+}
+
+/// A user's profile with its provenance.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ProfileResponse {
+    pub user_id: String,
+    pub profile_id: uuid::Uuid,
+    pub profile: String,
+    pub prompt: PromptRef,
+    pub model: String,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    pub age_seconds: i64,
+}
+
+/// The newest profile written for the user.
+#[utoipa::path(get, path = "/v1/users/{id}/profile", tag = "rerank",
+    params(("id" = String, Path, description = "User id"), ProfileQuery),
+    responses((status = 200, body = ProfileResponse), (status = 404, description = "No profile yet", body = ErrorBody)))]
+pub async fn profile(
+    State(state): State<AppState>,
+    Extension(who): Extension<Principal>,
+    Path(id): Path<String>,
+    Query(q): Query<ProfileQuery>,
+) -> Result<Json<ProfileResponse>, AppError> {
+    let row = db::latest_profile(&state.pool, &who.project, &id, q.version)
+        .await?
+        .ok_or_else(|| {
+            AppError::NotFound(format!(
+                "no profile for user {id:?} yet (one is written at the user's first rerank)"
+            ))
+        })?;
+    Ok(Json(ProfileResponse {
+        user_id: row.user_id,
+        profile_id: row.id,
+        profile: row.profile,
+        prompt: PromptRef {
+            name: "p_gen".into(),
+            version: row.prompt_version,
+        },
+        model: row.model,
+        age_seconds: (chrono::Utc::now() - row.created_at).num_seconds().max(0),
+        created_at: row.created_at,
+    }))
+}

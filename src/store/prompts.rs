@@ -1,0 +1,290 @@
+//! Prompt registry: names, immutable numbered versions, movable labels (with A/B splits).
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sqlx::PgPool;
+use utoipa::ToSchema;
+
+use crate::agp::prompt::{PromptName, default_template};
+
+/// The label every prompt starts with and the rerank path uses by default.
+pub const PRODUCTION: &str = "production";
+
+/// One stored version.
+#[derive(Debug, Clone, Serialize, Deserialize, sqlx::FromRow, ToSchema)]
+pub struct VersionRow {
+    pub name: String,
+    pub version: i32,
+    pub template: String,
+    pub message: String,
+    /// `seed`, `api`, or `optimization`.
+    pub source: String,
+    pub run_id: Option<uuid::Uuid>,
+    pub parent_version: Option<i32>,
+    #[schema(value_type = Object)]
+    pub scores: serde_json::Value,
+    pub created_at: DateTime<Utc>,
+}
+
+/// One arm of an A/B split.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SplitArm {
+    pub version: i32,
+    pub weight: f64,
+}
+
+/// Where a label points.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct LabelRow {
+    pub name: String,
+    pub label: String,
+    /// The version, when the label points at one.
+    pub version: Option<i32>,
+    /// The split, when the label divides traffic.
+    pub split: Option<Vec<SplitArm>>,
+    pub updated_at: DateTime<Utc>,
+}
+
+type LabelTuple = (
+    String,
+    String,
+    Option<i32>,
+    Option<serde_json::Value>,
+    DateTime<Utc>,
+);
+
+fn label_row((name, label, version, split, updated_at): LabelTuple) -> LabelRow {
+    let split = split.and_then(|s| serde_json::from_value(s).ok());
+    LabelRow {
+        name,
+        label,
+        version,
+        split,
+        updated_at,
+    }
+}
+
+/// Creates the project (if new) and seeds the six prompts with their defaults as version 1
+/// labelled `production`. Idempotent.
+pub async fn ensure_project(pool: &PgPool, project: &str) -> Result<(), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("INSERT INTO projects (id) VALUES ($1) ON CONFLICT DO NOTHING")
+        .bind(project)
+        .execute(&mut *tx)
+        .await?;
+    for name in PromptName::ALL {
+        let created = sqlx::query(
+            "INSERT INTO prompts (project, name) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+        )
+        .bind(project)
+        .bind(name.as_str())
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if created == 0 {
+            continue;
+        }
+        sqlx::query(
+            "INSERT INTO prompt_versions (project, name, version, template, message, source)
+             VALUES ($1, $2, 1, $3, 'default written for AGP Rerank', 'seed')",
+        )
+        .bind(project)
+        .bind(name.as_str())
+        .bind(default_template(name))
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO prompt_labels (project, name, label, version) VALUES ($1, $2, $3, 1)",
+        )
+        .bind(project)
+        .bind(name.as_str())
+        .bind(PRODUCTION)
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await
+}
+
+/// Summary of each prompt: latest version and labels.
+pub async fn list(
+    pool: &PgPool,
+    project: &str,
+) -> Result<Vec<(String, i32, Vec<LabelRow>)>, sqlx::Error> {
+    let latest: Vec<(String, i32)> = sqlx::query_as(
+        "SELECT name, max(version) FROM prompt_versions WHERE project = $1 GROUP BY name ORDER BY name",
+    )
+    .bind(project)
+    .fetch_all(pool)
+    .await?;
+    let labels: Vec<LabelTuple> = sqlx::query_as(
+        "SELECT name, label, version, split, updated_at FROM prompt_labels WHERE project = $1 ORDER BY name, label",
+    )
+    .bind(project)
+    .fetch_all(pool)
+    .await?;
+    let labels: Vec<LabelRow> = labels.into_iter().map(label_row).collect();
+    Ok(latest
+        .into_iter()
+        .map(|(name, v)| {
+            let l = labels.iter().filter(|l| l.name == name).cloned().collect();
+            (name, v, l)
+        })
+        .collect())
+}
+
+const VERSION_COLS: &str =
+    "name, version, template, message, source, run_id, parent_version, scores, created_at";
+
+/// All versions of a prompt, oldest first.
+pub async fn versions(
+    pool: &PgPool,
+    project: &str,
+    name: &str,
+) -> Result<Vec<VersionRow>, sqlx::Error> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {VERSION_COLS} FROM prompt_versions WHERE project = $1 AND name = $2 ORDER BY version"
+    )))
+    .bind(project)
+    .bind(name)
+    .fetch_all(pool)
+    .await
+}
+
+/// One version.
+pub async fn version(
+    pool: &PgPool,
+    project: &str,
+    name: &str,
+    version: i32,
+) -> Result<Option<VersionRow>, sqlx::Error> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {VERSION_COLS} FROM prompt_versions WHERE project = $1 AND name = $2 AND version = $3"
+    )))
+    .bind(project)
+    .bind(name)
+    .bind(version)
+    .fetch_optional(pool)
+    .await
+}
+
+/// What a new version carries besides its template.
+#[derive(Debug, Clone, Default)]
+pub struct NewVersion<'a> {
+    pub message: &'a str,
+    pub source: &'a str,
+    pub run_id: Option<uuid::Uuid>,
+    pub parent_version: Option<i32>,
+    pub scores: Option<serde_json::Value>,
+}
+
+/// Stores a new version with the next number (numbers never repeat, even under concurrency).
+pub async fn create_version(
+    pool: &PgPool,
+    project: &str,
+    name: &str,
+    template: &str,
+    meta: &NewVersion<'_>,
+) -> Result<i32, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SELECT 1 FROM prompts WHERE project = $1 AND name = $2 FOR UPDATE")
+        .bind(project)
+        .bind(name)
+        .fetch_one(&mut *tx)
+        .await?;
+    let next: i32 = sqlx::query_scalar(
+        "SELECT coalesce(max(version), 0) + 1 FROM prompt_versions WHERE project = $1 AND name = $2",
+    )
+    .bind(project)
+    .bind(name)
+    .fetch_one(&mut *tx)
+    .await?;
+    sqlx::query(
+        "INSERT INTO prompt_versions (project, name, version, template, message, source, run_id, parent_version, scores)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, coalesce($9, '{}'::jsonb))",
+    )
+    .bind(project)
+    .bind(name)
+    .bind(next)
+    .bind(template)
+    .bind(meta.message)
+    .bind(if meta.source.is_empty() { "api" } else { meta.source })
+    .bind(meta.run_id)
+    .bind(meta.parent_version)
+    .bind(&meta.scores)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(next)
+}
+
+/// The label, if it exists.
+pub async fn label(
+    pool: &PgPool,
+    project: &str,
+    name: &str,
+    label: &str,
+) -> Result<Option<LabelRow>, sqlx::Error> {
+    let row: Option<LabelTuple> = sqlx::query_as(
+        "SELECT name, label, version, split, updated_at FROM prompt_labels WHERE project = $1 AND name = $2 AND label = $3",
+    )
+    .bind(project)
+    .bind(name)
+    .bind(label)
+    .fetch_optional(pool)
+    .await?;
+    Ok(row.map(label_row))
+}
+
+/// Points a label at a version or a split (versions must exist; the caller validated the
+/// weights); records the move in the history and tells every replica.
+pub async fn set_label(
+    pool: &PgPool,
+    project: &str,
+    name: &str,
+    label: &str,
+    version: Option<i32>,
+    split: Option<&[SplitArm]>,
+) -> Result<LabelRow, sqlx::Error> {
+    let split_json = split.map(|s| serde_json::to_value(s).unwrap_or_default());
+    let mut tx = pool.begin().await?;
+    let row: LabelTuple = sqlx::query_as(
+        "INSERT INTO prompt_labels (project, name, label, version, split, updated_at) VALUES ($1, $2, $3, $4, $5, now())
+         ON CONFLICT (project, name, label) DO UPDATE
+           SET version = excluded.version, split = excluded.split, updated_at = now()
+         RETURNING name, label, version, split, updated_at",
+    )
+    .bind(project)
+    .bind(name)
+    .bind(label)
+    .bind(version)
+    .bind(&split_json)
+    .fetch_one(&mut *tx)
+    .await?;
+    sqlx::query("INSERT INTO prompt_label_history (project, name, label, version, split) VALUES ($1, $2, $3, $4, $5)")
+        .bind(project)
+        .bind(name)
+        .bind(label)
+        .bind(version)
+        .bind(&split_json)
+        .execute(&mut *tx)
+        .await?;
+    super::notify_tx(&mut tx, &super::Invalidation::Labels(project.to_string())).await?;
+    tx.commit().await?;
+    Ok(label_row(row))
+}
+
+/// Which of `versions` exist for the prompt.
+pub async fn existing_versions(
+    pool: &PgPool,
+    project: &str,
+    name: &str,
+    versions: &[i32],
+) -> Result<Vec<i32>, sqlx::Error> {
+    sqlx::query_scalar("SELECT version FROM prompt_versions WHERE project = $1 AND name = $2 AND version = ANY($3)")
+        .bind(project)
+        .bind(name)
+        .bind(versions)
+        .fetch_all(pool)
+        .await
+}

@@ -1,0 +1,318 @@
+//! SQL of the rerank path: item and history lookups, the profile and summary caches, the
+//! request log, feedback, and popularity for the cheap fallback ranker.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sqlx::PgPool;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+/// What the rerank path needs of an item.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct ItemLite {
+    pub id: String,
+    pub title: String,
+    pub text: Option<String>,
+    pub attributes: Option<serde_json::Value>,
+    pub content_hash: Vec<u8>,
+}
+
+/// Items by id (unknown ids are simply absent).
+pub async fn items_by_ids(
+    pool: &PgPool,
+    project: &str,
+    ids: &[&str],
+) -> Result<Vec<ItemLite>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT id, title, text, attributes, content_hash FROM items WHERE project = $1 AND id = ANY($2::text[])",
+    )
+    .bind(project)
+    .bind(ids)
+    .fetch_all(pool)
+    .await
+}
+
+/// The user's last `limit` distinct-by-event items, oldest first; `None` for an unknown user.
+pub async fn recent_items(
+    pool: &PgPool,
+    project: &str,
+    user: &str,
+    limit: i64,
+) -> Result<Option<Vec<ItemLite>>, sqlx::Error> {
+    /// A history row; all NULL for a known user without interactions.
+    type Row = (
+        Option<String>,
+        Option<String>,
+        Option<String>,
+        Option<serde_json::Value>,
+        Option<Vec<u8>>,
+    );
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT h.id, h.title, h.text, h.attributes, h.content_hash
+             FROM users u
+             LEFT JOIN LATERAL (
+               SELECT i.id, i.title, i.text, i.attributes, i.content_hash, x.ts, x.seq
+               FROM interactions x JOIN items i ON i.project = x.project AND i.id = x.item_id
+               WHERE x.project = u.project AND x.user_id = u.id
+               ORDER BY x.ts DESC, x.seq DESC LIMIT $3
+             ) h ON true
+             WHERE u.project = $1 AND u.id = $2
+             ORDER BY h.ts ASC NULLS FIRST, h.seq ASC",
+    )
+    .bind(project)
+    .bind(user)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
+    if rows.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(
+        rows.into_iter()
+            .filter_map(|(id, title, text, attributes, hash)| {
+                Some(ItemLite {
+                    id: id?,
+                    title: title?,
+                    text,
+                    attributes,
+                    content_hash: hash?,
+                })
+            })
+            .collect(),
+    ))
+}
+
+/// A cached profile.
+pub async fn get_profile(
+    pool: &PgPool,
+    project: &str,
+    user: &str,
+    history_hash: &[u8],
+    version: i32,
+    model: &str,
+) -> Result<Option<(Uuid, String)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT id, profile FROM user_profiles
+         WHERE project = $1 AND user_id = $2 AND history_hash = $3 AND prompt_version = $4 AND model = $5",
+    )
+    .bind(project)
+    .bind(user)
+    .bind(history_hash)
+    .bind(version)
+    .bind(model)
+    .fetch_optional(pool)
+    .await
+}
+
+/// Stores a profile; when another writer got there first, theirs is kept and returned.
+pub async fn put_profile(
+    pool: &PgPool,
+    project: &str,
+    user: &str,
+    history_hash: &[u8],
+    version: i32,
+    model: &str,
+    profile: &str,
+) -> Result<(Uuid, String), sqlx::Error> {
+    sqlx::query_as(
+        "INSERT INTO user_profiles (id, project, user_id, history_hash, prompt_version, model, profile)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)
+         ON CONFLICT (project, user_id, history_hash, prompt_version, model)
+           DO UPDATE SET profile = user_profiles.profile
+         RETURNING id, profile",
+    )
+    .bind(Uuid::new_v4())
+    .bind(project)
+    .bind(user)
+    .bind(history_hash)
+    .bind(version)
+    .bind(model)
+    .bind(profile)
+    .fetch_one(pool)
+    .await
+}
+
+/// A stored profile with its provenance.
+#[derive(Debug, Clone, Serialize, Deserialize, sqlx::FromRow, ToSchema)]
+pub struct ProfileRow {
+    pub id: Uuid,
+    pub user_id: String,
+    pub profile: String,
+    pub prompt_version: i32,
+    pub model: String,
+    pub created_at: DateTime<Utc>,
+}
+
+/// The newest profile of a user, optionally for one `p_gen` version.
+pub async fn latest_profile(
+    pool: &PgPool,
+    project: &str,
+    user: &str,
+    version: Option<i32>,
+) -> Result<Option<ProfileRow>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT id, user_id, profile, prompt_version, model, created_at FROM user_profiles
+         WHERE project = $1 AND user_id = $2 AND ($3::int4 IS NULL OR prompt_version = $3)
+         ORDER BY created_at DESC LIMIT 1",
+    )
+    .bind(project)
+    .bind(user)
+    .bind(version)
+    .fetch_optional(pool)
+    .await
+}
+
+/// Cached summaries for (item, content hash) pairs under one `p_sum` version and model.
+pub async fn get_summaries(
+    pool: &PgPool,
+    project: &str,
+    items: &[(&str, &[u8])],
+    version: i32,
+    model: &str,
+) -> Result<HashMap<String, String>, sqlx::Error> {
+    let ids: Vec<&str> = items.iter().map(|(i, _)| *i).collect();
+    let hashes: Vec<&[u8]> = items.iter().map(|(_, h)| *h).collect();
+    let rows: Vec<(String, String)> = sqlx::query_as(
+        "SELECT s.item_id, s.summary FROM item_summaries s
+         JOIN UNNEST($2::text[], $3::bytea[]) AS k(id, hash) ON s.item_id = k.id AND s.content_hash = k.hash
+         WHERE s.project = $1 AND s.prompt_version = $4 AND s.model = $5",
+    )
+    .bind(project)
+    .bind(&ids)
+    .bind(&hashes)
+    .bind(version)
+    .bind(model)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows.into_iter().collect())
+}
+
+/// Stores a summary (first writer wins).
+pub async fn put_summary(
+    pool: &PgPool,
+    project: &str,
+    item: &str,
+    hash: &[u8],
+    version: i32,
+    model: &str,
+    summary: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO item_summaries (project, item_id, content_hash, prompt_version, model, summary)
+         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+    )
+    .bind(project)
+    .bind(item)
+    .bind(hash)
+    .bind(version)
+    .bind(model)
+    .bind(summary)
+    .execute(pool)
+    .await
+    .map(|_| ())
+}
+
+/// One answered rerank, as logged.
+#[derive(Debug, Clone, Serialize)]
+pub struct RerankLogRow {
+    pub id: String,
+    pub project: String,
+    pub user_id: String,
+    pub candidates: serde_json::Value,
+    pub result_order: serde_json::Value,
+    pub prompt_version: Option<i32>,
+    pub prompt_versions: serde_json::Value,
+    pub profile_id: Option<Uuid>,
+    pub model: Option<String>,
+    pub fallback: Option<String>,
+    pub repaired: bool,
+    pub latency_ms: i32,
+    pub usage: serde_json::Value,
+}
+
+/// Inserts request log rows in one statement.
+pub async fn insert_rerank_logs(pool: &PgPool, rows: &[RerankLogRow]) -> Result<(), sqlx::Error> {
+    let j = |f: fn(&RerankLogRow) -> &serde_json::Value| {
+        rows.iter().map(|r| f(r).to_string()).collect::<Vec<_>>()
+    };
+    sqlx::query(
+        "INSERT INTO rerank_requests (id, project, user_id, candidates, result_order, prompt_version, prompt_versions,
+                                      profile_id, model, fallback, repaired, latency_ms, usage)
+         SELECT id, project, user_id, c::jsonb, o::jsonb, v, pv::jsonb, pid, m, f, r, l, u::jsonb
+         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int4[], $7::text[],
+                     $8::uuid[], $9::text[], $10::text[], $11::bool[], $12::int4[], $13::text[])
+              AS t(id, project, user_id, c, o, v, pv, pid, m, f, r, l, u)
+         ON CONFLICT (id) DO NOTHING",
+    )
+    .bind(rows.iter().map(|r| r.id.as_str()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.project.as_str()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.user_id.as_str()).collect::<Vec<_>>())
+    .bind(j(|r| &r.candidates))
+    .bind(j(|r| &r.result_order))
+    .bind(rows.iter().map(|r| r.prompt_version).collect::<Vec<_>>())
+    .bind(j(|r| &r.prompt_versions))
+    .bind(rows.iter().map(|r| r.profile_id).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.model.clone()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.fallback.clone()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.repaired).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.latency_ms).collect::<Vec<_>>())
+    .bind(j(|r| &r.usage))
+    .execute(pool)
+    .await
+    .map(|_| ())
+}
+
+/// The logged request: (user, candidate ids) when it exists in this project.
+pub async fn logged_request(
+    pool: &PgPool,
+    project: &str,
+    id: &str,
+) -> Result<Option<(String, serde_json::Value)>, sqlx::Error> {
+    sqlx::query_as("SELECT user_id, candidates FROM rerank_requests WHERE project = $1 AND id = $2")
+        .bind(project)
+        .bind(id)
+        .fetch_optional(pool)
+        .await
+}
+
+/// Records feedback; false when the same (request, item, kind) was already recorded.
+pub async fn insert_feedback(
+    pool: &PgPool,
+    project: &str,
+    request_id: &str,
+    user: &str,
+    item: &str,
+    kind: &str,
+) -> Result<bool, sqlx::Error> {
+    let n = sqlx::query(
+        "INSERT INTO feedback (project, request_id, user_id, item_id, kind) VALUES ($1, $2, $3, $4, $5)
+         ON CONFLICT (request_id, item_id, kind) DO NOTHING",
+    )
+    .bind(project)
+    .bind(request_id)
+    .bind(user)
+    .bind(item)
+    .bind(kind)
+    .execute(pool)
+    .await?
+    .rows_affected();
+    Ok(n > 0)
+}
+
+/// Interaction counts of these items (the popularity fallback ranker).
+pub async fn popularity(
+    pool: &PgPool,
+    project: &str,
+    ids: &[&str],
+) -> Result<HashMap<String, i64>, sqlx::Error> {
+    let rows: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT item_id, count(*) FROM interactions WHERE project = $1 AND item_id = ANY($2::text[]) GROUP BY item_id",
+    )
+    .bind(project)
+    .bind(ids)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows.into_iter().collect())
+}
