@@ -141,5 +141,82 @@ async fn real_llama_server_protocol_and_robustness() {
     assert_eq!((calls, hits), (3, 1));
     assert!(tokens > 0);
 
+    // 7. The whole rerank path against the real model (quality aside): a permutation comes
+    // back, with the profile written by the model and a parsed (possibly repaired) ranking.
+    let state = agp_rerank::app::AppState::with_llm(
+        pool.clone(),
+        agp_rerank::config::AppConfig::default(),
+        client.clone(),
+    );
+    let items: Vec<agp_rerank::catalog::NewItem> = [
+        "Fire Emblem: The Sacred Stones",
+        "Advance Wars",
+        "Golden Sun",
+        "Mario Kart: Super Circuit",
+        "Madden NFL 2005",
+        "Final Fantasy Tactics Advance",
+    ]
+    .iter()
+    .enumerate()
+    .map(|(i, t)| agp_rerank::catalog::NewItem {
+        id: format!("g{i}"),
+        title: t.to_string(),
+        text: None,
+        attributes: None,
+    })
+    .collect();
+    let history: Vec<agp_rerank::catalog::NewInteraction> = (0..3)
+        .map(|i| agp_rerank::catalog::NewInteraction {
+            user_id: "gamer".into(),
+            item_id: format!("g{i}"),
+            kind: None,
+            value: None,
+            timestamp: None,
+        })
+        .collect();
+    agp_rerank::store::import::write(&pool, "default", &items, &history, |_| {})
+        .await
+        .unwrap();
+    let req = agp_rerank::rerank::RerankRequest {
+        project: "default".into(),
+        request_id: "rr_real".into(),
+        user_id: "gamer".into(),
+        candidates: (3..6)
+            .map(|i| agp_rerank::rerank::ItemRef {
+                id: format!("g{i}"),
+                title: None,
+                text: None,
+            })
+            .collect(),
+        top_n: 3,
+        prompt: agp_rerank::rerank::PromptSelector::Label("production".into()),
+        history: None,
+        strict: false,
+    };
+    let out = state.reranker.rerank(&req).await.expect("rerank");
+    let mut idx: Vec<usize> = out.results.iter().map(|r| r.index).collect();
+    idx.sort();
+    assert_eq!(idx, vec![0, 1, 2], "a permutation of the candidates");
+    assert_eq!(
+        out.usage.llm_calls, 5,
+        "3 summaries + profile + ranking: {out:?}"
+    );
+    assert!(
+        out.fallback.is_none()
+            || out.fallback == Some(agp_rerank::rerank::Fallback::UnusableOutput),
+        "{out:?}"
+    );
+    eprintln!(
+        "real-model rerank: fallback {:?}, repaired {}, {:?}",
+        out.fallback, out.repaired, out.results
+    );
+    let profile = agp_rerank::store::rerank::latest_profile(&pool, "default", "gamer", None)
+        .await
+        .unwrap();
+    assert!(
+        profile.is_some_and(|p| !p.profile.is_empty()),
+        "the model wrote a profile"
+    );
+
     local.stop().await;
 }

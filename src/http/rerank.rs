@@ -91,6 +91,8 @@ pub struct Usage {
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
     pub cache_hits: u64,
+    /// Time spent waiting for the LLM, in milliseconds (the rest of latency_ms is the service).
+    pub llm_ms: f64,
 }
 
 impl From<TallySnapshot> for Usage {
@@ -100,6 +102,7 @@ impl From<TallySnapshot> for Usage {
             prompt_tokens: t.prompt_tokens,
             completion_tokens: t.completion_tokens,
             cache_hits: t.cache_hits,
+            llm_ms: t.llm_micros as f64 / 1000.0,
         }
     }
 }

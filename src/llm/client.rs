@@ -151,7 +151,7 @@ impl LlmClient {
                         resp.cached = true;
                         resp.latency_ms = 0;
                         resp.attempts = 0;
-                        self.account(role, rr, ctx, &Ok(resp.clone()), 0);
+                        self.account(role, rr, ctx, &Ok(resp.clone()), Duration::ZERO);
                         return Ok(resp);
                     }
                 }
@@ -162,9 +162,9 @@ impl LlmClient {
 
         let started = Instant::now();
         let result = self.call_with_retries(rr, body, ctx).await;
-        let latency = started.elapsed().as_millis() as u64;
+        let latency = started.elapsed();
         let result = result.map(|mut r| {
-            r.latency_ms = latency;
+            r.latency_ms = latency.as_millis() as u64;
             r
         });
         self.account(role, rr, ctx, &result, latency);
@@ -308,7 +308,7 @@ impl LlmClient {
         rr: &RoleRoute,
         ctx: &CallContext,
         result: &Result<ChatResponse, LlmError>,
-        latency_ms: u64,
+        latency: Duration,
     ) {
         let (pt, ct, hit, outcome) = match result {
             Ok(r) => (
@@ -324,7 +324,7 @@ impl LlmClient {
             role: role.as_str().to_string(),
             provider: rr.endpoint.base_url.clone(),
             model: rr.route.model.clone(),
-            latency_ms,
+            latency_us: latency.as_micros() as u64,
             prompt_tokens: pt,
             completion_tokens: ct,
             cache_hit: hit,

@@ -15,7 +15,8 @@ pub struct UsageRecord {
     pub role: String,
     pub provider: String,
     pub model: String,
-    pub latency_ms: u64,
+    /// Wall time of the call including queueing and retries, in microseconds.
+    pub latency_us: u64,
     pub prompt_tokens: u32,
     pub completion_tokens: u32,
     pub cache_hit: bool,
@@ -33,6 +34,7 @@ pub struct Tally {
     prompt_tokens: AtomicU64,
     completion_tokens: AtomicU64,
     errors: AtomicU64,
+    llm_micros: AtomicU64,
 }
 
 /// A snapshot of a tally.
@@ -46,6 +48,9 @@ pub struct TallySnapshot {
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
     pub errors: u64,
+    /// Time spent in LLM calls (sum over calls, microseconds).
+    #[serde(default)]
+    pub llm_micros: u64,
 }
 
 impl Tally {
@@ -63,6 +68,7 @@ impl Tally {
         if r.outcome != "ok" {
             self.errors.fetch_add(1, Ordering::Relaxed);
         }
+        self.llm_micros.fetch_add(r.latency_us, Ordering::Relaxed);
     }
 
     /// Current totals.
@@ -73,6 +79,7 @@ impl Tally {
             prompt_tokens: self.prompt_tokens.load(Ordering::Relaxed),
             completion_tokens: self.completion_tokens.load(Ordering::Relaxed),
             errors: self.errors.load(Ordering::Relaxed),
+            llm_micros: self.llm_micros.load(Ordering::Relaxed),
         }
     }
 }
@@ -89,8 +96,7 @@ pub fn record_metrics(r: &UsageRecord) {
     metrics::counter!("agp_llm_calls_total", &labels).increment(1);
     if !r.cache_hit {
         let l2 = [("role", r.role.clone()), ("model", r.model.clone())];
-        metrics::histogram!("agp_llm_call_duration_seconds", &l2)
-            .record(r.latency_ms as f64 / 1000.0);
+        metrics::histogram!("agp_llm_call_duration_seconds", &l2).record(r.latency_us as f64 / 1e6);
         metrics::counter!("agp_llm_prompt_tokens_total", &l2).increment(r.prompt_tokens as u64);
         metrics::counter!("agp_llm_completion_tokens_total", &l2)
             .increment(r.completion_tokens as u64);
@@ -118,7 +124,7 @@ mod tests {
             role: "rank".into(),
             provider: "x".into(),
             model: "m".into(),
-            latency_ms: 5,
+            latency_us: 5000,
             prompt_tokens: 10,
             completion_tokens: 3,
             cache_hit: hit,

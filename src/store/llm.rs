@@ -41,7 +41,7 @@ pub async fn insert_usage(pool: &PgPool, rows: &[UsageRecord]) -> Result<(), sql
     let outcomes = col(|r| r.outcome.clone());
     let latency: Vec<i32> = rows
         .iter()
-        .map(|r| r.latency_ms.min(i32::MAX as u64) as i32)
+        .map(|r| (r.latency_us / 1000).min(i32::MAX as u64) as i32)
         .collect();
     let pt: Vec<i32> = rows.iter().map(|r| r.prompt_tokens as i32).collect();
     let ct: Vec<i32> = rows.iter().map(|r| r.completion_tokens as i32).collect();
@@ -98,6 +98,7 @@ pub async fn job_usage_by_role(
                     prompt_tokens: pt as u64,
                     completion_tokens: ct as u64,
                     errors: errors as u64,
+                    llm_micros: 0,
                 },
             )
         })
