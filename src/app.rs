@@ -60,6 +60,7 @@ pub fn build_app(state: AppState) -> Router {
         .merge(http::users::router())
         .merge(http::rerank::router())
         .merge(http::prompts::router())
+        .merge(http::jobs::router())
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             mw::authenticate,

@@ -51,12 +51,66 @@ pub enum Command {
     /// Manage API keys.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Run background jobs (optimizations, evaluations) from the shared database.
+    Worker(Box<WorkerArgs>),
+    /// Evaluate prompts offline on the project's data; writes a report folder.
+    Eval(Box<EvalArgs>),
+    /// Optimize p_gen with AGP on the project's data; writes a report folder.
+    Optimize(Box<OptimizeArgs>),
     /// Print the OpenAPI document (or write it to a file).
     Openapi {
         /// Write to this file instead of standard output.
         #[arg(long)]
         out: Option<PathBuf>,
     },
+}
+
+/// Options of `agp worker`.
+#[derive(Debug, clap::Args)]
+pub struct WorkerArgs {
+    /// Concurrent jobs in this process.
+    #[arg(long, env = "AGP_WORKERS", default_value_t = 1)]
+    pub workers: usize,
+    #[command(flatten)]
+    pub rerank: crate::config::RerankArgs,
+    #[command(flatten)]
+    pub llm: LlmArgs,
+}
+
+/// Options of `agp eval`.
+#[derive(Debug, clap::Args)]
+pub struct EvalArgs {
+    #[command(flatten)]
+    pub params: crate::eval::run::EvalParams,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+/// Options of `agp optimize`.
+#[derive(Debug, clap::Args)]
+pub struct OptimizeArgs {
+    #[command(flatten)]
+    pub params: crate::agp::optimizer::OptParams,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+/// Where a CLI run happens and where its report goes.
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// Project (tenant) whose data is used.
+    #[arg(long, env = "AGP_PROJECT", default_value = store::DEFAULT_PROJECT)]
+    pub project: String,
+    /// Report folder (default: reports/<kind>-<job id>).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Continue this job (e.g. after the process was killed) instead of starting a new one.
+    #[arg(long)]
+    pub resume: Option<uuid::Uuid>,
+    #[command(flatten)]
+    pub rerank: crate::config::RerankArgs,
+    #[command(flatten)]
+    pub llm: LlmArgs,
 }
 
 /// Options of `agp import`.
@@ -111,6 +165,17 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Import(args) => run_import(&cli.db, args).await,
+        Command::Worker(args) => run_worker_cmd(&cli.db, *args).await,
+        Command::Eval(args) => {
+            args.params.validate().map_err(anyhow::Error::msg)?;
+            let params = serde_json::to_value(&args.params)?;
+            run_job_cmd(&cli.db, crate::jobs::EVALUATION, params, args.run).await
+        }
+        Command::Optimize(args) => {
+            args.params.validate().map_err(anyhow::Error::msg)?;
+            let params = serde_json::to_value(&args.params)?;
+            run_job_cmd(&cli.db, crate::jobs::OPTIMIZATION, params, args.run).await
+        }
         Command::Keys(cmd) => run_keys(&cli.db, cmd).await,
         Command::Openapi { out } => {
             let spec = crate::http::openapi::spec_json();
@@ -205,9 +270,26 @@ async fn run_serve(db_args: &DbArgs, args: ServeArgs) -> anyhow::Result<()> {
     let mut state = AppState::with_llm(db.pool.clone(), config, llm.clone());
     state.local_llm_healthy = local.as_ref().map(|l| l.health_flag());
     let reranker = state.reranker.clone();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let workers: Vec<_> = (0..args.workers)
+        .map(|i| {
+            let opts = crate::jobs::WorkerOptions::new(i);
+            tokio::spawn(crate::jobs::run_worker(
+                db.pool.clone(),
+                llm.clone(),
+                reranker.clone(),
+                opts,
+                stop_rx.clone(),
+            ))
+        })
+        .collect();
     let app = build_app(state);
     let result = serve(listener, app, shutdown_signal()).await;
     tracing::info!("shutting down");
+    let _ = stop_tx.send(true);
+    for w in workers {
+        let _ = w.await;
+    }
     reranker.flush().await;
     llm.flush_usage().await;
     if let Some(l) = local {
@@ -341,6 +423,11 @@ async fn run_import(db_args: &DbArgs, args: ImportArgs) -> anyhow::Result<()> {
             );
         }
     };
+    let order = match args.format {
+        import::Format::YelpCore40 | import::Format::Goodreads => "unordered",
+        import::Format::Recbole | import::Format::Jsonl => "chronological",
+    };
+    store::catalog::set_history_order(&db.pool, &args.project, order).await?;
     let (items, users, interactions) = store::catalog::counts(&db.pool, &args.project).await?;
     db.close().await;
     println!(
@@ -393,6 +480,141 @@ async fn run_keys(db_args: &DbArgs, cmd: KeysCommand) -> anyhow::Result<()> {
             }
         }
         Ok(())
+    }
+    .await;
+    db.close().await;
+    result
+}
+
+async fn run_worker_cmd(db_args: &DbArgs, args: WorkerArgs) -> anyhow::Result<()> {
+    let db = Database::open(db_args).await?;
+    let (llm, local) = start_llm(&args.llm, &db.pool).await?;
+    let reranker =
+        crate::rerank::Reranker::new(db.pool.clone(), llm.clone(), args.rerank.settings());
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let workers: Vec<_> = (0..args.workers.max(1))
+        .map(|i| {
+            let opts = crate::jobs::WorkerOptions::new(i);
+            tokio::spawn(crate::jobs::run_worker(
+                db.pool.clone(),
+                llm.clone(),
+                reranker.clone(),
+                opts,
+                stop_rx.clone(),
+            ))
+        })
+        .collect();
+    tracing::info!(
+        workers = workers.len(),
+        "waiting for jobs (Ctrl-C to stop; running jobs go back to the queue)"
+    );
+    shutdown_signal().await;
+    let _ = stop_tx.send(true);
+    for w in workers {
+        let _ = w.await;
+    }
+    llm.flush_usage().await;
+    if let Some(l) = local {
+        l.stop().await;
+    }
+    db.close().await;
+    Ok(())
+}
+
+/// Progress bars for CLI runs.
+struct Bars {
+    bar: ProgressBar,
+}
+
+impl crate::jobs::ProgressSink for Bars {
+    fn update(&self, p: &crate::jobs::Progress, usage: &crate::llm::usage::TallySnapshot) {
+        if p.total > 0 {
+            self.bar.set_length(p.total);
+            self.bar.set_position(p.done.min(p.total));
+        }
+        self.bar.set_message(format!(
+            "{} | {} | LLM calls {} (cache hits {}), tokens {}+{}",
+            p.phase,
+            p.message,
+            usage.llm_calls,
+            usage.cache_hits,
+            usage.prompt_tokens,
+            usage.completion_tokens
+        ));
+    }
+}
+
+/// `agp eval` / `agp optimize`: the same job code as the server's workers, run in this
+/// process with progress bars, then the report folder.
+async fn run_job_cmd(
+    db_args: &DbArgs,
+    kind: &str,
+    params: serde_json::Value,
+    run: RunArgs,
+) -> anyhow::Result<()> {
+    let db = Database::open(db_args).await?;
+    let result = async {
+        store::prompts::ensure_project(&db.pool, &run.project).await?;
+        let (llm, local) = start_llm(&run.llm, &db.pool).await?;
+        let reranker = crate::rerank::Reranker::new(db.pool.clone(), llm.clone(), run.rerank.settings());
+        let id = match run.resume {
+            Some(id) => {
+                let job = store::jobs::get(&db.pool, &run.project, id, Some(kind))
+                    .await?
+                    .with_context(|| format!("no {kind} job {id} in project {:?}", run.project))?;
+                if job.status == "running" {
+                    // Its process is gone (that is why we resume): make it claimable now.
+                    sqlx::query("UPDATE jobs SET lease_until = now() - interval '1 second' WHERE id = $1")
+                        .bind(id)
+                        .execute(&db.pool)
+                        .await?;
+                }
+                id
+            }
+            None => store::jobs::enqueue(&db.pool, &run.project, kind, &params).await?.id,
+        };
+        eprintln!("{kind} job {id}");
+        let opts = crate::jobs::WorkerOptions::new(0);
+        let job = store::jobs::claim(&db.pool, &opts.id, opts.lease.as_secs() as i64, Some(id))
+            .await?
+            .with_context(|| format!("job {id} cannot be run (finished, cancelled, or out of attempts)"))?;
+        let bar = ProgressBar::new(0);
+        bar.set_style(
+            ProgressStyle::with_template("{spinner} [{bar:30}] {pos}/{len} {elapsed_precise} ETA {eta} {wide_msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> "),
+        );
+        bar.enable_steady_tick(std::time::Duration::from_millis(250));
+        let sink: std::sync::Arc<dyn crate::jobs::ProgressSink> = std::sync::Arc::new(Bars { bar: bar.clone() });
+        let status = tokio::select! {
+            s = crate::jobs::execute(db.pool.clone(), llm.clone(), reranker.clone(), job, &opts, Some(sink)) => s,
+            _ = shutdown_signal() => {
+                bar.abandon();
+                eprintln!("interrupted: resume with `agp {} --resume {id}` (or any `agp serve`/`agp worker` picks it up)",
+                    if kind == crate::jobs::EVALUATION { "eval" } else { "optimize" });
+                "interrupted".to_string()
+            }
+        };
+        bar.finish_and_clear();
+        reranker.flush().await;
+        llm.flush_usage().await;
+        if let Some(l) = local {
+            l.stop().await;
+        }
+        let job = store::jobs::get(&db.pool, &run.project, id, None).await?.context("job vanished")?;
+        match job.result {
+            Some(result) if status == "succeeded" => {
+                let report: crate::eval::report::Report = serde_json::from_value(result)?;
+                let dir = run.out.clone().unwrap_or_else(|| PathBuf::from(format!("reports/{kind}-{id}")));
+                let files = crate::eval::report::write_report(&dir, &report)?;
+                for line in &report.summary {
+                    println!("{line}");
+                }
+                println!("report: {}", files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>().join(", "));
+                Ok(())
+            }
+            _ => bail!("{kind} job {id} ended {}: {}", job.status, job.error.unwrap_or_default()),
+        }
     }
     .await;
     db.close().await;

@@ -127,6 +127,10 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub limits: LimitArgs,
 
+    /// Job workers inside the server (0: jobs run only in `agp worker` processes).
+    #[arg(long, env = "AGP_WORKERS", default_value_t = 1)]
+    pub workers: usize,
+
     #[command(flatten)]
     pub rerank: RerankArgs,
 

@@ -3,6 +3,7 @@
 
 pub mod error;
 pub mod items;
+pub mod jobs;
 pub mod middleware;
 pub mod openapi;
 pub mod prompts;

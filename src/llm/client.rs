@@ -141,7 +141,8 @@ impl LlmClient {
             req.seed.unwrap_or(s.seed),
             req.max_tokens.unwrap_or(s.max_tokens),
         );
-        let cacheable = s.cache && !ctx.no_cache && temperature == 0.0 && self.inner.pool.is_some();
+        let deterministic = temperature == 0.0 || (req.cache_seeded && req.seed.is_some());
+        let cacheable = s.cache && !ctx.no_cache && deterministic && self.inner.pool.is_some();
         let key = cacheable.then(|| cache_key(&rr.endpoint.base_url, &body));
 
         if let (Some(pool), Some(key)) = (&self.inner.pool, &key) {

@@ -119,6 +119,9 @@ pub struct ChatRequest {
     pub json_schema: Option<JsonSchema>,
     /// Ask for token log-probabilities (`top_logprobs` alternatives per token).
     pub top_logprobs: Option<u8>,
+    /// Cache this call even at a temperature above 0: for sampled calls with an explicit
+    /// seed whose answer should be reproducible (a resumed job re-asks the same question).
+    pub cache_seeded: bool,
 }
 
 impl ChatRequest {

@@ -419,7 +419,7 @@ impl Reranker {
 
     /// Summaries of the history items (cached per content, p_sum version and model), or their
     /// raw metadata when summaries are off.
-    async fn history_texts(
+    pub async fn history_texts(
         &self,
         project: &str,
         history: &[Arc<ItemLite>],
@@ -503,7 +503,7 @@ impl Reranker {
 
     /// The profile for this history under this `p_gen` version: memory, then Postgres, then
     /// one LLM call shared by all concurrent requests for the same key.
-    async fn profile(
+    pub async fn profile(
         &self,
         project: &str,
         user: &str,
@@ -558,7 +558,7 @@ impl Reranker {
 
     /// Catalog items for `refs` (inline items as given). Unknown ids without inline text are
     /// a client error naming the first.
-    async fn load_items(
+    pub async fn load_items(
         &self,
         project: &str,
         refs: &[ItemRef],

@@ -236,3 +236,40 @@ pub async fn counts(pool: &PgPool, project: &str) -> Result<(i64, i64, i64), sql
     .fetch_one(pool)
     .await
 }
+
+/// Records whether the project's interaction order is chronological (`chronological`) or
+/// carries no time (`unordered`); evaluation picks its hold-out from it.
+pub async fn set_history_order(
+    pool: &PgPool,
+    project: &str,
+    order: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE projects SET history_order = $2 WHERE id = $1")
+        .bind(project)
+        .bind(order)
+        .execute(pool)
+        .await
+        .map(|_| ())
+}
+
+/// The project's history order (`chronological` or `unordered`).
+pub async fn history_order(pool: &PgPool, project: &str) -> Result<String, sqlx::Error> {
+    sqlx::query_scalar("SELECT history_order FROM projects WHERE id = $1")
+        .bind(project)
+        .fetch_optional(pool)
+        .await
+        .map(|o| o.unwrap_or_else(|| "chronological".into()))
+}
+
+/// Every user's item sequence in history order (for evaluation and optimization).
+pub async fn user_sequences(
+    pool: &PgPool,
+    project: &str,
+) -> Result<Vec<(String, Vec<String>)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT user_id, array_agg(item_id ORDER BY ts, seq) FROM interactions WHERE project = $1 GROUP BY user_id",
+    )
+    .bind(project)
+    .fetch_all(pool)
+    .await
+}

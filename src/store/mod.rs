@@ -5,6 +5,7 @@ pub mod batch;
 pub mod catalog;
 pub mod embedded;
 pub mod import;
+pub mod jobs;
 pub mod keys;
 pub mod llm;
 pub mod prompts;

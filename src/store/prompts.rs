@@ -288,3 +288,21 @@ pub async fn existing_versions(
         .fetch_all(pool)
         .await
 }
+
+/// Records scores on a version (its template stays immutable).
+pub async fn set_scores(
+    pool: &PgPool,
+    project: &str,
+    name: &str,
+    version: i32,
+    scores: &serde_json::Value,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE prompt_versions SET scores = scores || $4 WHERE project = $1 AND name = $2 AND version = $3")
+        .bind(project)
+        .bind(name)
+        .bind(version)
+        .bind(scores)
+        .execute(pool)
+        .await
+        .map(|_| ())
+}

@@ -1,0 +1,529 @@
+//! Simple, real base recommenders for the `base-topk` protocol: popularity and item-to-item
+//! co-occurrence kNN.
+//!
+//! Leakage note: the caller fits these on training sequences from which every evaluated user's
+//! held-out target has been removed (otherwise the base list would "know" the answer).
+
+use std::collections::{HashMap, HashSet};
+
+use super::BaseRecommender;
+
+/// A base recommender: the top-n items for a history (oldest first), never an item of the
+/// history, best first.
+pub trait Recommend {
+    fn top_n(&self, history: &[String], n: usize) -> Vec<String>;
+    fn name(&self) -> &'static str;
+}
+
+/// Fits the base recommender `kind` with its defaults (co-occurrence: window
+/// [`Cooc::DEFAULT_WINDOW`], recent [`Cooc::DEFAULT_RECENT`]).
+///
+/// Leakage note: `seqs` must not contain the evaluated users' held-out targets.
+pub fn fit_base(kind: BaseRecommender, seqs: &[Vec<String>]) -> Box<dyn Recommend + Send + Sync> {
+    match kind {
+        BaseRecommender::Popularity => Box::new(Popularity::fit(seqs)),
+        BaseRecommender::Cooc => {
+            Box::new(Cooc::fit(seqs, Cooc::DEFAULT_WINDOW, Cooc::DEFAULT_RECENT))
+        }
+    }
+}
+
+/// Popularity: interaction counts over the training sequences; ties broken by item id (ascending)
+/// for determinism.
+///
+/// Leakage note: fit it on sequences with each evaluated user's held-out target removed.
+#[derive(Debug, Clone, Default)]
+pub struct Popularity {
+    counts: HashMap<String, u64>,
+    /// Items by count descending, then id ascending.
+    ranking: Vec<String>,
+}
+
+impl Popularity {
+    /// Counts every occurrence of every item in `seqs`.
+    pub fn fit(seqs: &[Vec<String>]) -> Self {
+        let mut counts: HashMap<String, u64> = HashMap::new();
+        for s in seqs {
+            for item in s {
+                match counts.get_mut(item.as_str()) {
+                    Some(c) => *c += 1,
+                    None => {
+                        counts.insert(item.clone(), 1);
+                    }
+                }
+            }
+        }
+        let mut ranked: Vec<(&String, u64)> = counts.iter().map(|(k, &v)| (k, v)).collect();
+        ranked.sort_unstable_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(b.0)));
+        let ranking = ranked.into_iter().map(|(k, _)| k.clone()).collect();
+        Popularity { counts, ranking }
+    }
+
+    /// The item's interaction count (0 if never seen).
+    pub fn score(&self, item: &str) -> u64 {
+        self.counts.get(item).copied().unwrap_or(0)
+    }
+
+    /// Number of distinct items seen.
+    pub fn item_count(&self) -> usize {
+        self.ranking.len()
+    }
+}
+
+impl Recommend for Popularity {
+    fn top_n(&self, history: &[String], n: usize) -> Vec<String> {
+        let seen: HashSet<&str> = history.iter().map(String::as_str).collect();
+        self.ranking
+            .iter()
+            .filter(|i| !seen.contains(i.as_str()))
+            .take(n)
+            .cloned()
+            .collect()
+    }
+
+    fn name(&self) -> &'static str {
+        "popularity"
+    }
+}
+
+/// Item-to-item co-occurrence kNN.
+///
+/// Two items co-occur when they appear within `window` positions of each other in one sequence
+/// (each occurrence pair counts once; an item never co-occurs with itself). For a history,
+/// `score(c) = sum over the last `recent` distinct known history items h of
+/// cooc(h, c) / sqrt(pop(h) * pop(c))` (cosine-like), where `pop` counts occurrences. The
+/// history items are excluded; when fewer than `n` items have a positive score, the rest is
+/// filled in by popularity, so there are always `n` results unless the catalog (items seen in
+/// the training sequences) is smaller. Ties: higher popularity, then item id ascending.
+///
+/// Leakage note: fit it on sequences with each evaluated user's held-out target removed.
+#[derive(Debug, Clone)]
+pub struct Cooc {
+    ids: Vec<String>,
+    index: HashMap<String, u32>,
+    pop: Vec<u64>,
+    /// CSR adjacency: the neighbours of item `i` are `neighbors[offsets[i]..offsets[i + 1]]`,
+    /// sorted by index, with their pair counts and precomputed cosine-like weights.
+    offsets: Vec<usize>,
+    neighbors: Vec<u32>,
+    counts: Vec<u32>,
+    weights: Vec<f32>,
+    /// Item indices by popularity descending, then id ascending.
+    by_pop: Vec<u32>,
+    recent: usize,
+}
+
+impl Cooc {
+    /// The default co-occurrence window (positions).
+    pub const DEFAULT_WINDOW: usize = 5;
+    /// The default number of recent history items scored from.
+    pub const DEFAULT_RECENT: usize = 5;
+
+    /// Builds the co-occurrence graph of `seqs`.
+    pub fn fit(seqs: &[Vec<String>], window: usize, recent: usize) -> Self {
+        let mut index: HashMap<String, u32> = HashMap::new();
+        let mut ids: Vec<String> = Vec::new();
+        let mut pop: Vec<u64> = Vec::new();
+        let mut total = 0usize;
+        let encoded: Vec<Vec<u32>> = seqs
+            .iter()
+            .map(|s| {
+                total += s.len();
+                s.iter()
+                    .map(|item| {
+                        let i = match index.get(item.as_str()) {
+                            Some(&i) => i,
+                            None => {
+                                let i = u32::try_from(ids.len()).expect("fewer than 2^32 items");
+                                index.insert(item.clone(), i);
+                                ids.push(item.clone());
+                                pop.push(0);
+                                i
+                            }
+                        };
+                        pop[i as usize] += 1;
+                        i
+                    })
+                    .collect()
+            })
+            .collect();
+
+        // Both directions of every occurrence pair, packed as (a << 32 | b), then counted.
+        let mut pairs: Vec<u64> = Vec::with_capacity(total.saturating_mul(2 * window.min(64)));
+        for s in &encoded {
+            for (i, &a) in s.iter().enumerate() {
+                for &b in s.iter().skip(i + 1).take(window) {
+                    if a != b {
+                        pairs.push((u64::from(a) << 32) | u64::from(b));
+                        pairs.push((u64::from(b) << 32) | u64::from(a));
+                    }
+                }
+            }
+        }
+        pairs.sort_unstable();
+
+        let n_items = ids.len();
+        let mut offsets = vec![0usize; n_items + 1];
+        let mut neighbors: Vec<u32> = Vec::new();
+        let mut counts: Vec<u32> = Vec::new();
+        let mut weights: Vec<f32> = Vec::new();
+        let mut k = 0;
+        while k < pairs.len() {
+            let p = pairs[k];
+            let mut run = 1;
+            while k + run < pairs.len() && pairs[k + run] == p {
+                run += 1;
+            }
+            let (a, b) = ((p >> 32) as u32, p as u32);
+            offsets[a as usize + 1] += 1;
+            neighbors.push(b);
+            counts.push(run as u32);
+            let denom = ((pop[a as usize] as f64) * (pop[b as usize] as f64)).sqrt();
+            weights.push((run as f64 / denom) as f32);
+            k += run;
+        }
+        for i in 0..n_items {
+            offsets[i + 1] += offsets[i];
+        }
+
+        let mut by_pop: Vec<u32> = (0..n_items as u32).collect();
+        by_pop.sort_unstable_by(|&a, &b| {
+            pop[b as usize]
+                .cmp(&pop[a as usize])
+                .then_with(|| ids[a as usize].cmp(&ids[b as usize]))
+        });
+
+        Cooc {
+            ids,
+            index,
+            pop,
+            offsets,
+            neighbors,
+            counts,
+            weights,
+            by_pop,
+            recent,
+        }
+    }
+
+    /// Number of distinct items seen.
+    pub fn item_count(&self) -> usize {
+        self.ids.len()
+    }
+
+    /// The item's occurrence count (0 if never seen).
+    pub fn popularity(&self, item: &str) -> u64 {
+        self.index.get(item).map_or(0, |&i| self.pop[i as usize])
+    }
+
+    /// How many occurrence pairs of `a` and `b` lie within the window (symmetric).
+    pub fn cooc(&self, a: &str, b: &str) -> u32 {
+        let (Some(&a), Some(&b)) = (self.index.get(a), self.index.get(b)) else {
+            return 0;
+        };
+        let range = self.offsets[a as usize]..self.offsets[a as usize + 1];
+        match self.neighbors[range.clone()].binary_search(&b) {
+            Ok(k) => self.counts[range.start + k],
+            Err(_) => 0,
+        }
+    }
+
+    /// The kNN score of `item` for `history` (0 for unknown items; history items are not
+    /// excluded here).
+    pub fn score(&self, history: &[String], item: &str) -> f32 {
+        let Some(&c) = self.index.get(item) else {
+            return 0.0;
+        };
+        let mut s = 0.0f32;
+        for h in self.recent_items(history) {
+            let range = self.offsets[h as usize]..self.offsets[h as usize + 1];
+            if let Ok(k) = self.neighbors[range.clone()].binary_search(&c) {
+                s += self.weights[range.start + k];
+            }
+        }
+        s
+    }
+
+    /// The last `recent` distinct known items of `history`, most recent first.
+    fn recent_items(&self, history: &[String]) -> Vec<u32> {
+        let mut out: Vec<u32> = Vec::with_capacity(self.recent);
+        for item in history.iter().rev() {
+            if out.len() == self.recent {
+                break;
+            }
+            if let Some(&i) = self.index.get(item.as_str())
+                && !out.contains(&i)
+            {
+                out.push(i);
+            }
+        }
+        out
+    }
+}
+
+impl Recommend for Cooc {
+    fn top_n(&self, history: &[String], n: usize) -> Vec<String> {
+        if n == 0 {
+            return Vec::new();
+        }
+        let in_history: HashSet<u32> = history
+            .iter()
+            .filter_map(|i| self.index.get(i.as_str()).copied())
+            .collect();
+        let mut scores = vec![0.0f32; self.ids.len()];
+        let mut touched: Vec<u32> = Vec::new();
+        // Same summation order as `score` (most recent first), so the values agree exactly.
+        for h in self.recent_items(history) {
+            let range = self.offsets[h as usize]..self.offsets[h as usize + 1];
+            for (&c, &w) in self.neighbors[range.clone()]
+                .iter()
+                .zip(&self.weights[range])
+            {
+                if scores[c as usize] == 0.0 {
+                    touched.push(c);
+                }
+                scores[c as usize] += w;
+            }
+        }
+        touched.retain(|c| !in_history.contains(c));
+        touched.sort_unstable_by(|&a, &b| {
+            scores[b as usize]
+                .total_cmp(&scores[a as usize])
+                .then_with(|| self.pop[b as usize].cmp(&self.pop[a as usize]))
+                .then_with(|| self.ids[a as usize].cmp(&self.ids[b as usize]))
+        });
+        touched.truncate(n);
+        if touched.len() < n {
+            // Every positively scored non-history item is already in; fill by popularity.
+            let missing = n - touched.len();
+            let fill: Vec<u32> = self
+                .by_pop
+                .iter()
+                .copied()
+                .filter(|&c| scores[c as usize] == 0.0 && !in_history.contains(&c))
+                .take(missing)
+                .collect();
+            touched.extend(fill);
+        }
+        touched
+            .into_iter()
+            .map(|i| self.ids[i as usize].clone())
+            .collect()
+    }
+
+    fn name(&self) -> &'static str {
+        "cooc"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn strings(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    /// [a,b,c], [a,b], [b,d]: pop a=2, b=3, c=1, d=1;
+    /// window 5: cooc(a,b)=2, cooc(a,c)=1, cooc(b,c)=1, cooc(b,d)=1, cooc(a,d)=cooc(c,d)=0.
+    fn data() -> Vec<Vec<String>> {
+        vec![
+            strings(&["a", "b", "c"]),
+            strings(&["a", "b"]),
+            strings(&["b", "d"]),
+        ]
+    }
+
+    fn close(a: f32, b: f64) -> bool {
+        (f64::from(a) - b).abs() < 1e-6
+    }
+
+    #[test]
+    fn popularity_hand_computed() {
+        let p = Popularity::fit(&data());
+        assert_eq!(
+            (
+                p.score("a"),
+                p.score("b"),
+                p.score("c"),
+                p.score("d"),
+                p.score("z")
+            ),
+            (2, 3, 1, 1, 0)
+        );
+        assert_eq!(p.item_count(), 4);
+        // ties (c, d) by id
+        assert_eq!(p.top_n(&[], 10), strings(&["b", "a", "c", "d"]));
+        assert_eq!(p.top_n(&[], 2), strings(&["b", "a"]));
+        // history items excluded
+        assert_eq!(p.top_n(&strings(&["b"]), 2), strings(&["a", "c"]));
+        assert_eq!(
+            p.top_n(&strings(&["b", "c", "unknown"]), 5),
+            strings(&["a", "d"])
+        );
+        assert_eq!(p.name(), "popularity");
+    }
+
+    #[test]
+    fn cooc_counts_and_scores_hand_computed() {
+        let m = Cooc::fit(&data(), 5, 5);
+        assert_eq!(m.item_count(), 4);
+        assert_eq!((m.cooc("a", "b"), m.cooc("b", "a")), (2, 2));
+        assert_eq!(
+            (m.cooc("a", "c"), m.cooc("b", "c"), m.cooc("b", "d")),
+            (1, 1, 1)
+        );
+        assert_eq!(
+            (
+                m.cooc("a", "d"),
+                m.cooc("c", "d"),
+                m.cooc("a", "a"),
+                m.cooc("a", "z")
+            ),
+            (0, 0, 0, 0)
+        );
+        assert_eq!(m.popularity("b"), 3);
+
+        let h = strings(&["a"]);
+        assert!(close(m.score(&h, "b"), 2.0 / 6f64.sqrt())); // 0.8165
+        assert!(close(m.score(&h, "c"), 1.0 / 2f64.sqrt())); // 0.7071
+        assert_eq!(m.score(&h, "d"), 0.0);
+        // b, c by score; d filled in by popularity
+        assert_eq!(m.top_n(&h, 3), strings(&["b", "c", "d"]));
+        assert_eq!(m.top_n(&h, 1), strings(&["b"]));
+
+        // [c]: a = 1/sqrt(2) = 0.707 > b = 1/sqrt(3) = 0.577; then d by popularity
+        assert_eq!(m.top_n(&strings(&["c"]), 10), strings(&["a", "b", "d"]));
+
+        // [d]: only b scores (1/sqrt(3)); fill-in by popularity: a (2), c (1)
+        assert!(close(m.score(&strings(&["d"]), "b"), 1.0 / 3f64.sqrt()));
+        assert_eq!(m.top_n(&strings(&["d"]), 3), strings(&["b", "a", "c"]));
+
+        // [a, c]: b = 2/sqrt(6) + 1/sqrt(3) = 1.3938; d only by fill-in; a, c excluded
+        let h = strings(&["a", "c"]);
+        assert!(close(
+            m.score(&h, "b"),
+            2.0 / 6f64.sqrt() + 1.0 / 3f64.sqrt()
+        ));
+        assert_eq!(m.top_n(&h, 4), strings(&["b", "d"]));
+
+        // unknown history: pure popularity; n = 0: nothing
+        assert_eq!(
+            m.top_n(&strings(&["zz"]), 4),
+            strings(&["b", "a", "c", "d"])
+        );
+        assert_eq!(m.top_n(&h, 0), Vec::<String>::new());
+        assert_eq!(m.name(), "cooc");
+    }
+
+    #[test]
+    fn cooc_window_and_recent() {
+        // window 1: only neighbours; (a, c) no longer co-occur
+        let m = Cooc::fit(&data(), 1, 5);
+        assert_eq!(
+            (m.cooc("a", "b"), m.cooc("a", "c"), m.cooc("b", "c")),
+            (2, 0, 1)
+        );
+        assert_eq!(m.score(&strings(&["a"]), "c"), 0.0);
+        // [a]: b by score, then c, d by popularity (tie by id)
+        assert_eq!(m.top_n(&strings(&["a"]), 3), strings(&["b", "c", "d"]));
+
+        // recent 1: only the last history item scores; [c, d]: b from d only
+        let m = Cooc::fit(&data(), 5, 1);
+        let h = strings(&["c", "d"]);
+        assert!(close(m.score(&h, "b"), 1.0 / 3f64.sqrt()));
+        assert_eq!(m.score(&h, "a"), 0.0);
+        // b by score; a by popularity (c is in the history, so excluded although older)
+        assert_eq!(m.top_n(&h, 3), strings(&["b", "a"]));
+    }
+
+    #[test]
+    fn cooc_repeated_pairs_count_per_occurrence() {
+        // x y x: pairs (x,y), (x,x) skipped, (y,x) -> cooc(x,y) = 2, pop x = 2, y = 1
+        let m = Cooc::fit(&[strings(&["x", "y", "x"])], 5, 5);
+        assert_eq!(m.cooc("x", "y"), 2);
+        assert!(close(m.score(&strings(&["y"]), "x"), 2.0 / 2f64.sqrt()));
+    }
+
+    #[test]
+    fn fit_base_dispatches() {
+        let p = fit_base(BaseRecommender::Popularity, &data());
+        assert_eq!(p.name(), "popularity");
+        let c = fit_base(BaseRecommender::Cooc, &data());
+        assert_eq!(c.name(), "cooc");
+        assert_eq!(c.top_n(&strings(&["a"]), 3), strings(&["b", "c", "d"]));
+    }
+
+    /// Timing on the real Amazon Games data:
+    /// `cargo test --release --lib eval::base -- --ignored --nocapture`.
+    #[test]
+    #[ignore = "reads /work/shared/data/amazon-games; timing only"]
+    fn amazon_timing() {
+        use std::path::PathBuf;
+        use std::time::Instant;
+
+        let t = Instant::now();
+        let ds = crate::import::read(
+            crate::import::Format::Recbole,
+            &[PathBuf::from("/work/shared/data/amazon-games")],
+        )
+        .expect("read amazon-games");
+        let read_time = t.elapsed();
+        let mut seqs: Vec<Vec<String>> = Vec::new();
+        let mut last: Option<&str> = None;
+        for it in &ds.interactions {
+            if last != Some(it.user_id.as_str()) {
+                seqs.push(Vec::new());
+                last = Some(it.user_id.as_str());
+            }
+            seqs.last_mut().expect("pushed").push(it.item_id.clone());
+        }
+        let interactions: usize = seqs.iter().map(Vec::len).sum();
+        let longest = seqs.iter().map(Vec::len).max().unwrap_or(0);
+
+        let t = Instant::now();
+        let pop = Popularity::fit(&seqs);
+        let pop_fit = t.elapsed();
+        let t = Instant::now();
+        let m = Cooc::fit(&seqs, Cooc::DEFAULT_WINDOW, Cooc::DEFAULT_RECENT);
+        let fit = t.elapsed();
+
+        let step = (seqs.len() / 200).max(1);
+        let histories: Vec<&[String]> = seqs
+            .iter()
+            .step_by(step)
+            .take(200)
+            .map(|s| &s[..s.len() - 1])
+            .collect();
+        let t = Instant::now();
+        let mut total = 0;
+        for h in &histories {
+            let top = m.top_n(h, 20);
+            assert_eq!(top.len(), 20);
+            total += top.len();
+        }
+        let topn = t.elapsed();
+        let t = Instant::now();
+        for h in &histories {
+            total += pop.top_n(h, 20).len();
+        }
+        let pop_topn = t.elapsed();
+
+        println!(
+            "amazon-games: {} sequences, {} interactions, {} items (longest {}), {} co-occurring pairs; read {:?}",
+            seqs.len(),
+            interactions,
+            m.item_count(),
+            longest,
+            m.neighbors.len(),
+            read_time
+        );
+        println!("Popularity::fit {pop_fit:?}; Cooc::fit {fit:?}");
+        println!(
+            "{} Cooc::top_n(.., 20) calls: {topn:?} ({:?} each); {} Popularity::top_n: {pop_topn:?}; {total} items",
+            histories.len(),
+            topn / histories.len() as u32,
+            histories.len()
+        );
+    }
+}

@@ -1,0 +1,235 @@
+//! Scores a `p_gen` (or no profile) on evaluation cases with the very code the rerank path
+//! uses: the reranker's cached summaries and profiles, then the shared ranking function.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use super::Case;
+use crate::agp::profile;
+use crate::agp::rank::{self, RankError, RankOptions};
+use crate::llm::{CallContext, LlmClient};
+use crate::rerank::{PromptSelector, RerankError, Reranker};
+use crate::store::prompts::PRODUCTION;
+use crate::store::rerank::ItemLite;
+
+/// How profiles are made for a method.
+#[derive(Debug, Clone)]
+pub enum ProfileMode {
+    /// No LLM-written profile: the ranking prompt gets the raw recent-items list instead
+    /// (the LLMRank-style baseline).
+    HistoryOnly,
+    /// A profile written by this `p_gen` version.
+    Prompt { version: i32, template: Arc<String> },
+}
+
+/// What happened to one case.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CaseOutcome {
+    /// 1-based rank of the target in the final order (the incoming order on failure).
+    pub rank: usize,
+    /// Final order (indices into the case's candidates).
+    pub order: Vec<usize>,
+    /// The profile used, when one was written.
+    pub profile: Option<Arc<String>>,
+    pub repaired: bool,
+    /// Why the LLM order could not be had (the incoming order was scored instead).
+    pub failure: Option<String>,
+}
+
+/// Scores cases for one project.
+pub struct Scorer {
+    reranker: Arc<Reranker>,
+    llm: LlmClient,
+    project: String,
+    items: HashMap<String, Arc<ItemLite>>,
+    history_len: usize,
+    sum: Option<(i32, Arc<String>)>,
+    rank_template: Arc<String>,
+    rank_opts: RankOptions,
+    /// Cases scored at once (the LLM limiter bounds the real concurrency).
+    pub parallel: usize,
+}
+
+impl Scorer {
+    /// A scorer over the items of `cases` (loaded once), with the production `p_rank` and
+    /// (when `summaries`) `p_sum`.
+    pub async fn new(
+        reranker: Arc<Reranker>,
+        llm: LlmClient,
+        project: &str,
+        cases: &[Case],
+        history_len: usize,
+        summaries: bool,
+        rank_repeats: usize,
+    ) -> Result<Self, RerankError> {
+        let mut ids: Vec<&str> = cases
+            .iter()
+            .flat_map(|c| c.history.iter().chain(c.candidates.iter()))
+            .map(String::as_str)
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let refs: Vec<crate::rerank::ItemRef> = ids
+            .iter()
+            .map(|id| crate::rerank::ItemRef {
+                id: id.to_string(),
+                title: None,
+                text: None,
+            })
+            .collect();
+        let loaded = reranker.load_items(project, &refs, "items").await?;
+        let items = loaded.into_iter().map(|i| (i.id.clone(), i)).collect();
+        let prod = PromptSelector::Label(PRODUCTION.into());
+        let (_, rank_template) = reranker
+            .resolve_prompt(project, crate::agp::prompt::PromptName::PRank, &prod, "")
+            .await?;
+        let sum = if summaries {
+            Some(
+                reranker
+                    .resolve_prompt(project, crate::agp::prompt::PromptName::PSum, &prod, "")
+                    .await?,
+            )
+        } else {
+            None
+        };
+        let rank_opts = RankOptions {
+            repeats: rank_repeats.max(1),
+            no_cache: false,
+            ..reranker.settings.rank
+        };
+        Ok(Scorer {
+            reranker,
+            llm,
+            project: project.to_string(),
+            items,
+            history_len: history_len.max(1),
+            sum,
+            rank_template,
+            rank_opts,
+            parallel: 16,
+        })
+    }
+
+    /// The text the LLM sees for an item.
+    fn text(&self, id: &str) -> String {
+        match self.items.get(id) {
+            Some(i) => {
+                crate::agp::summarize::item_text(&i.title, i.text.as_deref(), i.attributes.as_ref())
+            }
+            None => id.to_string(),
+        }
+    }
+
+    /// The case's last L history items, loaded.
+    fn recent(&self, case: &Case) -> Vec<Arc<ItemLite>> {
+        let start = case.history.len().saturating_sub(self.history_len);
+        case.history[start..]
+            .iter()
+            .filter_map(|id| self.items.get(id).cloned())
+            .collect()
+    }
+
+    /// Scores one case.
+    pub async fn score(&self, case: &Case, mode: &ProfileMode, ctx: &CallContext) -> CaseOutcome {
+        let incoming: Vec<usize> = (0..case.candidates.len()).collect();
+        let fail = |why: String| CaseOutcome {
+            rank: case
+                .target_rank(&incoming)
+                .unwrap_or(case.candidates.len() + 1),
+            order: incoming.clone(),
+            profile: None,
+            repaired: false,
+            failure: Some(why),
+        };
+        let recent = self.recent(case);
+        let texts = match self
+            .reranker
+            .history_texts(&self.project, &recent, self.sum.as_ref(), ctx)
+            .await
+        {
+            Ok(t) => t,
+            Err(e) => return fail(e.to_string()),
+        };
+        let (profile_text, profile) = match mode {
+            ProfileMode::HistoryOnly => {
+                let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+                (
+                    format!(
+                        "Items the user interacted with recently, oldest first:\n{}",
+                        profile::history_block(&refs)
+                    ),
+                    None,
+                )
+            }
+            ProfileMode::Prompt { version, template } => {
+                match self
+                    .reranker
+                    .profile(
+                        &self.project,
+                        &case.user_id,
+                        &texts,
+                        *version,
+                        template,
+                        ctx,
+                    )
+                    .await
+                {
+                    Ok((_, p)) => (p.to_string(), Some(p)),
+                    Err(e) => return fail(e.to_string()),
+                }
+            }
+        };
+        let cand_texts: Vec<String> = case.candidates.iter().map(|c| self.text(c)).collect();
+        let refs: Vec<&str> = cand_texts.iter().map(String::as_str).collect();
+        match rank::llm_rank(
+            &self.llm,
+            &self.rank_template,
+            Some(&profile_text),
+            None,
+            &refs,
+            &self.rank_opts,
+            ctx,
+        )
+        .await
+        {
+            Ok(o) => CaseOutcome {
+                rank: case
+                    .target_rank(&o.order)
+                    .unwrap_or(case.candidates.len() + 1),
+                order: o.order,
+                profile,
+                repaired: o.repaired,
+                failure: None,
+            },
+            Err(RankError::Unusable) => CaseOutcome {
+                profile,
+                ..fail("unusable ranking answer".into())
+            },
+            Err(RankError::Llm(e)) => CaseOutcome {
+                profile,
+                ..fail(e.to_string())
+            },
+        }
+    }
+
+    /// Scores many cases, `parallel` at a time, calling `tick` after each.
+    pub async fn score_all(
+        &self,
+        cases: &[Case],
+        mode: &ProfileMode,
+        ctx: &CallContext,
+        tick: &(dyn Fn() + Sync),
+    ) -> Vec<CaseOutcome> {
+        let mut out = Vec::with_capacity(cases.len());
+        for chunk in cases.chunks(self.parallel.max(1)) {
+            let done = futures_util::future::join_all(chunk.iter().map(|c| async move {
+                let r = self.score(c, mode, ctx).await;
+                tick();
+                r
+            }))
+            .await;
+            out.extend(done);
+        }
+        out
+    }
+}

@@ -1,0 +1,262 @@
+//! Optimizations and evaluations as background jobs: enqueue (202), status with progress
+//! and cost so far, the steps of an optimization, cancel.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::{Extension, Router};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use super::error::{AppError, ErrorBody, Json, Path};
+use crate::agp::optimizer::OptParams;
+use crate::app::AppState;
+use crate::auth::Principal;
+use crate::eval::run::EvalParams;
+use crate::jobs::{EVALUATION, OPTIMIZATION};
+use crate::llm::usage::TallySnapshot;
+use crate::store::jobs::{self as db, JobRow, StepRowDb};
+
+/// Routes of this area.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/optimizations", post(create_optimization))
+        .route("/v1/optimizations/{id}", get(get_optimization))
+        .route("/v1/optimizations/{id}/steps", get(optimization_steps))
+        .route("/v1/optimizations/{id}/cancel", post(cancel_optimization))
+        .route("/v1/evaluations", post(create_evaluation))
+        .route("/v1/evaluations/{id}", get(get_evaluation))
+        .route("/v1/evaluations/{id}/cancel", post(cancel_evaluation))
+}
+
+/// Answer of job creation.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Created {
+    pub id: Uuid,
+    pub status: String,
+}
+
+/// A job's status, progress, cost so far and (when finished) its report.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct JobView {
+    pub id: Uuid,
+    pub kind: String,
+    /// `queued`, `running`, `succeeded`, `failed`, `cancelled`.
+    pub status: String,
+    #[schema(value_type = Object)]
+    pub params: serde_json::Value,
+    /// Phase, done/total, message and the resumable state, saved after every batch.
+    #[schema(value_type = Object)]
+    pub progress: serde_json::Value,
+    /// Best `p_gen` version so far (optimizations).
+    pub best_version: Option<i32>,
+    /// Its validation NDCG@10 (validation acceptance).
+    pub best_score: Option<f64>,
+    /// The starting prompt's validation NDCG@10 (validation acceptance).
+    pub baseline_score: Option<f64>,
+    /// LLM usage so far, over all attempts.
+    pub cost: TallySnapshot,
+    pub attempts: i32,
+    pub cancel_requested: bool,
+    pub error: Option<String>,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    pub started_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub finished_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// The full report (methods, metrics per seed, steps, cost per stage) once finished.
+    #[schema(value_type = Option<Object>)]
+    pub report: Option<serde_json::Value>,
+}
+
+async fn view(state: &AppState, job: JobRow) -> Result<JobView, AppError> {
+    let by_role = crate::store::llm::job_usage_by_role(&state.pool, job.id).await?;
+    let mut cost = TallySnapshot::default();
+    for (_, t) in by_role {
+        cost.llm_calls += t.llm_calls;
+        cost.cache_hits += t.cache_hits;
+        cost.prompt_tokens += t.prompt_tokens;
+        cost.completion_tokens += t.completion_tokens;
+        cost.errors += t.errors;
+    }
+    let st = job.progress.get("state");
+    let beam_head = st.and_then(|s| s.get("beam")).and_then(|b| b.get(0));
+    let best_version = beam_head
+        .and_then(|b| b.get(0))
+        .and_then(|v| v.as_i64())
+        .or_else(|| st.and_then(|s| s.get("current")).and_then(|v| v.as_i64()))
+        .map(|v| v as i32);
+    let best_score = beam_head.and_then(|b| b.get(1)).and_then(|v| v.as_f64());
+    let baseline_score = if job.kind == OPTIMIZATION {
+        sqlx::query_scalar::<_, Option<f64>>(
+            "SELECT (scores->>'validation_ndcg_10')::float8 FROM run_steps WHERE job_id = $1 AND kind = 'baseline'",
+        )
+        .bind(job.id)
+        .fetch_optional(&state.pool)
+        .await?
+        .flatten()
+    } else {
+        None
+    };
+    Ok(JobView {
+        id: job.id,
+        kind: job.kind,
+        status: job.status,
+        params: job.params,
+        progress: job.progress,
+        best_version,
+        best_score,
+        baseline_score,
+        cost,
+        attempts: job.attempts,
+        cancel_requested: job.cancel_requested,
+        error: job.error,
+        created_at: job.created_at,
+        started_at: job.started_at,
+        finished_at: job.finished_at,
+        report: job.result,
+    })
+}
+
+async fn load(state: &AppState, who: &Principal, id: Uuid, kind: &str) -> Result<JobRow, AppError> {
+    db::get(&state.pool, &who.project, id, Some(kind))
+        .await?
+        .ok_or_else(|| AppError::NotFound(format!("{kind} {id} not found")))
+}
+
+async fn cancel(
+    state: &AppState,
+    who: &Principal,
+    id: Uuid,
+    kind: &str,
+) -> Result<Json<JobView>, AppError> {
+    let job = load(state, who, id, kind).await?;
+    if !matches!(job.status.as_str(), "queued" | "running") {
+        return Err(AppError::Conflict(format!(
+            "{kind} {id} already {}",
+            job.status
+        )));
+    }
+    let job = db::request_cancel(&state.pool, &who.project, id, kind)
+        .await?
+        .ok_or_else(|| AppError::NotFound(format!("{kind} {id} not found")))?;
+    Ok(Json(view(state, job).await?))
+}
+
+/// Start an AGP optimization of `p_gen` as a background job.
+#[utoipa::path(post, path = "/v1/optimizations", tag = "jobs", request_body = OptParams,
+    responses((status = 202, body = Created), (status = 422, body = ErrorBody)))]
+pub async fn create_optimization(
+    State(state): State<AppState>,
+    Extension(who): Extension<Principal>,
+    Json(body): Json<OptParams>,
+) -> Result<(StatusCode, Json<Created>), AppError> {
+    body.validate().map_err(AppError::Validation)?;
+    if let Some(v) = body.base_version
+        && crate::store::prompts::version(&state.pool, &who.project, "p_gen", v)
+            .await?
+            .is_none()
+    {
+        return Err(AppError::Validation(format!(
+            "base_version {v} does not exist for p_gen"
+        )));
+    }
+    let params = serde_json::to_value(&body).map_err(|e| AppError::Internal(e.into()))?;
+    let job = db::enqueue(&state.pool, &who.project, OPTIMIZATION, &params).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(Created {
+            id: job.id,
+            status: job.status,
+        }),
+    ))
+}
+
+/// An optimization's status, progress, best version and score, baseline score, cost so far.
+#[utoipa::path(get, path = "/v1/optimizations/{id}", tag = "jobs", params(("id" = Uuid, Path)),
+    responses((status = 200, body = JobView), (status = 404, body = ErrorBody)))]
+pub async fn get_optimization(
+    State(state): State<AppState>,
+    Extension(who): Extension<Principal>,
+    Path(id): Path<Uuid>,
+) -> Result<Json<JobView>, AppError> {
+    let job = load(&state, &who, id, OPTIMIZATION).await?;
+    Ok(Json(view(&state, job).await?))
+}
+
+/// Every step of an optimization: each candidate prompt, its scores, accepted or not, and why.
+#[utoipa::path(get, path = "/v1/optimizations/{id}/steps", tag = "jobs", params(("id" = Uuid, Path)),
+    responses((status = 200, body = [StepRowDb]), (status = 404, body = ErrorBody)))]
+pub async fn optimization_steps(
+    State(state): State<AppState>,
+    Extension(who): Extension<Principal>,
+    Path(id): Path<Uuid>,
+) -> Result<Json<Vec<StepRowDb>>, AppError> {
+    load(&state, &who, id, OPTIMIZATION).await?;
+    Ok(Json(db::steps(&state.pool, id).await?))
+}
+
+/// Cancel an optimization (queued: at once; running: at its next batch boundary).
+#[utoipa::path(post, path = "/v1/optimizations/{id}/cancel", tag = "jobs", params(("id" = Uuid, Path)),
+    responses((status = 200, body = JobView), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn cancel_optimization(
+    State(state): State<AppState>,
+    Extension(who): Extension<Principal>,
+    Path(id): Path<Uuid>,
+) -> Result<Json<JobView>, AppError> {
+    cancel(&state, &who, id, OPTIMIZATION).await
+}
+
+/// Start an offline evaluation as a background job.
+#[utoipa::path(post, path = "/v1/evaluations", tag = "jobs", request_body = EvalParams,
+    responses((status = 202, body = Created), (status = 422, body = ErrorBody)))]
+pub async fn create_evaluation(
+    State(state): State<AppState>,
+    Extension(who): Extension<Principal>,
+    Json(body): Json<EvalParams>,
+) -> Result<(StatusCode, Json<Created>), AppError> {
+    body.validate().map_err(AppError::Validation)?;
+    let existing = crate::store::prompts::existing_versions(
+        &state.pool,
+        &who.project,
+        "p_gen",
+        &body.versions,
+    )
+    .await?;
+    if let Some(v) = body.versions.iter().find(|v| !existing.contains(v)) {
+        return Err(AppError::Validation(format!(
+            "versions: p_gen has no version {v}"
+        )));
+    }
+    let params = serde_json::to_value(&body).map_err(|e| AppError::Internal(e.into()))?;
+    let job = db::enqueue(&state.pool, &who.project, EVALUATION, &params).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(Created {
+            id: job.id,
+            status: job.status,
+        }),
+    ))
+}
+
+/// An evaluation's status and progress; metrics per method and per seed once finished.
+#[utoipa::path(get, path = "/v1/evaluations/{id}", tag = "jobs", params(("id" = Uuid, Path)),
+    responses((status = 200, body = JobView), (status = 404, body = ErrorBody)))]
+pub async fn get_evaluation(
+    State(state): State<AppState>,
+    Extension(who): Extension<Principal>,
+    Path(id): Path<Uuid>,
+) -> Result<Json<JobView>, AppError> {
+    let job = load(&state, &who, id, EVALUATION).await?;
+    Ok(Json(view(&state, job).await?))
+}
+
+/// Cancel an evaluation.
+#[utoipa::path(post, path = "/v1/evaluations/{id}/cancel", tag = "jobs", params(("id" = Uuid, Path)),
+    responses((status = 200, body = JobView), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn cancel_evaluation(
+    State(state): State<AppState>,
+    Extension(who): Extension<Principal>,
+    Path(id): Path<Uuid>,
+) -> Result<Json<JobView>, AppError> {
+    cancel(&state, &who, id, EVALUATION).await
+}
