@@ -108,8 +108,6 @@ pub struct RunArgs {
     #[arg(long)]
     pub resume: Option<uuid::Uuid>,
     #[command(flatten)]
-    pub rerank: crate::config::RerankArgs,
-    #[command(flatten)]
     pub llm: LlmArgs,
 }
 
@@ -270,26 +268,11 @@ async fn run_serve(db_args: &DbArgs, args: ServeArgs) -> anyhow::Result<()> {
     let mut state = AppState::with_llm(db.pool.clone(), config, llm.clone());
     state.local_llm_healthy = local.as_ref().map(|l| l.health_flag());
     let reranker = state.reranker.clone();
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let workers: Vec<_> = (0..args.workers)
-        .map(|i| {
-            let opts = crate::jobs::WorkerOptions::new(i);
-            tokio::spawn(crate::jobs::run_worker(
-                db.pool.clone(),
-                llm.clone(),
-                reranker.clone(),
-                opts,
-                stop_rx.clone(),
-            ))
-        })
-        .collect();
+    let workers = crate::jobs::Workers::spawn(args.workers, &db.pool, &llm, &reranker);
     let app = build_app(state);
     let result = serve(listener, app, shutdown_signal()).await;
     tracing::info!("shutting down");
-    let _ = stop_tx.send(true);
-    for w in workers {
-        let _ = w.await;
-    }
+    workers.stop().await;
     reranker.flush().await;
     llm.flush_usage().await;
     if let Some(l) = local {
@@ -491,28 +474,14 @@ async fn run_worker_cmd(db_args: &DbArgs, args: WorkerArgs) -> anyhow::Result<()
     let (llm, local) = start_llm(&args.llm, &db.pool).await?;
     let reranker =
         crate::rerank::Reranker::new(db.pool.clone(), llm.clone(), args.rerank.settings());
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let workers: Vec<_> = (0..args.workers.max(1))
-        .map(|i| {
-            let opts = crate::jobs::WorkerOptions::new(i);
-            tokio::spawn(crate::jobs::run_worker(
-                db.pool.clone(),
-                llm.clone(),
-                reranker.clone(),
-                opts,
-                stop_rx.clone(),
-            ))
-        })
-        .collect();
+    let n = args.workers.max(1);
+    let workers = crate::jobs::Workers::spawn(n, &db.pool, &llm, &reranker);
     tracing::info!(
-        workers = workers.len(),
+        workers = n,
         "waiting for jobs (Ctrl-C to stop; running jobs go back to the queue)"
     );
     shutdown_signal().await;
-    let _ = stop_tx.send(true);
-    for w in workers {
-        let _ = w.await;
-    }
+    workers.stop().await;
     llm.flush_usage().await;
     if let Some(l) = local {
         l.stop().await;
@@ -556,7 +525,7 @@ async fn run_job_cmd(
     let result = async {
         store::prompts::ensure_project(&db.pool, &run.project).await?;
         let (llm, local) = start_llm(&run.llm, &db.pool).await?;
-        let reranker = crate::rerank::Reranker::new(db.pool.clone(), llm.clone(), run.rerank.settings());
+        let reranker = crate::rerank::Reranker::new(db.pool.clone(), llm.clone(), crate::rerank::RerankSettings::default());
         let id = match run.resume {
             Some(id) => {
                 let job = store::jobs::get(&db.pool, &run.project, id, Some(kind))
@@ -619,4 +588,47 @@ async fn run_job_cmd(
     .await;
     db.close().await;
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Catches clap mistakes (duplicate flags between flattened groups) at test time.
+    #[test]
+    fn command_line_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+        let cli = Cli::try_parse_from([
+            "agp",
+            "optimize",
+            "--train-users",
+            "20",
+            "--acceptance",
+            "paper",
+            "--history-len",
+            "3",
+        ])
+        .unwrap();
+        match cli.command {
+            Command::Optimize(o) => {
+                assert_eq!(o.params.data.train_users, 20);
+                assert_eq!(o.params.data.history_len, 3);
+            }
+            _ => panic!("wrong command"),
+        }
+        let cli = Cli::try_parse_from([
+            "agp",
+            "eval",
+            "--seeds",
+            "1,2,3",
+            "--methods",
+            "base,random",
+        ])
+        .unwrap();
+        match cli.command {
+            Command::Eval(e) => assert_eq!(e.params.seeds, Some(vec![1, 2, 3])),
+            _ => panic!("wrong command"),
+        }
+    }
 }

@@ -5,6 +5,8 @@
 
 mod common;
 
+use common::{candidate_values as values, llm_step as step};
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -53,38 +55,6 @@ fn dataset() -> (Vec<NewItem>, Vec<NewInteraction>, Vec<UserSeq>) {
         });
     }
     (items, inters, seqs)
-}
-
-fn step(s: &Seen) -> &'static str {
-    let sys = s.system();
-    if sys.contains("summaries") {
-        "sum"
-    } else if sys.contains("preferences") {
-        "gen"
-    } else if sys.contains("ranks candidate") {
-        "rank"
-    } else if sys.contains("review user profiles") {
-        "fb"
-    } else if sys.contains("combine many reviews") {
-        "agg"
-    } else if sys.contains("improve instructions") {
-        "opt"
-    } else {
-        "?"
-    }
-}
-
-fn values(s: &Seen) -> Vec<i64> {
-    s.last_user()
-        .lines()
-        .filter(|l| l.starts_with('['))
-        .map(|l| {
-            l.rsplit(' ')
-                .next()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0)
-        })
-        .collect()
 }
 
 /// Profiles written by a prompt containing GOOD make the ranker sort by number descending

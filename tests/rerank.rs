@@ -14,36 +14,8 @@ use agp_rerank::llm::LlmClient;
 use agp_rerank::llm::config::LlmSettings;
 use agp_rerank::llm::retry::RetryPolicy;
 use agp_rerank::llm::test_server::{Reply, Seen, TestLlm};
-use common::{TestApp, error_message};
+use common::{TestApp, candidate_values as values, error_message, llm_step as step};
 use serde_json::{Value, json};
-
-/// Which pipeline step a call is, from its system message.
-fn step(s: &Seen) -> &'static str {
-    let sys = s.system();
-    if sys.contains("summaries") {
-        "sum"
-    } else if sys.contains("preferences") {
-        "gen"
-    } else if sys.contains("ranks candidate") {
-        "rank"
-    } else {
-        "other"
-    }
-}
-
-/// The numeric value in each candidate line's title ("Item 57" -> 57).
-fn values(s: &Seen) -> Vec<i64> {
-    s.last_user()
-        .lines()
-        .filter(|l| l.starts_with('['))
-        .map(|l| {
-            l.rsplit(' ')
-                .next()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0)
-        })
-        .collect()
-}
 
 /// The default script: summaries and profiles echo their inputs, ranking puts the highest
 /// "Item N" value first.

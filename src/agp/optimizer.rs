@@ -340,11 +340,7 @@ pub async fn run(ctx: &JobContext) -> Result<Report, JobError> {
         let val = metrics::from_ranks(&ranks).ndcg_10;
         st.best_val = Some(val);
         st.beam = vec![(base_version, val)];
-        let cost = cost_between(
-            &before,
-            &ctx.tally.snapshot(),
-            t0.elapsed().as_millis() as u64,
-        );
+        let cost = phase_cost(ctx, &before, t0);
         jobs_db::put_step(
             &ctx.pool,
             ctx.id(),
@@ -516,11 +512,7 @@ pub async fn run(ctx: &JobContext) -> Result<Report, JobError> {
             } else {
                 5
             };
-            let feedback_cost = cost_between(
-                &before,
-                &ctx.tally.snapshot(),
-                t0.elapsed().as_millis() as u64,
-            );
+            let feedback_cost = phase_cost(ctx, &before, t0);
             let current = st.current;
             record(
                 ctx,
@@ -570,11 +562,7 @@ pub async fn run(ctx: &JobContext) -> Result<Report, JobError> {
                 let answer = match ctx.llm.chat(Role::Optimize, &req, &call).await {
                     Ok(r) => clean_candidate(&r.content),
                     Err(e) => {
-                        let cost = cost_between(
-                            &before,
-                            &ctx.tally.snapshot(),
-                            t0.elapsed().as_millis() as u64,
-                        );
+                        let cost = phase_cost(ctx, &before, t0);
                         record(
                             ctx,
                             &mut st,
@@ -592,11 +580,7 @@ pub async fn run(ctx: &JobContext) -> Result<Report, JobError> {
                     }
                 };
                 if answer.trim() == current_template.trim() {
-                    let cost = cost_between(
-                        &before,
-                        &ctx.tally.snapshot(),
-                        t0.elapsed().as_millis() as u64,
-                    );
+                    let cost = phase_cost(ctx, &before, t0);
                     let current = st.current;
                     record(
                         ctx,
@@ -617,11 +601,7 @@ pub async fn run(ctx: &JobContext) -> Result<Report, JobError> {
                     screen(&answer, p.max_prompt_words, &titles_list(&titles), &users)
                 {
                     let version = store_candidate(ctx, &answer, st.current, &why).await?;
-                    let cost = cost_between(
-                        &before,
-                        &ctx.tally.snapshot(),
-                        t0.elapsed().as_millis() as u64,
-                    );
+                    let cost = phase_cost(ctx, &before, t0);
                     record(
                         ctx,
                         &mut st,
@@ -699,11 +679,7 @@ pub async fn run(ctx: &JobContext) -> Result<Report, JobError> {
                     &json!({ key: scores.clone() }),
                 )
                 .await?;
-                let cost = cost_between(
-                    &before,
-                    &ctx.tally.snapshot(),
-                    t0.elapsed().as_millis() as u64,
-                );
+                let cost = phase_cost(ctx, &before, t0);
                 record(
                     ctx,
                     &mut st,
@@ -806,11 +782,7 @@ pub async fn run(ctx: &JobContext) -> Result<Report, JobError> {
                 n: 1,
                 ..Default::default()
             },
-            cost: cost_between(
-                &before,
-                &ctx.tally.snapshot(),
-                t0.elapsed().as_millis() as u64,
-            ),
+            cost: phase_cost(ctx, &before, t0),
         });
         results.push((v, m));
     }
@@ -909,6 +881,19 @@ pub async fn run(ctx: &JobContext) -> Result<Report, JobError> {
         prompts: prompts_shown,
         summary,
     })
+}
+
+/// Cost of a phase that started at `t0` with the tally at `before`.
+fn phase_cost(
+    ctx: &JobContext,
+    before: &crate::llm::usage::TallySnapshot,
+    t0: std::time::Instant,
+) -> Cost {
+    cost_between(
+        before,
+        &ctx.tally.snapshot(),
+        t0.elapsed().as_millis() as u64,
+    )
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -210,6 +210,39 @@ pub async fn run_worker(
     }
 }
 
+/// Worker loops running in this process.
+pub struct Workers {
+    stop: watch::Sender<bool>,
+    handles: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Workers {
+    /// Starts `n` worker loops.
+    pub fn spawn(n: usize, pool: &PgPool, llm: &LlmClient, reranker: &Arc<Reranker>) -> Self {
+        let (stop, rx) = watch::channel(false);
+        let handles = (0..n)
+            .map(|i| {
+                tokio::spawn(run_worker(
+                    pool.clone(),
+                    llm.clone(),
+                    reranker.clone(),
+                    WorkerOptions::new(i),
+                    rx.clone(),
+                ))
+            })
+            .collect();
+        Workers { stop, handles }
+    }
+
+    /// Stops claiming; running jobs go back to the queue.
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        for h in self.handles {
+            let _ = h.await;
+        }
+    }
+}
+
 async fn release(pool: &PgPool, id: Uuid, worker: &str) -> Result<(), sqlx::Error> {
     sqlx::query(
         "UPDATE jobs SET status = 'queued', locked_by = NULL, lease_until = NULL, attempts = greatest(attempts - 1, 0),

@@ -184,3 +184,37 @@ pub fn error_message(body: &serde_json::Value, expected_type: &str) -> String {
         .expect("message is a string")
         .to_string()
 }
+
+/// Which pipeline step a test-server call is, from its system message.
+pub fn llm_step(s: &agp_rerank::llm::test_server::Seen) -> &'static str {
+    let sys = s.system();
+    if sys.contains("summaries") {
+        "sum"
+    } else if sys.contains("preferences") {
+        "gen"
+    } else if sys.contains("ranks candidate") {
+        "rank"
+    } else if sys.contains("review user profiles") {
+        "fb"
+    } else if sys.contains("combine many reviews") {
+        "agg"
+    } else if sys.contains("improve instructions") {
+        "opt"
+    } else {
+        "other"
+    }
+}
+
+/// The number at the end of each candidate line of a ranking prompt ("[3] Item 57" -> 57).
+pub fn candidate_values(s: &agp_rerank::llm::test_server::Seen) -> Vec<i64> {
+    s.last_user()
+        .lines()
+        .filter(|l| l.starts_with('['))
+        .map(|l| {
+            l.rsplit(' ')
+                .next()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        })
+        .collect()
+}
