@@ -629,3 +629,48 @@ async fn http_api_enqueues_reports_and_validates() {
     let (s, _) = app.get("/v1/optimizations/not-a-uuid").await;
     assert_eq!(s, 400);
 }
+
+#[tokio::test]
+async fn catalog_summaries_job_fills_the_cache_once() {
+    let r = rig("unused {{history}}").await;
+    let (status, job) = r.run(jobs::SUMMARIZE_CATALOG, json!({})).await;
+    assert_eq!(status, "succeeded", "{:?}", job.error);
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM item_summaries")
+        .fetch_one(&r.pool)
+        .await
+        .unwrap();
+    assert_eq!(n, 200, "every item summarized");
+    assert_eq!(job.progress["done"], 200);
+    let calls = r.server.calls();
+    assert_eq!(calls, 200);
+    // Again: everything is cached, no LLM call.
+    let (status, job) = r.run(jobs::SUMMARIZE_CATALOG, json!({})).await;
+    assert_eq!(status, "succeeded");
+    assert_eq!(r.server.calls(), calls);
+    assert!(
+        job.result.unwrap()["summary"][0]
+            .as_str()
+            .unwrap()
+            .contains("0 calls")
+    );
+    // A new user's first rerank now needs no summary call: profile + ranking only.
+    let req = agp_rerank::rerank::RerankRequest {
+        project: "default".into(),
+        request_id: "rr_sum".into(),
+        user_id: "user001".into(),
+        candidates: ["i1", "i2"]
+            .iter()
+            .map(|i| agp_rerank::rerank::ItemRef {
+                id: i.to_string(),
+                title: None,
+                text: None,
+            })
+            .collect(),
+        top_n: 2,
+        prompt: agp_rerank::rerank::PromptSelector::Label("production".into()),
+        history: None,
+        strict: false,
+    };
+    let out = r.reranker.rerank(&req).await.unwrap();
+    assert_eq!(out.usage.llm_calls, 2, "{out:?}");
+}

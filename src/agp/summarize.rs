@@ -64,3 +64,86 @@ mod tests {
         assert_eq!(item_text("Zelda", Some(" "), None), "Zelda");
     }
 }
+
+/// The background catalog job (`summarize_catalog`): summarizes every item of the project
+/// that has no summary yet for the production `p_sum` and the summarize model, in chunks,
+/// saving its position after each chunk. Returns a small report.
+pub async fn run_catalog_job(
+    ctx: &crate::jobs::JobContext,
+) -> Result<crate::eval::report::Report, crate::jobs::JobError> {
+    use crate::jobs::JobError;
+    const CHUNK: usize = 50;
+    let project = ctx.project().to_string();
+    let ids: Vec<String> =
+        sqlx::query_scalar("SELECT id FROM items WHERE project = $1 ORDER BY id")
+            .bind(&project)
+            .fetch_all(&ctx.pool)
+            .await?;
+    let prod = crate::rerank::PromptSelector::Label(crate::store::prompts::PRODUCTION.into());
+    let sum = ctx
+        .reranker
+        .resolve_prompt(&project, PromptName::PSum, &prod, "")
+        .await
+        .map_err(|e| JobError::Failed(anyhow::anyhow!("{e}")))?;
+    let start = ctx
+        .saved_state()
+        .and_then(|s| s.get("offset").and_then(|o| o.as_u64()))
+        .unwrap_or(0) as usize;
+    let call = ctx.call_ctx();
+    let mut failures = 0usize;
+    for (n, chunk) in ids.chunks(CHUNK).enumerate().skip(start / CHUNK) {
+        ctx.check_cancel()?;
+        let refs: Vec<crate::rerank::ItemRef> = chunk
+            .iter()
+            .map(|id| crate::rerank::ItemRef {
+                id: id.clone(),
+                title: None,
+                text: None,
+            })
+            .collect();
+        let items = ctx
+            .reranker
+            .load_items(&project, &refs, "items")
+            .await
+            .map_err(|e| JobError::Failed(anyhow::anyhow!("{e}")))?;
+        // Summaries already stored are cache hits; the missing ones are made and stored.
+        if let Err(e) = ctx
+            .reranker
+            .history_texts(&project, &items, Some(&sum), &call)
+            .await
+        {
+            failures += chunk.len();
+            tracing::warn!(error = %e, "summaries of a chunk failed; continuing");
+        }
+        let done = ((n + 1) * CHUNK).min(ids.len());
+        ctx.tick(|p| {
+            p.phase = "summarizing".into();
+            p.done = done as u64;
+            p.total = ids.len() as u64;
+            p.message = format!("{done} of {} items", ids.len());
+        });
+        ctx.save(serde_json::json!({ "offset": done })).await?;
+    }
+    let (stages, total_cost) = crate::eval::run::stage_costs(ctx).await?;
+    Ok(crate::eval::report::Report {
+        title: format!("Item summaries for project {project}"),
+        kind: crate::jobs::SUMMARIZE_CATALOG.into(),
+        job_id: ctx.id().to_string(),
+        status: "succeeded".into(),
+        started_at: ctx.job.started_at,
+        finished_at: Some(chrono::Utc::now()),
+        settings: serde_json::json!({ "p_sum_version": sum.0 }),
+        summary: vec![
+            format!(
+                "{} items; summaries made now: {} calls, {} already cached",
+                ids.len(),
+                total_cost.llm_calls,
+                total_cost.cache_hits
+            ),
+            format!("{failures} items could not be summarized (LLM errors); a rerun retries them"),
+        ],
+        stages,
+        total_cost,
+        ..Default::default()
+    })
+}

@@ -14,7 +14,7 @@ use crate::agp::optimizer::OptParams;
 use crate::app::AppState;
 use crate::auth::Principal;
 use crate::eval::run::EvalParams;
-use crate::jobs::{EVALUATION, OPTIMIZATION};
+use crate::jobs::{EVALUATION, OPTIMIZATION, SUMMARIZE_CATALOG};
 use crate::llm::usage::TallySnapshot;
 use crate::store::jobs::{self as db, JobRow, StepRowDb};
 
@@ -28,6 +28,8 @@ pub fn router() -> Router<AppState> {
         .route("/v1/evaluations", post(create_evaluation))
         .route("/v1/evaluations/{id}", get(get_evaluation))
         .route("/v1/evaluations/{id}/cancel", post(cancel_evaluation))
+        .route("/v1/summaries", post(create_summaries))
+        .route("/v1/summaries/{id}", get(get_summaries))
 }
 
 /// Answer of job creation.
@@ -259,4 +261,40 @@ pub async fn cancel_evaluation(
     Path(id): Path<Uuid>,
 ) -> Result<Json<JobView>, AppError> {
     cancel(&state, &who, id, EVALUATION).await
+}
+
+/// Summarize every catalog item that has no summary yet (production `p_sum`, summarize
+/// model) in the background, so first reranks of new users need fewer LLM calls.
+#[utoipa::path(post, path = "/v1/summaries", tag = "jobs",
+    responses((status = 202, body = Created)))]
+pub async fn create_summaries(
+    State(state): State<AppState>,
+    Extension(who): Extension<Principal>,
+) -> Result<(StatusCode, Json<Created>), AppError> {
+    let job = db::enqueue(
+        &state.pool,
+        &who.project,
+        SUMMARIZE_CATALOG,
+        &serde_json::json!({}),
+    )
+    .await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(Created {
+            id: job.id,
+            status: job.status,
+        }),
+    ))
+}
+
+/// A catalog summarization job.
+#[utoipa::path(get, path = "/v1/summaries/{id}", tag = "jobs", params(("id" = Uuid, Path)),
+    responses((status = 200, body = JobView), (status = 404, body = ErrorBody)))]
+pub async fn get_summaries(
+    State(state): State<AppState>,
+    Extension(who): Extension<Principal>,
+    Path(id): Path<Uuid>,
+) -> Result<Json<JobView>, AppError> {
+    let job = load(&state, &who, id, SUMMARIZE_CATALOG).await?;
+    Ok(Json(view(&state, job).await?))
 }

@@ -20,6 +20,7 @@ use crate::store::catalog as store;
         prompts::list, prompts::versions, prompts::version, prompts::create_version, prompts::set_label,
         jobs::create_optimization, jobs::get_optimization, jobs::optimization_steps, jobs::cancel_optimization,
         jobs::create_evaluation, jobs::get_evaluation, jobs::cancel_evaluation,
+        jobs::create_summaries, jobs::get_summaries,
     ),
     components(schemas(
         error::ErrorBody, error::ErrorDetail, catalog::NewItem, catalog::NewInteraction,

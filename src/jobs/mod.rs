@@ -19,6 +19,7 @@ use crate::store::jobs::{self as db, JobRow};
 /// Job kinds.
 pub const EVALUATION: &str = "evaluation";
 pub const OPTIMIZATION: &str = "optimization";
+pub const SUMMARIZE_CATALOG: &str = "summarize_catalog";
 
 /// What a job shows of its progress (stored as data in `jobs.progress`).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -309,6 +310,7 @@ pub async fn execute(
     let result = match ctx.job.kind.as_str() {
         EVALUATION => crate::eval::run::run(&ctx).await,
         OPTIMIZATION => crate::agp::optimizer::run(&ctx).await,
+        SUMMARIZE_CATALOG => crate::agp::summarize::run_catalog_job(&ctx).await,
         other => Err(JobError::Failed(anyhow::anyhow!(
             "unknown job kind {other}"
         ))),
