@@ -50,21 +50,6 @@ pub async fn summarize(
     Ok(s)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn item_text_joins_metadata() {
-        let a = serde_json::json!({"platform": "GBA", "year": 2004});
-        assert_eq!(
-            item_text(" Zelda ", Some("RPG"), Some(&a)),
-            "Zelda | RPG | platform: GBA | year: 2004"
-        );
-        assert_eq!(item_text("Zelda", Some(" "), None), "Zelda");
-    }
-}
-
 /// The background catalog job (`summarize_catalog`): summarizes every item of the project
 /// that has no summary yet for the production `p_sum` and the summarize model, in chunks,
 /// saving its position after each chunk. Returns a small report.
@@ -146,4 +131,19 @@ pub async fn run_catalog_job(
         total_cost,
         ..Default::default()
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn item_text_joins_metadata() {
+        let a = serde_json::json!({"platform": "GBA", "year": 2004});
+        assert_eq!(
+            item_text(" Zelda ", Some("RPG"), Some(&a)),
+            "Zelda | RPG | platform: GBA | year: 2004"
+        );
+        assert_eq!(item_text("Zelda", Some(" "), None), "Zelda");
+    }
 }
