@@ -75,7 +75,7 @@ pub struct OptParams {
     pub max_prompt_words: usize,
     /// Sampling temperature of the update step (candidates must differ from each other).
     #[arg(long, default_value_t = 0.7)]
-    pub update_temperature: f32,
+    pub update_temperature: f64,
     /// Move this label to the best version at the end (when it beats the baseline on test).
     #[arg(long)]
     pub promote_to: Option<String>,
@@ -221,6 +221,24 @@ pub fn clean_candidate(answer: &str) -> String {
     let s = s.trim();
     let s = s.strip_prefix("New instructions:").unwrap_or(s).trim();
     s.trim_matches('"').trim().to_string()
+}
+
+/// Appends the history block when a candidate lost its `{{history}}` placeholder; says whether it did.
+pub fn ensure_history_placeholder(candidate: String) -> (String, bool) {
+    if prompt::placeholders(&candidate)
+        .iter()
+        .any(|p| p == "history")
+        || candidate.trim().is_empty()
+    {
+        return (candidate, false);
+    }
+    (
+        format!(
+            "{}\n\nRecent items, oldest first:\n{{{{history}}}}",
+            candidate.trim_end()
+        ),
+        true,
+    )
 }
 
 /// Mean rank of outcomes.
@@ -550,7 +568,7 @@ pub async fn run(ctx: &JobContext) -> Result<Report, JobError> {
                 let seed =
                     crate::eval::protocol_hash(&format!("{}/{epoch}/{batch}/{attempt}", ctx.id()));
                 let req = ChatRequest {
-                    temperature: Some(p.update_temperature),
+                    temperature: Some(p.update_temperature as f32),
                     seed: Some(seed),
                     cache_seeded: true,
                     max_tokens: Some((p.max_prompt_words as u32) * 2 + 64),
@@ -579,6 +597,9 @@ pub async fn run(ctx: &JobContext) -> Result<Report, JobError> {
                         continue;
                     }
                 };
+                // Weak models often drop the placeholder: put the history block back rather than
+                // waste the candidate (the step says so).
+                let (answer, repaired) = ensure_history_placeholder(answer);
                 if answer.trim() == current_template.trim() {
                     let cost = phase_cost(ctx, &before, t0);
                     let current = st.current;
@@ -669,7 +690,13 @@ pub async fn run(ctx: &JobContext) -> Result<Report, JobError> {
                         }
                     }
                 };
-                let scores = json!({"batch_mean_rank": cand_mean, "current_batch_mean_rank": cur_mean, "validation_ndcg_10": val});
+                let scores = json!({"batch_mean_rank": cand_mean, "current_batch_mean_rank": cur_mean, "validation_ndcg_10": val,
+                                    "placeholder_added": repaired});
+                let reason = if repaired {
+                    format!("{reason} ({{{{history}}}} was missing and was added)")
+                } else {
+                    reason
+                };
                 let key = format!("{}#{}", ctx.id(), st.step);
                 prompts_db::set_scores(
                     &ctx.pool,
@@ -1084,6 +1111,15 @@ mod tests {
             ),
             None
         );
+    }
+
+    #[test]
+    fn a_lost_placeholder_is_put_back() {
+        let (t, added) = ensure_history_placeholder("Describe the user.".into());
+        assert!(added && t.ends_with("{{history}}"), "{t}");
+        assert!(prompt::validate(PromptName::PGen, &t).is_ok());
+        let (t, added) = ensure_history_placeholder("Items: {{history}}".into());
+        assert!(!added && t == "Items: {{history}}");
     }
 
     #[test]

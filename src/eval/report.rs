@@ -489,7 +489,7 @@ fn steps(out: &mut String, steps: &[StepRow]) -> fmt::Result {
 fn costs(out: &mut String, r: &Report) -> fmt::Result {
     writeln!(
         out,
-        "| Stage | LLM calls | Cache hits | Prompt tokens | Completion tokens | Wall time (s) |"
+        "| Stage | LLM calls | Cache hits | Prompt tokens | Completion tokens | LLM time (s, summed over calls) |"
     )?;
     writeln!(out, "|---|---:|---:|---:|---:|---:|")?;
     let row = |out: &mut String, name: &str, c: &Cost| {
