@@ -303,6 +303,12 @@ pub async fn start_llm(
     let mut settings = args
         .settings(local.as_ref().map(|l| l.base_url()))
         .map_err(anyhow::Error::msg)?;
+    if local.is_some() {
+        // The local server runs one slot: queue here, where the per-call timeout does not
+        // count the wait, rather than inside llama-server where it would.
+        settings.concurrency = 1;
+        settings.reserved_interactive = 0;
+    }
     if local.is_some() && args.llm_model == "default" {
         for route in settings.routes.values_mut() {
             route.model = crate::llm::local::LOCAL_MODEL_NAME.to_string();

@@ -404,182 +404,233 @@ pub async fn run(ctx: &JobContext) -> Result<Report, JobError> {
             );
         });
 
-        let current_template = templates(st.current).await?;
-        let cur_mode = ProfileMode::Prompt {
-            version: st.current,
-            template: current_template.clone(),
-        };
-        let cur_out = scorer
-            .score_all(&batch_cases, &cur_mode, &call, &|| {})
-            .await;
-        let cur_mean = mean_rank(&cur_out);
-        let errors: Vec<usize> = (0..batch_cases.len())
-            .filter(|&i| cur_out[i].rank > 1)
-            .collect();
-        let mut accepted_any = false;
-
-        if errors.is_empty() {
-            record(
-                ctx,
-                &mut st,
-                epoch,
-                batch,
-                "skip",
-                None,
-                json!({"batch_mean_rank": cur_mean}),
-                None,
-                "every true item ranked first: nothing to learn",
-                Cost::default(),
-            )
-            .await?;
+        // Summaries of the next batch's users do not depend on this batch: make them in the
+        // slots this batch leaves idle (its single aggregation and update calls).
+        let next_cases: Vec<Case> = if batch + 1 < batches_per_epoch {
+            order
+                .iter()
+                .skip((batch + 1) * p.batch_size)
+                .take(p.batch_size)
+                .map(|&i| prep.train[i].clone())
+                .collect()
         } else {
-            let before = ctx.tally.snapshot();
-            let t0 = std::time::Instant::now();
-            // Per-user feedback for users whose true item was not first.
-            let critiques = futures_util::future::join_all(errors.iter().map(|&i| {
-                let case = &batch_cases[i];
-                let out = &cur_out[i];
-                let fb_template = fb_template.clone();
-                let current_template = current_template.clone();
-                let titles = &titles;
-                let call = &call;
+            Vec::new()
+        };
+        let prefetch = scorer.prefetch_summaries(&next_cases, &call);
+        let body = async {
+            let current_template = templates(st.current).await?;
+            let cur_mode = ProfileMode::Prompt {
+                version: st.current,
+                template: current_template.clone(),
+            };
+            // Score each user with the current prompt and, when the true item is not first, ask
+            // for that user's feedback right away (no barrier between the two phases).
+            let scored = futures_util::future::join_all(batch_cases.iter().map(|case| {
+                let (scorer, cur_mode, call, titles, fb_template, current_template) = (
+                    &scorer,
+                    &cur_mode,
+                    &call,
+                    &titles,
+                    &fb_template,
+                    &current_template,
+                );
                 async move {
-                    let ranked: String = out
-                        .order
-                        .iter()
-                        .enumerate()
-                        .map(|(pos, &c)| {
-                            format!("{}. {}\n", pos + 1, title_of(titles, &case.candidates[c]))
-                        })
-                        .collect();
-                    let mut vars = BTreeMap::new();
-                    vars.insert(
-                        "profile",
-                        out.profile
-                            .as_deref()
-                            .map(|s| s.to_string())
-                            .unwrap_or_else(|| "(no profile)".into()),
-                    );
-                    vars.insert("ranked", ranked);
-                    vars.insert("target", title_of(titles, &case.target));
-                    vars.insert(
-                        "position",
-                        if p.position_feedback {
-                            out.rank.to_string()
-                        } else {
-                            "somewhere below the first place".into()
-                        },
-                    );
-                    vars.insert("count", case.candidates.len().to_string());
-                    vars.insert("prompt", current_template.to_string());
-                    let req = ChatRequest {
-                        max_tokens: Some(200),
-                        ..ChatRequest::new(vec![
-                            Message::system(PromptName::PFb.system()),
-                            Message::user(render(&fb_template, &vars)),
-                        ])
-                    };
-                    ctx.llm
-                        .chat(Role::Feedback, &req, call)
+                    let out = scorer.score(case, cur_mode, call).await;
+                    let fb = if out.rank > 1 {
+                        user_feedback(
+                            ctx,
+                            p,
+                            fb_template,
+                            current_template,
+                            titles,
+                            case,
+                            &out,
+                            call,
+                        )
                         .await
-                        .map(|r| r.content.trim().to_string())
+                    } else {
+                        None
+                    };
+                    (out, fb)
                 }
             }))
             .await;
-            let critiques: Vec<String> = critiques
-                .into_iter()
-                .filter_map(Result::ok)
-                .filter(|c| !c.is_empty())
+            let (cur_out, fbs): (Vec<CaseOutcome>, Vec<Option<String>>) =
+                scored.into_iter().unzip();
+            let cur_mean = mean_rank(&cur_out);
+            let errors: Vec<usize> = (0..batch_cases.len())
+                .filter(|&i| cur_out[i].rank > 1)
                 .collect();
-            let critique = if critiques.is_empty() {
-                "Profiles should capture the user's specific preferences more precisely."
-                    .to_string()
-            } else if p.aggregate {
-                let list: String = critiques
-                    .iter()
-                    .enumerate()
-                    .map(|(i, c)| format!("{}. {}\n", i + 1, c.replace('\n', " ")))
-                    .collect();
-                let mut vars = BTreeMap::new();
-                vars.insert("critiques", list);
-                vars.insert("count", critiques.len().to_string());
-                let req = ChatRequest {
-                    max_tokens: Some(300),
-                    ..ChatRequest::new(vec![
-                        Message::system(PromptName::PAgg.system()),
-                        Message::user(render(&agg_template, &vars)),
-                    ])
-                };
-                match ctx.llm.chat(Role::Aggregate, &req, &call).await {
-                    Ok(r) if !r.content.trim().is_empty() => r.content.trim().to_string(),
-                    _ => critiques.join("\n"),
-                }
-            } else {
-                critiques
-                    .iter()
-                    .map(|c| format!("- {}", c.replace('\n', " ")))
-                    .collect::<Vec<_>>()
-                    .join("\n")
-            };
-            let k = batch_cases
-                .first()
-                .map(|c| c.candidates.len())
-                .unwrap_or(p.data.candidates);
-            let strength = if p.position_feedback {
-                update_strength(cur_mean, k)
-            } else {
-                5
-            };
-            let feedback_cost = phase_cost(ctx, &before, t0);
-            let current = st.current;
-            record(
-                ctx,
-                &mut st,
-                epoch,
-                batch,
-                "feedback",
-                Some(current),
-                json!({"batch_mean_rank": cur_mean, "errors": errors.len(), "strength": strength, "critique": critique}),
-                None,
-                &format!("{} of {} users had the true item below first place", errors.len(), batch_cases.len()),
-                feedback_cost,
-            )
-            .await?;
+            let mut accepted_any = false;
 
-            for attempt in 0..p.verify_steps {
-                ctx.check_cancel()?;
+            if errors.is_empty() {
+                record(
+                    ctx,
+                    &mut st,
+                    epoch,
+                    batch,
+                    "skip",
+                    None,
+                    json!({"batch_mean_rank": cur_mean}),
+                    None,
+                    "every true item ranked first: nothing to learn",
+                    Cost::default(),
+                )
+                .await?;
+            } else {
                 let before = ctx.tally.snapshot();
                 let t0 = std::time::Instant::now();
-                let mut vars = BTreeMap::new();
-                vars.insert("prompt", current_template.to_string());
-                vars.insert("critique", critique.clone());
-                vars.insert("errors", errors.len().to_string());
-                vars.insert("batch_size", batch_cases.len().to_string());
-                vars.insert("strength", strength.to_string());
-                vars.insert(
-                    "mean_rank",
-                    if p.position_feedback {
-                        format!("{cur_mean:.2}")
-                    } else {
-                        "not shown".into()
-                    },
-                );
-                vars.insert("max_words", p.max_prompt_words.to_string());
-                let seed =
-                    crate::eval::protocol_hash(&format!("{}/{epoch}/{batch}/{attempt}", ctx.id()));
-                let req = ChatRequest {
-                    temperature: Some(p.update_temperature as f32),
-                    seed: Some(seed),
-                    cache_seeded: true,
-                    max_tokens: Some((p.max_prompt_words as u32) * 2 + 64),
-                    ..ChatRequest::new(vec![
-                        Message::system(PromptName::POpt.system()),
-                        Message::user(render(&opt_template, &vars)),
-                    ])
+                let critiques: Vec<Option<String>> = fbs.clone();
+                let critiques: Vec<String> = critiques
+                    .into_iter()
+                    .flatten()
+                    .filter(|c| !c.is_empty())
+                    .collect();
+                let critique = if critiques.is_empty() {
+                    "Profiles should capture the user's specific preferences more precisely."
+                        .to_string()
+                } else if p.aggregate {
+                    let list: String = critiques
+                        .iter()
+                        .enumerate()
+                        .map(|(i, c)| format!("{}. {}\n", i + 1, c.replace('\n', " ")))
+                        .collect();
+                    let mut vars = BTreeMap::new();
+                    vars.insert("critiques", list);
+                    vars.insert("count", critiques.len().to_string());
+                    let req = ChatRequest {
+                        max_tokens: Some(300),
+                        ..ChatRequest::new(vec![
+                            Message::system(PromptName::PAgg.system()),
+                            Message::user(render(&agg_template, &vars)),
+                        ])
+                    };
+                    match ctx.llm.chat(Role::Aggregate, &req, &call).await {
+                        Ok(r) if !r.content.trim().is_empty() => r.content.trim().to_string(),
+                        _ => critiques.join("\n"),
+                    }
+                } else {
+                    critiques
+                        .iter()
+                        .map(|c| format!("- {}", c.replace('\n', " ")))
+                        .collect::<Vec<_>>()
+                        .join("\n")
                 };
-                let answer = match ctx.llm.chat(Role::Optimize, &req, &call).await {
-                    Ok(r) => clean_candidate(&r.content),
-                    Err(e) => {
+                let k = batch_cases
+                    .first()
+                    .map(|c| c.candidates.len())
+                    .unwrap_or(p.data.candidates);
+                let strength = if p.position_feedback {
+                    update_strength(cur_mean, k)
+                } else {
+                    5
+                };
+                let feedback_cost = phase_cost(ctx, &before, t0);
+                let current = st.current;
+                record(
+                    ctx,
+                    &mut st,
+                    epoch,
+                    batch,
+                    "feedback",
+                    Some(current),
+                    json!({"batch_mean_rank": cur_mean, "errors": errors.len(), "strength": strength, "critique": critique}),
+                    None,
+                    &format!("{} of {} users had the true item below first place", errors.len(), batch_cases.len()),
+                    feedback_cost,
+                )
+                .await?;
+
+                // The update calls do not depend on each other: ask for all candidates at once,
+                // then evaluate them in order and stop at the first accepted one.
+                let answers = futures_util::future::join_all((0..p.verify_steps).map(|attempt| {
+                    let mut vars = BTreeMap::new();
+                    vars.insert("prompt", current_template.to_string());
+                    vars.insert("critique", critique.clone());
+                    vars.insert("errors", errors.len().to_string());
+                    vars.insert("batch_size", batch_cases.len().to_string());
+                    vars.insert("strength", strength.to_string());
+                    vars.insert(
+                        "mean_rank",
+                        if p.position_feedback {
+                            format!("{cur_mean:.2}")
+                        } else {
+                            "not shown".into()
+                        },
+                    );
+                    vars.insert("max_words", p.max_prompt_words.to_string());
+                    let seed = crate::eval::protocol_hash(&format!(
+                        "{}/{epoch}/{batch}/{attempt}",
+                        ctx.id()
+                    ));
+                    let req = ChatRequest {
+                        temperature: Some(p.update_temperature as f32),
+                        seed: Some(seed),
+                        cache_seeded: true,
+                        max_tokens: Some((p.max_prompt_words as u32) * 2 + 64),
+                        ..ChatRequest::new(vec![
+                            Message::system(PromptName::POpt.system()),
+                            Message::user(render(&opt_template, &vars)),
+                        ])
+                    };
+                    let call = &call;
+                    async move {
+                        ctx.llm
+                            .chat(Role::Optimize, &req, call)
+                            .await
+                            .map(|r| clean_candidate(&r.content))
+                    }
+                }))
+                .await;
+                for answer in answers {
+                    ctx.check_cancel()?;
+                    let before = ctx.tally.snapshot();
+                    let t0 = std::time::Instant::now();
+                    let answer = match answer {
+                        Ok(a) => a,
+                        Err(e) => {
+                            let cost = phase_cost(ctx, &before, t0);
+                            record(
+                                ctx,
+                                &mut st,
+                                epoch,
+                                batch,
+                                "candidate",
+                                None,
+                                json!({}),
+                                Some(false),
+                                &format!("update call failed: {e}"),
+                                cost,
+                            )
+                            .await?;
+                            continue;
+                        }
+                    };
+                    // Weak models often drop the placeholder: put the history block back rather than
+                    // waste the candidate (the step says so).
+                    let (answer, repaired) = ensure_history_placeholder(answer);
+                    if answer.trim() == current_template.trim() {
+                        let cost = phase_cost(ctx, &before, t0);
+                        let current = st.current;
+                        record(
+                            ctx,
+                            &mut st,
+                            epoch,
+                            batch,
+                            "candidate",
+                            Some(current),
+                            json!({}),
+                            Some(false),
+                            "identical to the current prompt",
+                            cost,
+                        )
+                        .await?;
+                        continue;
+                    }
+                    if let Some(why) =
+                        screen(&answer, p.max_prompt_words, &titles_list(&titles), &users)
+                    {
+                        let version = store_candidate(ctx, &answer, st.current, &why).await?;
                         let cost = phase_cost(ctx, &before, t0);
                         record(
                             ctx,
@@ -587,152 +638,114 @@ pub async fn run(ctx: &JobContext) -> Result<Report, JobError> {
                             epoch,
                             batch,
                             "candidate",
-                            None,
-                            json!({}),
+                            version,
+                            json!({"text": answer}),
                             Some(false),
-                            &format!("update call failed: {e}"),
+                            &why,
                             cost,
                         )
                         .await?;
                         continue;
                     }
-                };
-                // Weak models often drop the placeholder: put the history block back rather than
-                // waste the candidate (the step says so).
-                let (answer, repaired) = ensure_history_placeholder(answer);
-                if answer.trim() == current_template.trim() {
-                    let cost = phase_cost(ctx, &before, t0);
-                    let current = st.current;
-                    record(
-                        ctx,
-                        &mut st,
-                        epoch,
-                        batch,
-                        "candidate",
-                        Some(current),
-                        json!({}),
-                        Some(false),
-                        "identical to the current prompt",
-                        cost,
-                    )
-                    .await?;
-                    continue;
-                }
-                if let Some(why) =
-                    screen(&answer, p.max_prompt_words, &titles_list(&titles), &users)
-                {
-                    let version = store_candidate(ctx, &answer, st.current, &why).await?;
-                    let cost = phase_cost(ctx, &before, t0);
-                    record(
-                        ctx,
-                        &mut st,
-                        epoch,
-                        batch,
-                        "candidate",
+                    let version = store_candidate(ctx, &answer, st.current, "")
+                        .await?
+                        .unwrap_or(st.current);
+                    let cand_template = Arc::new(answer.clone());
+                    let cand_mode = ProfileMode::Prompt {
                         version,
-                        json!({"text": answer}),
-                        Some(false),
-                        &why,
-                        cost,
-                    )
-                    .await?;
-                    continue;
-                }
-                let version = store_candidate(ctx, &answer, st.current, "")
-                    .await?
-                    .unwrap_or(st.current);
-                let cand_template = Arc::new(answer.clone());
-                let cand_mode = ProfileMode::Prompt {
-                    version,
-                    template: cand_template,
-                };
-                let cand_out = scorer
-                    .score_all(&batch_cases, &cand_mode, &call, &|| {})
-                    .await;
-                let cand_mean = mean_rank(&cand_out);
-                let (accepted, reason, val) = match p.acceptance {
-                    Acceptance::Paper => {
-                        let ok = cand_mean < cur_mean;
-                        (
-                            ok,
-                            format!(
-                                "batch mean rank {cur_mean:.2} -> {cand_mean:.2}{}",
-                                if ok { "" } else { ": not better" }
-                            ),
-                            None,
-                        )
-                    }
-                    Acceptance::Validation => {
-                        if cand_mean > cur_mean {
-                            (
-                                false,
-                                format!(
-                                    "worse on the batch: mean rank {cur_mean:.2} -> {cand_mean:.2}"
-                                ),
-                                None,
-                            )
-                        } else {
-                            let out = scorer
-                                .score_all(&prep.validation, &cand_mode, &call, &|| {})
-                                .await;
-                            let ranks: Vec<usize> = out.iter().map(|o| o.rank).collect();
-                            let v = metrics::from_ranks(&ranks).ndcg_10;
-                            let best = st.best_val.unwrap_or(0.0);
-                            let ok = v > best;
+                        template: cand_template,
+                    };
+                    let cand_out = scorer
+                        .score_all(&batch_cases, &cand_mode, &call, &|| {})
+                        .await;
+                    let cand_mean = mean_rank(&cand_out);
+                    let (accepted, reason, val) = match p.acceptance {
+                        Acceptance::Paper => {
+                            let ok = cand_mean < cur_mean;
                             (
                                 ok,
                                 format!(
-                                    "batch mean rank {cur_mean:.2} -> {cand_mean:.2}; validation NDCG@10 {best:.4} -> {v:.4}{}",
+                                    "batch mean rank {cur_mean:.2} -> {cand_mean:.2}{}",
                                     if ok { "" } else { ": not better" }
                                 ),
-                                Some(v),
+                                None,
                             )
                         }
+                        Acceptance::Validation => {
+                            if cand_mean > cur_mean {
+                                (
+                                    false,
+                                    format!(
+                                        "worse on the batch: mean rank {cur_mean:.2} -> {cand_mean:.2}"
+                                    ),
+                                    None,
+                                )
+                            } else {
+                                let out = scorer
+                                    .score_all(&prep.validation, &cand_mode, &call, &|| {})
+                                    .await;
+                                let ranks: Vec<usize> = out.iter().map(|o| o.rank).collect();
+                                let v = metrics::from_ranks(&ranks).ndcg_10;
+                                let best = st.best_val.unwrap_or(0.0);
+                                let ok = v > best;
+                                (
+                                    ok,
+                                    format!(
+                                        "batch mean rank {cur_mean:.2} -> {cand_mean:.2}; validation NDCG@10 {best:.4} -> {v:.4}{}",
+                                        if ok { "" } else { ": not better" }
+                                    ),
+                                    Some(v),
+                                )
+                            }
+                        }
+                    };
+                    let scores = json!({"batch_mean_rank": cand_mean, "current_batch_mean_rank": cur_mean, "validation_ndcg_10": val,
+                                        "placeholder_added": repaired});
+                    let reason = if repaired {
+                        format!("{reason} ({{{{history}}}} was missing and was added)")
+                    } else {
+                        reason
+                    };
+                    let key = format!("{}#{}", ctx.id(), st.step);
+                    prompts_db::set_scores(
+                        &ctx.pool,
+                        &project,
+                        "p_gen",
+                        version,
+                        &json!({ key: scores.clone() }),
+                    )
+                    .await?;
+                    let cost = phase_cost(ctx, &before, t0);
+                    record(
+                        ctx,
+                        &mut st,
+                        epoch,
+                        batch,
+                        "candidate",
+                        Some(version),
+                        scores,
+                        Some(accepted),
+                        &reason,
+                        cost,
+                    )
+                    .await?;
+                    if accepted {
+                        accepted_any = true;
+                        st.current = version;
+                        if let Some(v) = val {
+                            st.best_val = Some(v);
+                            st.beam.push((version, v));
+                            st.beam.sort_by(|a, b| b.1.total_cmp(&a.1));
+                            st.beam.truncate(p.beam_width);
+                        }
+                        break;
                     }
-                };
-                let scores = json!({"batch_mean_rank": cand_mean, "current_batch_mean_rank": cur_mean, "validation_ndcg_10": val,
-                                    "placeholder_added": repaired});
-                let reason = if repaired {
-                    format!("{reason} ({{{{history}}}} was missing and was added)")
-                } else {
-                    reason
-                };
-                let key = format!("{}#{}", ctx.id(), st.step);
-                prompts_db::set_scores(
-                    &ctx.pool,
-                    &project,
-                    "p_gen",
-                    version,
-                    &json!({ key: scores.clone() }),
-                )
-                .await?;
-                let cost = phase_cost(ctx, &before, t0);
-                record(
-                    ctx,
-                    &mut st,
-                    epoch,
-                    batch,
-                    "candidate",
-                    Some(version),
-                    scores,
-                    Some(accepted),
-                    &reason,
-                    cost,
-                )
-                .await?;
-                if accepted {
-                    accepted_any = true;
-                    st.current = version;
-                    if let Some(v) = val {
-                        st.best_val = Some(v);
-                        st.beam.push((version, v));
-                        st.beam.sort_by(|a, b| b.1.total_cmp(&a.1));
-                        st.beam.truncate(p.beam_width);
-                    }
-                    break;
                 }
             }
-        }
+            Ok::<bool, JobError>(accepted_any)
+        };
+        let (res, ()) = futures_util::future::join(body, prefetch).await;
+        let accepted_any = res?;
 
         // Advance and save: a crash after this point resumes at the next batch.
         if accepted_any {
@@ -908,6 +921,59 @@ pub async fn run(ctx: &JobContext) -> Result<Report, JobError> {
         prompts: prompts_shown,
         summary,
     })
+}
+
+/// One user's critique (`p_fb`): the profile, the candidates as ranked, the true item and
+/// (with position feedback) where it landed, and the prompt that wrote the profile.
+#[allow(clippy::too_many_arguments)]
+async fn user_feedback(
+    ctx: &JobContext,
+    p: &OptParams,
+    fb_template: &str,
+    current_template: &str,
+    titles: &BTreeMap<String, String>,
+    case: &Case,
+    out: &CaseOutcome,
+    call: &crate::llm::CallContext,
+) -> Option<String> {
+    let ranked: String = out
+        .order
+        .iter()
+        .enumerate()
+        .map(|(pos, &c)| format!("{}. {}\n", pos + 1, title_of(titles, &case.candidates[c])))
+        .collect();
+    let mut vars = BTreeMap::new();
+    vars.insert(
+        "profile",
+        out.profile
+            .as_deref()
+            .map(|s| s.to_string())
+            .unwrap_or_else(|| "(no profile)".into()),
+    );
+    vars.insert("ranked", ranked);
+    vars.insert("target", title_of(titles, &case.target));
+    vars.insert(
+        "position",
+        if p.position_feedback {
+            out.rank.to_string()
+        } else {
+            "somewhere below the first place".into()
+        },
+    );
+    vars.insert("count", case.candidates.len().to_string());
+    vars.insert("prompt", current_template.to_string());
+    let req = ChatRequest {
+        max_tokens: Some(200),
+        ..ChatRequest::new(vec![
+            Message::system(PromptName::PFb.system()),
+            Message::user(render(fb_template, &vars)),
+        ])
+    };
+    ctx.llm
+        .chat(Role::Feedback, &req, call)
+        .await
+        .ok()
+        .map(|r| r.content.trim().to_string())
 }
 
 /// Cost of a phase that started at `t0` with the tally at `before`.

@@ -212,6 +212,21 @@ impl Scorer {
         }
     }
 
+    /// Makes (and caches) the summaries the cases' profiles will need, without scoring.
+    pub async fn prefetch_summaries(&self, cases: &[Case], ctx: &CallContext) {
+        if self.sum.is_none() {
+            return;
+        }
+        futures_util::future::join_all(cases.iter().map(|c| async move {
+            let recent = self.recent(c);
+            let _ = self
+                .reranker
+                .history_texts(&self.project, &recent, self.sum.as_ref(), ctx)
+                .await;
+        }))
+        .await;
+    }
+
     /// Scores many cases, `parallel` at a time, calling `tick` after each.
     pub async fn score_all(
         &self,
