@@ -163,8 +163,15 @@ fn opt_params(acceptance: &str) -> Value {
 #[tokio::test]
 async fn paper_mode_accepts_a_better_prompt_and_reports_it() {
     let r = rig("Recent items:\n{{history}}\nWrite a GOOD profile.").await;
-    let (status, job) = r.run(jobs::OPTIMIZATION, opt_params("paper")).await;
+    let mut params = opt_params("paper");
+    params["promote_to"] = json!("production");
+    let (status, job) = r.run(jobs::OPTIMIZATION, params).await;
     assert_eq!(status, "succeeded", "{:?}", job.error);
+    let label = store::prompts::label(&r.pool, "default", "p_gen", "production")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(label.version, Some(2), "the best version was promoted");
     let steps = jobs_db::steps(&r.pool, job.id).await.unwrap();
     let accepted: Vec<_> = steps.iter().filter(|s| s.accepted == Some(true)).collect();
     assert_eq!(

@@ -295,6 +295,37 @@ async fn cold_start_returns_incoming_order_without_llm_calls() {
 }
 
 #[tokio::test]
+async fn the_popularity_fallback_ranker_orders_cold_starts() {
+    let mut config = AppConfig::default();
+    config.rerank.fallback_ranker = agp_rerank::rerank::FallbackRanker::Popularity;
+    let r = rig_with(config, default_reply).await;
+    let more: Vec<Value> = (0..3)
+        .map(|u| json!({"user_id": format!("x{u}"), "item_id": "i9"}))
+        .collect();
+    assert_eq!(
+        r.app
+            .post("/v1/interactions", json!({"interactions": more}))
+            .await
+            .0,
+        200
+    );
+    let (s, b) = r
+        .app
+        .post(
+            "/v1/rerank",
+            json!({"user_id": "stranger", "candidates": cands(&[50, 1, 9])}),
+        )
+        .await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(b["meta"]["fallback"], "cold_start");
+    assert_eq!(
+        ids(&b),
+        ["i9", "i1", "i50"],
+        "most interacted first, ties in incoming order"
+    );
+}
+
+#[tokio::test]
 async fn every_llm_fault_falls_back_and_strict_turns_it_into_5xx() {
     // (script for ranking calls, expected fallback, strict status)
     let cases: Vec<(Reply, &str, u16)> = vec![
