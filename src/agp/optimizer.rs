@@ -418,6 +418,10 @@ pub async fn run(ctx: &JobContext) -> Result<Report, JobError> {
         };
         let prefetch = scorer.prefetch_summaries(&next_cases, &call);
         let body = async {
+            // This batch's scoring with the current prompt, feedback and aggregation are
+            // charged to its feedback step.
+            let before = ctx.tally.snapshot();
+            let t0 = std::time::Instant::now();
             let current_template = templates(st.current).await?;
             let cur_mode = ProfileMode::Prompt {
                 version: st.current,
@@ -474,14 +478,11 @@ pub async fn run(ctx: &JobContext) -> Result<Report, JobError> {
                     json!({"batch_mean_rank": cur_mean}),
                     None,
                     "every true item ranked first: nothing to learn",
-                    Cost::default(),
+                    phase_cost(ctx, &before, t0),
                 )
                 .await?;
             } else {
-                let before = ctx.tally.snapshot();
-                let t0 = std::time::Instant::now();
-                let critiques: Vec<Option<String>> = fbs.clone();
-                let critiques: Vec<String> = critiques
+                let critiques: Vec<String> = fbs
                     .into_iter()
                     .flatten()
                     .filter(|c| !c.is_empty())
