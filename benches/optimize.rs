@@ -15,7 +15,7 @@ use agp_rerank::store::{self, embedded, jobs as jobs_db};
 use serde_json::json;
 
 fn h(s: &str) -> u64 {
-    agp_rerank::eval::protocol_hash(s)
+    agp_rerank::eval::stable_hash(s)
 }
 
 /// A plausible, deterministic upstream: rankings are pseudo-random permutations of the

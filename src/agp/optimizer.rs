@@ -560,7 +560,7 @@ pub async fn run(ctx: &JobContext) -> Result<Report, JobError> {
                         },
                     );
                     vars.insert("max_words", p.max_prompt_words.to_string());
-                    let seed = crate::eval::protocol_hash(&format!(
+                    let seed = crate::eval::stable_hash(&format!(
                         "{}/{epoch}/{batch}/{attempt}",
                         ctx.id()
                     ));

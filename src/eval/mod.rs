@@ -74,7 +74,7 @@ impl Case {
 }
 
 /// A stable 64-bit hash of a string (seeds per user, independent of other users).
-pub fn protocol_hash(s: &str) -> u64 {
+pub fn stable_hash(s: &str) -> u64 {
     use sha2::{Digest, Sha256};
     let h = Sha256::digest(s.as_bytes());
     let mut b = [0u8; 8];

@@ -332,7 +332,7 @@ pub fn cheap_ranks(method: &str, cases: &[Case], pop: &Popularity, seed: u64) ->
             match method {
                 "random" => {
                     let mut rng = rand::rngs::StdRng::seed_from_u64(
-                        seed ^ crate::eval::protocol_hash(&c.user_id),
+                        seed ^ crate::eval::stable_hash(&c.user_id),
                     );
                     order.shuffle(&mut rng);
                 }

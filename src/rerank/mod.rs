@@ -10,7 +10,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -588,17 +587,19 @@ impl Reranker {
         let mut out = Vec::with_capacity(refs.len());
         for (i, r) in refs.iter().enumerate() {
             if r.is_inline() {
-                let title = r.title.clone().unwrap_or_default();
-                let mut h = Sha256::new();
-                h.update(title.as_bytes());
-                h.update([0]);
-                h.update(r.text.as_deref().unwrap_or("").as_bytes());
-                out.push(Arc::new(ItemLite {
+                let item = crate::catalog::NewItem {
                     id: r.id.clone(),
-                    title,
+                    title: r.title.clone().unwrap_or_default(),
                     text: r.text.clone(),
                     attributes: None,
-                    content_hash: h.finalize().to_vec(),
+                };
+                let content_hash = crate::store::catalog::content_hash(&item);
+                out.push(Arc::new(ItemLite {
+                    id: item.id,
+                    title: item.title,
+                    text: item.text,
+                    attributes: None,
+                    content_hash,
                 }));
             } else {
                 match found.get(r.id.as_str()) {
@@ -720,10 +721,8 @@ pub fn choose_arm(salt: &str, user: &str, arms: &[SplitArm]) -> Option<i32> {
     if total <= 0.0 {
         return arms.first().map(|a| a.version);
     }
-    let h = Sha256::digest(format!("{salt}\u{0}{user}").as_bytes());
-    let mut b = [0u8; 8];
-    b.copy_from_slice(&h[..8]);
-    let x = (u64::from_be_bytes(b) as f64 / u64::MAX as f64) * total;
+    let h = crate::eval::stable_hash(&format!("{salt}\u{0}{user}"));
+    let x = (h as f64 / u64::MAX as f64) * total;
     let mut acc = 0.0;
     for a in arms {
         acc += a.weight.max(0.0);

@@ -10,7 +10,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::net::TcpListener;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
@@ -134,7 +134,7 @@ impl EmbeddedPg {
             };
         } else {
             pg.port = free_port()?;
-            pg.launch(opts.ephemeral)?;
+            pg.launch()?;
             pg.owner = true;
         }
         if pg.owner {
@@ -236,7 +236,7 @@ impl EmbeddedPg {
         Ok(())
     }
 
-    fn launch(&self, _ephemeral: bool) -> Result<(), EmbeddedError> {
+    fn launch(&self) -> Result<(), EmbeddedError> {
         let pgdata = self.pgdata.to_string_lossy().to_string();
         let log = self.pgdata.join("server.log").to_string_lossy().to_string();
         let port_opt = format!("-p {}", self.port);
@@ -432,8 +432,6 @@ fn ensure_password(data_dir: &Path) -> Result<String, EmbeddedError> {
         .map_err(io("writing pg-password"))?;
     Ok(pw)
 }
-
-use std::os::unix::fs::OpenOptionsExt;
 
 /// The port of a live postmaster for this cluster, from `postmaster.pid` (line 1 pid, line 4 port).
 fn running_port(pgdata: &Path) -> Option<u16> {
