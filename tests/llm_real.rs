@@ -218,5 +218,32 @@ async fn real_llama_server_protocol_and_robustness() {
         "the model wrote a profile"
     );
 
+    // 8. The supervisor restarts a llama-server that dies, and calls work again.
+    let old = local.pid();
+    assert!(old > 0);
+    // SAFETY: killing the child process this test started.
+    unsafe { libc::kill(old as i32, libc::SIGKILL) };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !(local.healthy() && local.pid() != 0 && local.pid() != old) {
+        assert!(
+            Instant::now() < deadline,
+            "llama-server was not restarted within 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    ctx.no_cache = true;
+    let ping = ChatRequest::new(vec![
+        Message::system("You are a helpful assistant. Answer in one short sentence."),
+        Message::user("Name one video game genre."),
+    ]);
+    let again = client
+        .chat(Role::Summarize, &ping, &ctx)
+        .await
+        .expect("a call after the restart");
+    assert_eq!(
+        again.content, a.content,
+        "same model, same deterministic answer"
+    );
+
     local.stop().await;
 }

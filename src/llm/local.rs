@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::process::{Child, Command};
@@ -94,6 +94,7 @@ pub enum LocalError {
 pub struct LocalLlm {
     opts: LocalOptions,
     healthy: Arc<AtomicBool>,
+    pid: Arc<AtomicU32>,
     stop_tx: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -117,17 +118,20 @@ impl LocalLlm {
         }
         tracing::info!(url = %opts.base_url(), model = %opts.model.display(), "local llama-server is up");
         let healthy = Arc::new(AtomicBool::new(true));
+        let pid = Arc::new(AtomicU32::new(child.id().unwrap_or(0)));
         let (stop_tx, stop_rx) = watch::channel(false);
         let task = tokio::spawn(supervise(
             opts.clone(),
             child,
             healthy.clone(),
+            pid.clone(),
             stop_rx,
             client,
         ));
         Ok(LocalLlm {
             opts,
             healthy,
+            pid,
             stop_tx,
             task,
         })
@@ -141,6 +145,11 @@ impl LocalLlm {
     /// Whether the server is up (false while it is being restarted).
     pub fn healthy(&self) -> bool {
         self.healthy.load(Ordering::Relaxed)
+    }
+
+    /// Process id of the running llama-server (0 while none runs).
+    pub fn pid(&self) -> u32 {
+        self.pid.load(Ordering::Relaxed)
     }
 
     /// A handle to the health flag (for `/readyz`).
@@ -208,6 +217,7 @@ async fn supervise(
     opts: LocalOptions,
     mut child: Child,
     healthy: Arc<AtomicBool>,
+    pid: Arc<AtomicU32>,
     mut stop: watch::Receiver<bool>,
     client: reqwest::Client,
 ) {
@@ -222,6 +232,7 @@ async fn supervise(
             }
             status = child.wait() => {
                 healthy.store(false, Ordering::Relaxed);
+                pid.store(0, Ordering::Relaxed);
                 restarts += 1;
                 let backoff = Duration::from_millis(500 * u64::from(restarts.min(20)));
                 tracing::error!(?status, restarts, ?backoff, "llama-server died; restarting");
@@ -232,6 +243,7 @@ async fn supervise(
                 // If the spawn fails, `child` stays the dead one and the next turn retries.
                 match spawn(&opts) {
                     Ok(mut c) => {
+                        pid.store(c.id().unwrap_or(0), Ordering::Relaxed);
                         if wait_healthy(&client, &opts, &mut c, Duration::from_secs(120)).await {
                             healthy.store(true, Ordering::Relaxed);
                             tracing::info!("llama-server is back");
