@@ -200,12 +200,22 @@ async fn run(url: String) {
         epoch_loop as f64 / reference_min as f64
     );
     let all_calls: u64 = by_role.iter().map(|(_, t)| t.llm_calls).sum();
-    let ideal = Duration::from_secs_f64(all_calls as f64 * 0.2 / 8.0);
+    let done = jobs_db::get(&pool, "default", job.id, None)
+        .await
+        .expect("job")
+        .expect("job row");
+    let loop_ms = done.progress["state"]["loop_ms"].as_u64().unwrap_or(0);
+    let epoch_calls = done.progress["state"]["loop_calls"].as_u64().unwrap_or(0);
+    let ideal = Duration::from_secs_f64(epoch_calls as f64 * 0.2 / 8.0);
     println!(
-        "  wall time of the whole run {:.1} s for {all_calls} upstream calls; calls x 0.2 s / 8 = {:.1} s; ratio {:.2} (goal within 20%: <= 1.2)",
-        total_wall.as_secs_f64(),
+        "  wall time of the epoch (batch loop) {:.1} s for {epoch_calls} upstream calls (summaries included, counted in the loop); calls x 0.2 s / 8 = {:.1} s; ratio {:.2} (goal within 20%: <= 1.2)",
+        loop_ms as f64 / 1000.0,
         ideal.as_secs_f64(),
-        total_wall.as_secs_f64() / ideal.as_secs_f64()
+        loop_ms as f64 / 1000.0 / ideal.as_secs_f64()
+    );
+    println!(
+        "  whole job incl. set-up and final test scoring: {:.1} s for {all_calls} calls",
+        total_wall.as_secs_f64()
     );
     println!(
         "  max calls in flight at the server: {} (limit 8)",

@@ -266,6 +266,12 @@ struct State {
     since_improvement: usize,
     stopped_early: bool,
     finished_loop: bool,
+    /// Wall time spent in the batch loop so far (over all attempts), milliseconds.
+    #[serde(default)]
+    loop_ms: u64,
+    /// Upstream LLM calls made in the batch loop so far.
+    #[serde(default)]
+    loop_calls: u64,
 }
 
 /// Runs an optimization job.
@@ -379,6 +385,8 @@ pub async fn run(ctx: &JobContext) -> Result<Report, JobError> {
 
     while !st.finished_loop {
         ctx.check_cancel()?;
+        let batch_started = std::time::Instant::now();
+        let batch_calls = ctx.tally.snapshot().llm_calls;
         let (epoch, batch) = (st.epoch, st.batch);
         // Each epoch visits the training users in a seeded order.
         let mut order: Vec<usize> = (0..prep.train.len()).collect();
@@ -771,6 +779,8 @@ pub async fn run(ctx: &JobContext) -> Result<Report, JobError> {
             st.stopped_early = true;
         }
         ctx.tick(|pr| pr.done = done_batches + 1);
+        st.loop_ms += batch_started.elapsed().as_millis() as u64;
+        st.loop_calls += ctx.tally.snapshot().llm_calls - batch_calls;
         ctx.save(serde_json::to_value(&st).unwrap_or_default())
             .await?;
     }
@@ -787,21 +797,40 @@ pub async fn run(ctx: &JobContext) -> Result<Report, JobError> {
             prep.test.len()
         );
     });
-    let mut methods = Vec::new();
-    let mut results: Vec<(i32, metrics::Metrics)> = Vec::new();
-    for v in if best == base_version {
+    // Baseline and best are scored on the test split at the same time, each with its own
+    // tally so their costs stay apart.
+    let versions = if best == base_version {
         vec![base_version]
     } else {
         vec![base_version, best]
-    } {
-        let before = ctx.tally.snapshot();
-        let t0 = std::time::Instant::now();
-        let mode = ProfileMode::Prompt {
+    };
+    let mut modes = Vec::new();
+    for &v in &versions {
+        modes.push(ProfileMode::Prompt {
             version: v,
             template: templates(v).await?,
-        };
-        let out = scorer.score_all(&prep.test, &mode, &call, &|| {}).await;
-        let m = metrics::from_ranks(&out.iter().map(|o| o.rank).collect::<Vec<_>>());
+        });
+    }
+    let scored = futures_util::future::join_all(versions.iter().zip(&modes).map(|(&v, mode)| {
+        let tally = Arc::new(crate::llm::Tally::default());
+        let call = ctx.call_ctx().with_tally(tally.clone());
+        let (scorer, test) = (&scorer, &prep.test);
+        async move {
+            let t0 = std::time::Instant::now();
+            let out = scorer.score_all(test, mode, &call, &|| {}).await;
+            let m = metrics::from_ranks(&out.iter().map(|o| o.rank).collect::<Vec<_>>());
+            let cost = cost_between(
+                &Default::default(),
+                &tally.snapshot(),
+                t0.elapsed().as_millis() as u64,
+            );
+            (v, m, cost)
+        }
+    }))
+    .await;
+    let mut methods = Vec::new();
+    let mut results: Vec<(i32, metrics::Metrics)> = Vec::new();
+    for (v, m, cost) in scored {
         let name = if v == base_version {
             format!("baseline_pgen_v{v}")
         } else {
@@ -823,7 +852,7 @@ pub async fn run(ctx: &JobContext) -> Result<Report, JobError> {
                 n: 1,
                 ..Default::default()
             },
-            cost: phase_cost(ctx, &before, t0),
+            cost,
         });
         results.push((v, m));
     }
