@@ -234,11 +234,16 @@ async fn profiles_survive_a_restart_through_postgres() {
 #[tokio::test]
 async fn concurrent_reranks_of_one_user_generate_one_profile() {
     let gens = Arc::new(AtomicUsize::new(0));
-    let g = gens.clone();
+    let sums = Arc::new(AtomicUsize::new(0));
+    let (g, su) = (gens.clone(), sums.clone());
     let r = rig_with(AppConfig::default(), move |s| {
         if step(s) == "gen" {
             g.fetch_add(1, Ordering::SeqCst);
             return Reply::text("profile A").after(150);
+        }
+        if step(s) == "sum" {
+            su.fetch_add(1, Ordering::SeqCst);
+            return Reply::Delay(Duration::from_millis(100), Box::new(default_reply(s)));
         }
         default_reply(s)
     })
@@ -267,6 +272,11 @@ async fn concurrent_reranks_of_one_user_generate_one_profile() {
         assert_eq!(b["meta"]["fallback"], Value::Null, "{b}");
         profile_ids.insert(b["meta"]["profile_id"].to_string());
     }
+    assert_eq!(
+        sums.load(Ordering::SeqCst),
+        2,
+        "one summary per history item, not per request"
+    );
     assert_eq!(
         gens.load(Ordering::SeqCst),
         1,

@@ -165,6 +165,7 @@ pub struct Reranker {
     llm: LlmClient,
     pub caches: Arc<Caches>,
     profile_flights: SingleFlight<ProfileKey, ProfileResult>,
+    summary_flights: SingleFlight<cache::SummaryKey, Result<Arc<String>, LlmError>>,
     log: BatchWriter<RerankLogRow>,
     pub settings: RerankSettings,
 }
@@ -201,6 +202,7 @@ impl Reranker {
             llm,
             caches,
             profile_flights: SingleFlight::default(),
+            summary_flights: SingleFlight::default(),
             log,
             settings,
         })
@@ -472,30 +474,38 @@ impl Reranker {
             }
         }
         let todo: Vec<usize> = (0..history.len()).filter(|&i| out[i].is_none()).collect();
+        // One LLM call per missing summary, shared by concurrent requests for the same item.
         let made = futures_util::future::join_all(todo.iter().map(|&i| {
-            let template = template.clone();
-            let raw = raw[i].clone();
-            async move { summarize::summarize(&self.llm, &template, &raw, ctx).await }
+            let item = &history[i];
+            let raw = &raw[i];
+            let model = &model;
+            async move {
+                self.summary_flights
+                    .run(key(item), || async {
+                        let s = summarize::summarize(&self.llm, template, raw, ctx).await?;
+                        if let Err(e) = db::put_summary(
+                            &self.pool,
+                            project,
+                            &item.id,
+                            &item.content_hash,
+                            *version,
+                            model,
+                            &s,
+                        )
+                        .await
+                        {
+                            tracing::warn!(error = %e, "could not store a summary");
+                        }
+                        let s = Arc::new(s);
+                        self.caches.summaries.insert(key(item), s.clone());
+                        Ok(s)
+                    })
+                    .await
+            }
         }))
         .await;
         for (&i, s) in todo.iter().zip(made) {
-            let s = s?;
-            let item = &history[i];
-            if let Err(e) = db::put_summary(
-                &self.pool,
-                project,
-                &item.id,
-                &item.content_hash,
-                *version,
-                &model,
-                &s,
-            )
-            .await
-            {
-                tracing::warn!(error = %e, "could not store a summary");
-            }
-            self.caches.summaries.insert(key(item), Arc::new(s.clone()));
-            out[i] = Some(s);
+            out[i] = Some(s?.to_string());
         }
         Ok(out.into_iter().map(Option::unwrap_or_default).collect())
     }
