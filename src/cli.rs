@@ -539,10 +539,7 @@ async fn run_job_cmd(
                     .with_context(|| format!("no {kind} job {id} in project {:?}", run.project))?;
                 if job.status == "running" {
                     // Its process is gone (that is why we resume): make it claimable now.
-                    sqlx::query("UPDATE jobs SET lease_until = now() - interval '1 second' WHERE id = $1")
-                        .bind(id)
-                        .execute(&db.pool)
-                        .await?;
+                    store::jobs::expire_lease(&db.pool, id).await?;
                 }
                 id
             }

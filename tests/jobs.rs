@@ -661,23 +661,7 @@ async fn catalog_summaries_job_fills_the_cache_once() {
             .contains("0 calls")
     );
     // A new user's first rerank now needs no summary call: profile + ranking only.
-    let req = agp_rerank::rerank::RerankRequest {
-        project: "default".into(),
-        request_id: "rr_sum".into(),
-        user_id: "user001".into(),
-        candidates: ["i1", "i2"]
-            .iter()
-            .map(|i| agp_rerank::rerank::ItemRef {
-                id: i.to_string(),
-                title: None,
-                text: None,
-            })
-            .collect(),
-        top_n: 2,
-        prompt: agp_rerank::rerank::PromptSelector::Label("production".into()),
-        history: None,
-        strict: false,
-    };
+    let req = common::rerank_request("rr_sum", "user001", &["i1", "i2"]);
     let out = r.reranker.rerank(&req).await.unwrap();
     assert_eq!(out.usage.llm_calls, 2, "{out:?}");
 }

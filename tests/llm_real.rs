@@ -177,22 +177,7 @@ async fn real_llama_server_protocol_and_robustness() {
     agp_rerank::store::import::write(&pool, "default", &items, &history, |_| {})
         .await
         .unwrap();
-    let req = agp_rerank::rerank::RerankRequest {
-        project: "default".into(),
-        request_id: "rr_real".into(),
-        user_id: "gamer".into(),
-        candidates: (3..6)
-            .map(|i| agp_rerank::rerank::ItemRef {
-                id: format!("g{i}"),
-                title: None,
-                text: None,
-            })
-            .collect(),
-        top_n: 3,
-        prompt: agp_rerank::rerank::PromptSelector::Label("production".into()),
-        history: None,
-        strict: false,
-    };
+    let req = common::rerank_request("rr_real", "gamer", &["g3", "g4", "g5"]);
     let out = state.reranker.rerank(&req).await.expect("rerank");
     let mut idx: Vec<usize> = out.results.iter().map(|r| r.index).collect();
     idx.sort();

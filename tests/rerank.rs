@@ -203,23 +203,7 @@ async fn profiles_survive_a_restart_through_postgres() {
     settings.timeout = Duration::from_millis(500);
     let client = LlmClient::new(settings, Some(r.app.pool.clone()));
     let state = AppState::with_llm(r.app.pool.clone(), AppConfig::default(), client);
-    let req = agp_rerank::rerank::RerankRequest {
-        project: "default".into(),
-        request_id: "rr_second".into(),
-        user_id: "u2".into(),
-        candidates: ["i1", "i2"]
-            .iter()
-            .map(|i| agp_rerank::rerank::ItemRef {
-                id: i.to_string(),
-                title: None,
-                text: None,
-            })
-            .collect(),
-        top_n: 2,
-        prompt: agp_rerank::rerank::PromptSelector::Label("production".into()),
-        history: None,
-        strict: false,
-    };
+    let req = common::rerank_request("rr_second", "u2", &["i1", "i2"]);
     let out = state.reranker.rerank(&req).await.unwrap();
     assert_eq!(
         out.usage.llm_calls, 1,

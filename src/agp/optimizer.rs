@@ -883,7 +883,7 @@ pub async fn run(ctx: &JobContext) -> Result<Report, JobError> {
         format!(
             "acceptance {:?}; {} candidate prompts tried",
             p.acceptance,
-            count_candidates(ctx).await?
+            jobs_db::count_steps(&ctx.pool, ctx.id(), "candidate").await?
         ),
     ];
     if st.stopped_early {
@@ -1081,15 +1081,6 @@ async fn store_candidate(
     Ok(Some(
         prompts_db::create_version(&ctx.pool, ctx.project(), "p_gen", text, &meta).await?,
     ))
-}
-
-async fn count_candidates(ctx: &JobContext) -> Result<i64, JobError> {
-    Ok(sqlx::query_scalar(
-        "SELECT count(*) FROM run_steps WHERE job_id = $1 AND kind = 'candidate'",
-    )
-    .bind(ctx.id())
-    .fetch_one(&ctx.pool)
-    .await?)
 }
 
 async fn prompt_template(ctx: &JobContext, name: PromptName) -> Result<Arc<String>, JobError> {

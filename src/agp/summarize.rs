@@ -59,11 +59,7 @@ pub async fn run_catalog_job(
     use crate::jobs::JobError;
     const CHUNK: usize = 50;
     let project = ctx.project().to_string();
-    let ids: Vec<String> =
-        sqlx::query_scalar("SELECT id FROM items WHERE project = $1 ORDER BY id")
-            .bind(&project)
-            .fetch_all(&ctx.pool)
-            .await?;
+    let ids = crate::store::catalog::item_ids(&ctx.pool, &project).await?;
     let prod = crate::rerank::PromptSelector::Label(crate::store::prompts::PRODUCTION.into());
     let sum = ctx
         .reranker

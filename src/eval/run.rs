@@ -360,14 +360,6 @@ pub fn cost_between(before: &TallySnapshot, after: &TallySnapshot, wall_ms: u64)
 /// Stage costs of a job from its usage rows.
 pub async fn stage_costs(ctx: &JobContext) -> Result<(Vec<StageCost>, Cost), JobError> {
     let rows = crate::store::llm::job_usage_by_role(&ctx.pool, ctx.id()).await?;
-    let ms: HashMap<String, i64> = sqlx::query_as::<_, (String, i64)>(
-        "SELECT role, coalesce(sum(latency_ms), 0)::int8 FROM llm_usage WHERE job_id = $1 GROUP BY role",
-    )
-    .bind(ctx.id())
-    .fetch_all(&ctx.pool)
-    .await?
-    .into_iter()
-    .collect();
     let stage = |role: &str| -> String {
         match role {
             "summarize" => "summaries",
@@ -389,7 +381,7 @@ pub async fn stage_costs(ctx: &JobContext) -> Result<(Vec<StageCost>, Cost), Job
                 cache_hits: t.cache_hits,
                 prompt_tokens: t.prompt_tokens,
                 completion_tokens: t.completion_tokens,
-                wall_ms: ms.get(&role).copied().unwrap_or(0).max(0) as u64,
+                wall_ms: t.llm_micros / 1000,
             };
             total.llm_calls += c.llm_calls;
             total.cache_hits += c.cache_hits;

@@ -89,13 +89,7 @@ async fn view(state: &AppState, job: JobRow) -> Result<JobView, AppError> {
         .map(|v| v as i32);
     let best_score = beam_head.and_then(|b| b.get(1)).and_then(|v| v.as_f64());
     let baseline_score = if job.kind == OPTIMIZATION {
-        sqlx::query_scalar::<_, Option<f64>>(
-            "SELECT (scores->>'validation_ndcg_10')::float8 FROM run_steps WHERE job_id = $1 AND kind = 'baseline'",
-        )
-        .bind(job.id)
-        .fetch_optional(&state.pool)
-        .await?
-        .flatten()
+        db::baseline_score(&state.pool, job.id).await?
     } else {
         None
     };

@@ -202,7 +202,7 @@ pub async fn run_worker(
             _ = run => {}
             _ = shutdown.changed() => {
                 tracing::info!(job = %id, "shutting down: putting the running job back in the queue");
-                if let Err(e) = release(&pool, id, &opts.id).await {
+                if let Err(e) = db::release(&pool, id, &opts.id).await {
                     tracing::warn!(error = %e, "could not release the job; it will be resumed when its lease expires");
                 }
                 return;
@@ -242,18 +242,6 @@ impl Workers {
             let _ = h.await;
         }
     }
-}
-
-async fn release(pool: &PgPool, id: Uuid, worker: &str) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "UPDATE jobs SET status = 'queued', locked_by = NULL, lease_until = NULL, attempts = greatest(attempts - 1, 0),
-                updated_at = now() WHERE id = $1 AND locked_by = $2 AND status = 'running'",
-    )
-    .bind(id)
-    .bind(worker)
-    .execute(pool)
-    .await
-    .map(|_| ())
 }
 
 /// Runs one claimed job to its end (with heartbeat and cancellation) and stores the outcome.

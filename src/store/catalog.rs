@@ -273,3 +273,11 @@ pub async fn user_sequences(
     .fetch_all(pool)
     .await
 }
+
+/// Every item id of a project, sorted.
+pub async fn item_ids(pool: &PgPool, project: &str) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar("SELECT id FROM items WHERE project = $1 ORDER BY id")
+        .bind(project)
+        .fetch_all(pool)
+        .await
+}

@@ -270,3 +270,46 @@ pub async fn run_version_with_template(
     .fetch_optional(pool)
     .await
 }
+
+/// Puts a running job of `worker` back in the queue (graceful shutdown), not counting the
+/// interrupted attempt.
+pub async fn release(pool: &PgPool, id: Uuid, worker: &str) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE jobs SET status = 'queued', locked_by = NULL, lease_until = NULL, attempts = greatest(attempts - 1, 0),
+                updated_at = now() WHERE id = $1 AND locked_by = $2 AND status = 'running'",
+    )
+    .bind(id)
+    .bind(worker)
+    .execute(pool)
+    .await
+    .map(|_| ())
+}
+
+/// Ends a job's lease now, so it can be claimed at once (its worker is known to be gone).
+pub async fn expire_lease(pool: &PgPool, id: Uuid) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE jobs SET lease_until = now() - interval '1 second' WHERE id = $1")
+        .bind(id)
+        .execute(pool)
+        .await
+        .map(|_| ())
+}
+
+/// Steps of a job of one kind (`candidate`, `feedback`, ...).
+pub async fn count_steps(pool: &PgPool, job: Uuid, kind: &str) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("SELECT count(*) FROM run_steps WHERE job_id = $1 AND kind = $2")
+        .bind(job)
+        .bind(kind)
+        .fetch_one(pool)
+        .await
+}
+
+/// The starting prompt's validation NDCG@10 of an optimization, once scored.
+pub async fn baseline_score(pool: &PgPool, job: Uuid) -> Result<Option<f64>, sqlx::Error> {
+    sqlx::query_scalar::<_, Option<f64>>(
+        "SELECT (scores->>'validation_ndcg_10')::float8 FROM run_steps WHERE job_id = $1 AND kind = 'baseline'",
+    )
+    .bind(job)
+    .fetch_optional(pool)
+    .await
+    .map(Option::flatten)
+}

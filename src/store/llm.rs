@@ -75,13 +75,14 @@ pub async fn job_usage_by_role(
     pool: &PgPool,
     job_id: uuid::Uuid,
 ) -> Result<Vec<(String, TallySnapshot)>, sqlx::Error> {
-    let rows: Vec<(String, i64, i64, i64, i64, i64)> = sqlx::query_as(
+    let rows: Vec<(String, i64, i64, i64, i64, i64, i64)> = sqlx::query_as(
         "SELECT role,
                 count(*) FILTER (WHERE NOT cache_hit),
                 count(*) FILTER (WHERE cache_hit),
                 coalesce(sum(prompt_tokens) FILTER (WHERE NOT cache_hit), 0),
                 coalesce(sum(completion_tokens) FILTER (WHERE NOT cache_hit), 0),
-                count(*) FILTER (WHERE outcome <> 'ok')
+                count(*) FILTER (WHERE outcome <> 'ok'),
+                coalesce(sum(latency_ms), 0)::int8
          FROM llm_usage WHERE job_id = $1 GROUP BY role ORDER BY role",
     )
     .bind(job_id)
@@ -89,7 +90,7 @@ pub async fn job_usage_by_role(
     .await?;
     Ok(rows
         .into_iter()
-        .map(|(role, calls, hits, pt, ct, errors)| {
+        .map(|(role, calls, hits, pt, ct, errors, ms)| {
             (
                 role,
                 TallySnapshot {
@@ -98,7 +99,8 @@ pub async fn job_usage_by_role(
                     prompt_tokens: pt as u64,
                     completion_tokens: ct as u64,
                     errors: errors as u64,
-                    llm_micros: 0,
+                    // Stored latencies have millisecond resolution.
+                    llm_micros: ms.max(0) as u64 * 1000,
                 },
             )
         })

@@ -218,3 +218,28 @@ pub fn candidate_values(s: &agp_rerank::llm::test_server::Seen) -> Vec<i64> {
         })
         .collect()
 }
+
+/// A rerank request for catalog ids, production `p_gen`, all results, stored history.
+pub fn rerank_request(
+    request_id: &str,
+    user: &str,
+    ids: &[&str],
+) -> agp_rerank::rerank::RerankRequest {
+    agp_rerank::rerank::RerankRequest {
+        project: agp_rerank::store::DEFAULT_PROJECT.into(),
+        request_id: request_id.into(),
+        user_id: user.into(),
+        candidates: ids
+            .iter()
+            .map(|i| agp_rerank::rerank::ItemRef {
+                id: i.to_string(),
+                title: None,
+                text: None,
+            })
+            .collect(),
+        top_n: ids.len(),
+        prompt: agp_rerank::rerank::PromptSelector::Label("production".into()),
+        history: None,
+        strict: false,
+    }
+}
