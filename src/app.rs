@@ -53,7 +53,8 @@ impl AppState {
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Builds the whole application: `/v1` API behind auth, service endpoints, and the layers
-/// (request id, tracing, metrics, timeout, body limit) around everything.
+/// (request id, tracing, control characters in paths, metrics, timeout, body limit) around
+/// everything.
 pub fn build_app(state: AppState) -> Router {
     let api = Router::new()
         .merge(http::items::router())
@@ -73,8 +74,10 @@ pub fn build_app(state: AppState) -> Router {
         .route_layer(middleware::from_fn(mw::track_metrics))
         .layer(middleware::from_fn_with_state(state.clone(), mw::timeout))
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
+        .layer(middleware::from_fn(mw::reject_control_chars))
         .layer(
             ServiceBuilder::new()
+                .layer(middleware::from_fn(mw::sanitize_request_id))
                 .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
                 .layer(TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
                     let id = req.headers().get(REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("-");
@@ -85,13 +88,12 @@ pub fn build_app(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Serves `app` on `listener` until `shutdown` resolves, then drains in-flight requests.
+/// Serves `app` on `listener` with the default connection limits until `shutdown`
+/// resolves, then drains in-flight requests.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     app: Router,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
+    http::server::serve(listener, app, Default::default(), shutdown).await
 }

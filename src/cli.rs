@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use sqlx::PgPool;
 
-use crate::app::{AppState, build_app, serve};
+use crate::app::{AppState, build_app};
 use crate::auth::{self, Scope};
 use crate::catalog::{self, Limits};
 use crate::config::{AppConfig, DbArgs, LimitArgs, ServeArgs};
@@ -233,12 +233,14 @@ impl Database {
 }
 
 async fn run_serve(db_args: &DbArgs, args: ServeArgs) -> anyhow::Result<()> {
-    let config = AppConfig::from_args(&args);
+    let local = args.llm.mode == LlmMode::Local;
+    let mut config = AppConfig::from_args(&args, local).map_err(anyhow::Error::msg)?;
+    let addrs = resolve_listen(&args.listen).await?;
     if config.master_key.is_none() {
-        if !args.listen.ip().is_loopback() {
+        if let Some(open) = addrs.iter().find(|a| !a.ip().is_loopback()) {
             bail!(
-                "refusing to listen on {} without AGP_MASTER_KEY: development mode (no auth) is \
-                 loopback only. Set AGP_MASTER_KEY or listen on 127.0.0.1",
+                "refusing to listen on {open} ({}) without AGP_MASTER_KEY: development mode (no \
+                 auth) is loopback only. Set AGP_MASTER_KEY or listen on 127.0.0.1",
                 args.listen
             );
         }
@@ -246,6 +248,8 @@ async fn run_serve(db_args: &DbArgs, args: ServeArgs) -> anyhow::Result<()> {
             "AGP_MASTER_KEY is not set: development mode, the API is open to anyone on this machine"
         );
     }
+    config.server.max_connections =
+        crate::http::server::fit_connection_cap(config.server.max_connections);
     let db = Database::open(db_args).await?;
     let (llm, local) = match start_llm(&args.llm, &db.pool).await {
         Ok(x) => x,
@@ -254,7 +258,7 @@ async fn run_serve(db_args: &DbArgs, args: ServeArgs) -> anyhow::Result<()> {
             return Err(e);
         }
     };
-    let listener = match tokio::net::TcpListener::bind(args.listen).await {
+    let listener = match bind_first(&addrs).await {
         Ok(l) => l,
         Err(e) => {
             if let Some(l) = local {
@@ -265,12 +269,13 @@ async fn run_serve(db_args: &DbArgs, args: ServeArgs) -> anyhow::Result<()> {
         }
     };
     tracing::info!(addr = %listener.local_addr()?, "listening");
+    let limits = config.server;
     let mut state = AppState::with_llm(db.pool.clone(), config, llm.clone());
     state.local_llm_healthy = local.as_ref().map(|l| l.health_flag());
     let reranker = state.reranker.clone();
     let workers = crate::jobs::Workers::spawn(args.workers, &db.pool, &llm, &reranker);
     let app = build_app(state);
-    let result = serve(listener, app, shutdown_signal()).await;
+    let result = crate::http::server::serve(listener, app, limits, shutdown_signal()).await;
     tracing::info!("shutting down");
     workers.stop().await;
     reranker.flush().await;
@@ -280,6 +285,32 @@ async fn run_serve(db_args: &DbArgs, args: ServeArgs) -> anyhow::Result<()> {
     }
     db.close().await;
     result.context("serving HTTP")
+}
+
+/// Resolves `HOST:PORT` (names such as `localhost` included).
+async fn resolve_listen(listen: &str) -> anyhow::Result<Vec<std::net::SocketAddr>> {
+    let addrs: Vec<_> = tokio::net::lookup_host(listen)
+        .await
+        .with_context(|| format!("--listen {listen:?}: expected HOST:PORT, e.g. 127.0.0.1:8080"))?
+        .collect();
+    if addrs.is_empty() {
+        bail!("--listen {listen:?} resolves to no address");
+    }
+    Ok(addrs)
+}
+
+/// Binds the first of `addrs` that works (IPv4 first).
+async fn bind_first(addrs: &[std::net::SocketAddr]) -> std::io::Result<tokio::net::TcpListener> {
+    let mut sorted = addrs.to_vec();
+    sorted.sort_by_key(|a| !a.is_ipv4());
+    let mut last = None;
+    for a in sorted {
+        match tokio::net::TcpListener::bind(a).await {
+            Ok(l) => return Ok(l),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::other("no address to bind")))
 }
 
 /// Builds the LLM client from the flags; with `--llm local`, first starts the managed
@@ -478,8 +509,11 @@ async fn run_keys(db_args: &DbArgs, cmd: KeysCommand) -> anyhow::Result<()> {
 async fn run_worker_cmd(db_args: &DbArgs, args: WorkerArgs) -> anyhow::Result<()> {
     let db = Database::open(db_args).await?;
     let (llm, local) = start_llm(&args.llm, &db.pool).await?;
-    let reranker =
-        crate::rerank::Reranker::new(db.pool.clone(), llm.clone(), args.rerank.settings());
+    let reranker = crate::rerank::Reranker::new(
+        db.pool.clone(),
+        llm.clone(),
+        args.rerank.settings(args.llm.mode == LlmMode::Local),
+    );
     let n = args.workers.max(1);
     let workers = crate::jobs::Workers::spawn(n, &db.pool, &llm, &reranker);
     tracing::info!(

@@ -1,7 +1,6 @@
 //! Typed settings, read from flags or `AGP_*` environment variables (see `agp serve --help`).
 
 use std::fmt;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
@@ -107,18 +106,40 @@ impl LimitArgs {
 /// Settings of the HTTP server.
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
-    /// Address to listen on. Without a master key only loopback addresses are allowed.
+    /// Address to listen on, `HOST:PORT` (a name such as `localhost` is resolved). Without a
+    /// master key only loopback addresses are allowed.
     #[arg(long, env = "AGP_LISTEN", default_value = "127.0.0.1:8080")]
-    pub listen: SocketAddr,
+    pub listen: String,
 
     /// Master API key. When set, every /v1 call needs `Authorization: Bearer <key>`
     /// (this key, or one made with `agp keys create`). When unset: development mode.
     #[arg(long, env = "AGP_MASTER_KEY", hide_env_values = true)]
     pub master_key: Option<Secret>,
 
-    /// Whole-request timeout in milliseconds (answers 503 when exceeded).
-    #[arg(long, env = "AGP_REQUEST_TIMEOUT_MS", default_value_t = 30_000)]
-    pub request_timeout_ms: u64,
+    /// Whole-request timeout in milliseconds (answers 503 when exceeded). Default: 30 000, or
+    /// the rerank deadline + 5 000 when that is longer. Must exceed the rerank deadline by at
+    /// least 1 000, so that a slow LLM is answered with the fallback order, never a 503.
+    #[arg(long, env = "AGP_REQUEST_TIMEOUT_MS")]
+    pub request_timeout_ms: Option<u64>,
+
+    /// Time a client has to send a request's headers, from connecting or from the first byte
+    /// of a later request on the same connection, in milliseconds; then it is closed.
+    #[arg(long, env = "AGP_HEADER_READ_TIMEOUT_MS", default_value_t = 10_000)]
+    pub header_read_timeout_ms: u64,
+
+    /// How long an idle keep-alive connection is kept between requests, in milliseconds.
+    #[arg(long, env = "AGP_KEEP_ALIVE_TIMEOUT_MS", default_value_t = 75_000)]
+    pub keep_alive_timeout_ms: u64,
+
+    /// Most client connections open at once (also capped by the process's file limit). At the
+    /// limit the longest-idle connection is closed to make room; one with a request in
+    /// progress never is.
+    #[arg(long, env = "AGP_MAX_CONNECTIONS", default_value_t = 4096)]
+    pub max_connections: usize,
+
+    /// Largest request head (request line and headers) in bytes; larger ones get 431.
+    #[arg(long, env = "AGP_MAX_HEADER_BYTES", default_value_t = 65_536)]
+    pub max_header_bytes: usize,
 
     /// Maximum request body size in bytes (answers 413 when exceeded).
     #[arg(long, env = "AGP_MAX_BODY_BYTES", default_value_t = 8 * 1024 * 1024)]
@@ -157,8 +178,11 @@ pub struct RerankArgs {
     #[arg(long, env = "AGP_RANK_REPEATS", default_value_t = 1)]
     pub rank_repeats: usize,
     /// Bound on the LLM part of one rerank, in milliseconds (then: fallback `llm_timeout`).
-    #[arg(long, env = "AGP_RERANK_DEADLINE_MS", default_value_t = 30_000)]
-    pub rerank_deadline_ms: u64,
+    /// Default 5 000; 60 000 with `--llm local` (a CPU model writes a few tokens a second).
+    /// Profiles and summaries still being written at the deadline are finished in the
+    /// background, so the user's next rerank has them.
+    #[arg(long, env = "AGP_RERANK_DEADLINE_MS")]
+    pub rerank_deadline_ms: Option<u64>,
     /// Write profiles from item summaries (`p_sum`) instead of raw metadata.
     #[arg(long, env = "AGP_SUMMARIES", default_value_t = true, action = clap::ArgAction::Set)]
     pub summaries: bool,
@@ -170,9 +194,55 @@ pub struct RerankArgs {
     pub cache_entries: usize,
 }
 
+/// The rerank deadline when none is configured.
+pub fn default_deadline_ms(local_llm: bool) -> u64 {
+    if local_llm {
+        60_000
+    } else {
+        crate::rerank::DEFAULT_DEADLINE.as_millis() as u64
+    }
+}
+
+/// Least time the request timeout must leave after the rerank deadline (fallback order,
+/// the log write and the response).
+pub const DEADLINE_MARGIN_MS: u64 = 1_000;
+
+/// The request timeout and the rerank deadline, from what was configured: the deadline must
+/// fire first, so a hung LLM is answered with the fallback order (or 504 when strict),
+/// never with the request timeout's 503.
+pub fn resolve_timeouts(
+    request_timeout_ms: Option<u64>,
+    deadline_ms: Option<u64>,
+    local_llm: bool,
+) -> Result<(Duration, Duration), String> {
+    let deadline = deadline_ms
+        .unwrap_or_else(|| default_deadline_ms(local_llm))
+        .max(1);
+    let request = request_timeout_ms.unwrap_or_else(|| 30_000u64.max(deadline + 5_000));
+    if request < deadline.saturating_add(DEADLINE_MARGIN_MS) {
+        return Err(format!(
+            "AGP_REQUEST_TIMEOUT_MS ({request}) must exceed AGP_RERANK_DEADLINE_MS ({deadline}) by at \
+             least {DEADLINE_MARGIN_MS} ms, or a slow LLM would be answered with 503 instead of the \
+             fallback order; raise the request timeout or lower the deadline"
+        ));
+    }
+    Ok((
+        Duration::from_millis(request),
+        Duration::from_millis(deadline),
+    ))
+}
+
 impl RerankArgs {
-    /// The settings the rerank service takes.
-    pub fn settings(&self) -> crate::rerank::RerankSettings {
+    /// The settings the rerank service takes, with this deadline.
+    pub fn settings_with(&self, deadline: Duration) -> crate::rerank::RerankSettings {
+        crate::rerank::RerankSettings {
+            deadline,
+            ..self.settings(false)
+        }
+    }
+
+    /// The settings the rerank service takes (default deadline for a local or remote LLM).
+    pub fn settings(&self, local_llm: bool) -> crate::rerank::RerankSettings {
         crate::rerank::RerankSettings {
             max_candidates: self.rerank_max_candidates.max(1),
             history_len: self.history_len.max(1),
@@ -182,7 +252,11 @@ impl RerankArgs {
                 repeats: self.rank_repeats.max(1),
                 ..Default::default()
             },
-            deadline: Duration::from_millis(self.rerank_deadline_ms.max(1)),
+            deadline: Duration::from_millis(
+                self.rerank_deadline_ms
+                    .unwrap_or_else(|| default_deadline_ms(local_llm))
+                    .max(1),
+            ),
             summaries: self.summaries,
             fallback_ranker: self.fallback_ranker,
             cache_entries: self.cache_entries.max(16),
@@ -195,21 +269,50 @@ impl RerankArgs {
 pub struct AppConfig {
     pub master_key: Option<Secret>,
     pub request_timeout: Duration,
+    /// Connection limits of the HTTP server.
+    pub server: crate::http::server::ServerLimits,
     pub max_body_bytes: usize,
     pub limits: Limits,
     pub rerank: crate::rerank::RerankSettings,
 }
 
+/// Shortest master key accepted: it is the admin password of the whole service.
+pub const MIN_MASTER_KEY_LEN: usize = 16;
+
 impl AppConfig {
-    /// Configuration from the serve flags.
-    pub fn from_args(args: &ServeArgs) -> Self {
-        AppConfig {
-            master_key: args.master_key.clone().filter(|k| !k.expose().is_empty()),
-            request_timeout: Duration::from_millis(args.request_timeout_ms),
+    /// Configuration from the serve flags; refuses settings that cannot work together.
+    pub fn from_args(args: &ServeArgs, local_llm: bool) -> Result<Self, String> {
+        let master_key = args.master_key.clone().filter(|k| !k.expose().is_empty());
+        if let Some(k) = &master_key
+            && k.expose().chars().count() < MIN_MASTER_KEY_LEN
+        {
+            return Err(format!(
+                "AGP_MASTER_KEY is {} characters long; use at least {MIN_MASTER_KEY_LEN} \
+                 (for example `openssl rand -hex 24`)",
+                k.expose().chars().count()
+            ));
+        }
+        let (request_timeout, deadline) = resolve_timeouts(
+            args.request_timeout_ms,
+            args.rerank.rerank_deadline_ms,
+            local_llm,
+        )?;
+        if args.max_connections == 0 {
+            return Err("AGP_MAX_CONNECTIONS must be at least 1".into());
+        }
+        Ok(AppConfig {
+            master_key,
+            request_timeout,
+            server: crate::http::server::ServerLimits {
+                header_read_timeout: Duration::from_millis(args.header_read_timeout_ms.max(1)),
+                keep_alive_timeout: Duration::from_millis(args.keep_alive_timeout_ms.max(1)),
+                max_connections: args.max_connections,
+                max_header_bytes: args.max_header_bytes.max(8192),
+            },
             max_body_bytes: args.max_body_bytes,
             limits: args.limits.limits(),
-            rerank: args.rerank.settings(),
-        }
+            rerank: args.rerank.settings_with(deadline),
+        })
     }
 }
 
@@ -219,6 +322,7 @@ impl Default for AppConfig {
         AppConfig {
             master_key: None,
             request_timeout: Duration::from_secs(30),
+            server: Default::default(),
             max_body_bytes: 8 * 1024 * 1024,
             limits: Limits::default(),
             rerank: crate::rerank::RerankSettings::default(),
@@ -229,6 +333,40 @@ impl Default for AppConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_rerank_deadline_always_fires_before_the_request_timeout() {
+        let ms = |d: Duration| d.as_millis() as u64;
+        let (req, dl) = resolve_timeouts(None, None, false).unwrap();
+        assert_eq!((ms(req), ms(dl)), (30_000, 5_000));
+        let (req, dl) = resolve_timeouts(None, None, true).unwrap();
+        assert_eq!(
+            (ms(req), ms(dl)),
+            (65_000, 60_000),
+            "local model: longer, derived"
+        );
+        let (req, _) = resolve_timeouts(None, Some(40_000), false).unwrap();
+        assert_eq!(
+            ms(req),
+            45_000,
+            "the request timeout follows a long deadline"
+        );
+        let (req, dl) = resolve_timeouts(Some(3_000), Some(2_000), false).unwrap();
+        assert_eq!((ms(req), ms(dl)), (3_000, 2_000));
+        let err = resolve_timeouts(Some(30_000), Some(30_000), false).unwrap_err();
+        assert!(err.contains("AGP_REQUEST_TIMEOUT_MS (30000)"), "{err}");
+        assert!(
+            resolve_timeouts(Some(2_000), None, false).is_err(),
+            "below the default deadline"
+        );
+        for req in [None, Some(1_000), Some(20_000), Some(100_000)] {
+            for dl in [None, Some(1), Some(500), Some(19_000), Some(90_000)] {
+                if let Ok((r, d)) = resolve_timeouts(req, dl, false) {
+                    assert!(ms(r) >= ms(d) + DEADLINE_MARGIN_MS, "{req:?} {dl:?}");
+                }
+            }
+        }
+    }
 
     #[test]
     fn secrets_do_not_print() {

@@ -44,8 +44,12 @@ async fn wait_ready(client: &reqwest::Client, base: &str, child: &mut Child) {
 }
 
 fn start(data_dir: &Path, port: u16, master_key: Option<&str>) -> Child {
+    start_on(data_dir, &format!("127.0.0.1:{port}"), master_key)
+}
+
+fn start_on(data_dir: &Path, listen: &str, master_key: Option<&str>) -> Child {
     let mut c = agp(data_dir);
-    c.args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+    c.args(["serve", "--listen", listen])
         .stdout(Stdio::null())
         .stderr(Stdio::inherit());
     if let Some(k) = master_key {
@@ -165,7 +169,12 @@ async fn serve_restart_import_and_keys_on_embedded_defaults() {
 
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
-    let mut server = start(&data_dir, port, Some("master-secret"));
+    // A host name is resolved (`localhost`), and a master key turns auth on.
+    let mut server = start_on(
+        &data_dir,
+        &format!("localhost:{port}"),
+        Some("master-secret-0123456789"),
+    );
     wait_ready(&client, &base, &mut server).await;
     let r = client
         .get(format!("{base}/v1/items/keep-me"))
@@ -206,6 +215,44 @@ fn dev_mode_refuses_non_loopback() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("AGP_MASTER_KEY"), "{err}");
+}
+
+#[test]
+fn serve_refuses_settings_that_cannot_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let refuse = |extra: &[&str], env: &[(&str, &str)], expect: &str| {
+        let mut c = agp(dir.path());
+        c.args(["serve", "--listen", "127.0.0.1:0"]).args(extra);
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        let out = c.output().unwrap();
+        assert!(!out.status.success(), "{extra:?} {env:?} should be refused");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(expect), "{expect:?} not in: {err}");
+    };
+    refuse(&[], &[("AGP_MASTER_KEY", "x")], "at least 16");
+    refuse(
+        &[
+            "--request-timeout-ms",
+            "30000",
+            "--rerank-deadline-ms",
+            "30000",
+        ],
+        &[],
+        "must exceed AGP_RERANK_DEADLINE_MS",
+    );
+    refuse(
+        &["--request-timeout-ms", "3000"],
+        &[],
+        "must exceed AGP_RERANK_DEADLINE_MS (5000)",
+    );
+    let out = agp(dir.path())
+        .args(["serve", "--listen", "no-such-host.invalid:80"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--listen"));
 }
 
 #[test]

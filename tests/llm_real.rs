@@ -143,11 +143,10 @@ async fn real_llama_server_protocol_and_robustness() {
 
     // 7. The whole rerank path against the real model (quality aside): a permutation comes
     // back, with the profile written by the model and a parsed (possibly repaired) ranking.
-    let state = agp_rerank::app::AppState::with_llm(
-        pool.clone(),
-        agp_rerank::config::AppConfig::default(),
-        client.clone(),
-    );
+    // The deadline `agp serve --llm local` uses: a CPU model writes a few tokens a second.
+    let mut config = agp_rerank::config::AppConfig::default();
+    config.rerank.deadline = Duration::from_millis(agp_rerank::config::default_deadline_ms(true));
+    let state = agp_rerank::app::AppState::with_llm(pool.clone(), config, client.clone());
     let items: Vec<agp_rerank::catalog::NewItem> = [
         "Fire Emblem: The Sacred Stones",
         "Advance Wars",

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use agp_rerank::app::{AppState, build_app, serve};
+use agp_rerank::app::AppState;
 use agp_rerank::config::AppConfig;
 use agp_rerank::llm::LlmClient;
 use agp_rerank::llm::config::LlmSettings;
@@ -56,7 +56,6 @@ async fn rig_with(
     script: impl Fn(&Seen) -> Reply + Send + Sync + 'static,
 ) -> Rig {
     let llm = TestLlm::start(script).await;
-    let (pool, db_url) = common::fresh_db().await;
     let mut settings = LlmSettings::single(llm.base_url.clone(), "test-model");
     settings.timeout = Duration::from_millis(500);
     settings.retry = RetryPolicy {
@@ -64,17 +63,7 @@ async fn rig_with(
         base_delay: Duration::from_millis(5),
         ..Default::default()
     };
-    let client = LlmClient::new(settings, Some(pool.clone()));
-    let app = build_app(AppState::with_llm(pool.clone(), config, client));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(serve(listener, app, std::future::pending()));
-    let app = TestApp {
-        base: format!("http://{addr}"),
-        client: reqwest::Client::new(),
-        pool,
-        db_url,
-    };
+    let app = common::spawn_app_with_llm(config, settings).await;
     seed(&app).await;
     Rig { app, llm }
 }

@@ -137,11 +137,29 @@ pub fn placeholders(template: &str) -> Vec<String> {
 /// Maximum template length accepted (characters).
 pub const MAX_TEMPLATE_CHARS: usize = 20_000;
 
-/// Checks a template for `name`: not empty, not too long, every required placeholder present,
-/// no unknown placeholder. The error names what is wrong.
+/// Checks a label name: 1 to 64 characters of `a-z A-Z 0-9 - _`.
+pub fn check_label(field: &str, label: &str) -> Result<(), String> {
+    if label.is_empty()
+        || label.len() > 64
+        || !label
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        return Err(format!(
+            "{field} must be 1 to 64 characters of a-z, A-Z, 0-9, - and _"
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a template for `name`: not empty, not too long, no NUL, every required placeholder
+/// present, no unknown placeholder. The error names what is wrong.
 pub fn validate(name: PromptName, template: &str) -> Result<(), String> {
     if template.trim().is_empty() {
         return Err("template must not be empty".into());
+    }
+    if template.contains('\0') {
+        return Err("template must not contain NUL characters".into());
     }
     let n = template.chars().count();
     if n > MAX_TEMPLATE_CHARS {

@@ -160,10 +160,96 @@ impl From<PathRejection> for AppError {
     }
 }
 
-/// `Json` that answers malformed bodies with the contract's error body.
-#[derive(Debug, Clone, Copy, Default, axum::extract::FromRequest)]
-#[from_request(via(axum::Json), rejection(AppError))]
+/// `Json` that answers malformed bodies with the contract's error body, and refuses strings
+/// holding NUL characters (Postgres cannot store them) with a 422 naming the field.
+#[derive(Debug, Clone, Copy, Default)]
 pub struct Json<T>(pub T);
+
+impl<T, S> axum::extract::FromRequest<S> for Json<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = AppError;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, AppError> {
+        if !json_content_type(req.headers()) {
+            return Err(AppError::BadRequest(
+                "expected a JSON body with `Content-Type: application/json`".into(),
+            ));
+        }
+        let bytes = axum::body::Bytes::from_request(req, state)
+            .await
+            .map_err(|r| {
+                if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    AppError::PayloadTooLarge(format!(
+                        "request body is too large: {}",
+                        r.body_text()
+                    ))
+                } else {
+                    AppError::BadRequest(r.body_text())
+                }
+            })?;
+        if let Some(field) = nul_field(&bytes) {
+            return Err(AppError::Validation(format!(
+                "{field} must not contain NUL characters (\\u0000)"
+            )));
+        }
+        let axum::Json(v) = axum::Json::<T>::from_bytes(&bytes)?;
+        Ok(Json(v))
+    }
+}
+
+fn json_content_type(headers: &axum::http::HeaderMap) -> bool {
+    let Some(ct) = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let mime = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
+}
+
+/// The path (`prompt.label`, `items[2].title`) of the first string or key in a JSON body that
+/// holds a NUL character; cheap when there is none (one scan for the escape).
+pub fn nul_field(body: &[u8]) -> Option<String> {
+    if !body.windows(6).any(|w| w == b"\\u0000") {
+        return None;
+    }
+    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    fn walk(v: &serde_json::Value, path: &str) -> Option<String> {
+        match v {
+            serde_json::Value::String(s) if s.contains('\0') => Some(path.to_string()),
+            serde_json::Value::Array(a) => a
+                .iter()
+                .enumerate()
+                .find_map(|(i, x)| walk(x, &format!("{path}[{i}]"))),
+            serde_json::Value::Object(o) => o.iter().find_map(|(k, x)| {
+                let here = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
+                if k.contains('\0') {
+                    Some(format!(
+                        "a key in {}",
+                        if path.is_empty() { "the body" } else { path }
+                    ))
+                } else {
+                    walk(x, &here)
+                }
+            }),
+            _ => None,
+        }
+    }
+    walk(&v, "").map(|p| if p.is_empty() { "the body".into() } else { p })
+}
 
 impl<T: Serialize> IntoResponse for Json<T> {
     fn into_response(self) -> Response {
@@ -184,4 +270,28 @@ pub struct Path<T>(pub T);
 /// Fallback for unknown routes: a JSON 404 rather than an empty body.
 pub async fn not_found(uri: axum::http::Uri) -> AppError {
     AppError::NotFound(format!("no route for {}", uri.path()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nul_characters_are_found_with_their_path() {
+        assert_eq!(nul_field(br#"{"a": "fine"}"#), None);
+        assert_eq!(
+            nul_field(br#"{"prompt": {"label": "x\u0000"}}"#).as_deref(),
+            Some("prompt.label")
+        );
+        assert_eq!(
+            nul_field(br#"{"items": [{"id": "a"}, {"id": "b", "title": "\u0000"}]}"#).as_deref(),
+            Some("items[1].title")
+        );
+        assert_eq!(
+            nul_field(br#"{"k\u0000": 1}"#).as_deref(),
+            Some("a key in the body")
+        );
+        // An escaped backslash followed by "u0000" is text, not a NUL.
+        assert_eq!(nul_field(br#"{"a": "\\u0000"}"#), None);
+    }
 }

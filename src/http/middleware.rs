@@ -105,3 +105,78 @@ pub async fn timeout(State(state): State<AppState>, req: Request, next: Next) ->
         .into_response(),
     }
 }
+
+/// Refuses request paths and query strings holding control characters once percent-decoded
+/// (`%00` and friends) with a 400: path segments are ids that reach SQL, and Postgres
+/// cannot store NUL.
+pub async fn reject_control_chars(req: Request, next: Next) -> Response {
+    let uri = req.uri();
+    let found = control_char_in(uri.path())
+        .map(|c| ("path", c))
+        .or_else(|| {
+            uri.query()
+                .and_then(control_char_in)
+                .map(|c| ("query string", c))
+        });
+    if let Some((what, c)) = found {
+        return AppError::BadRequest(format!(
+            "the request {what} must not contain control characters (found U+{:04X})",
+            c as u32
+        ))
+        .into_response();
+    }
+    next.run(req).await
+}
+
+/// The first control character of a percent-encoded string, decoded.
+fn control_char_in(s: &str) -> Option<char> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        if b[i] == b'%'
+            && i + 2 < b.len()
+            && let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2]))
+        {
+            out.push((h * 16 + l) as u8);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out)
+        .chars()
+        .find(|c| c.is_control())
+}
+
+/// Longest client-supplied `x-request-id` kept; longer or odd ones are replaced.
+pub const MAX_REQUEST_ID_LEN: usize = 128;
+
+/// Drops a client's `x-request-id` that is too long or holds anything but visible ASCII
+/// (a fresh one is generated instead): it is echoed and written to every log line.
+pub async fn sanitize_request_id(mut req: Request, next: Next) -> Response {
+    let bad = req.headers().get("x-request-id").is_some_and(|v| {
+        let b = v.as_bytes();
+        b.is_empty() || b.len() > MAX_REQUEST_ID_LEN || !b.iter().all(|c| c.is_ascii_graphic())
+    });
+    if bad {
+        req.headers_mut().remove("x-request-id");
+    }
+    next.run(req).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encoded_control_characters_are_found() {
+        assert_eq!(control_char_in("/v1/items/a%00b"), Some('\0'));
+        assert_eq!(control_char_in("/v1/items/a%0Ab"), Some('\n'));
+        assert_eq!(control_char_in("/v1/items/caf%C3%A9"), None);
+        assert_eq!(control_char_in("/v1/items/100%"), None);
+        assert_eq!(control_char_in("/v1/items/%zz"), None);
+    }
+}

@@ -1,5 +1,5 @@
 //! The HTTP edge: one file per area, each with its own `router()`, plus the shared error
-//! type, middleware and the OpenAPI document.
+//! type, middleware, the OpenAPI document, and the server loop with its connection limits.
 
 pub mod error;
 pub mod items;
@@ -8,5 +8,6 @@ pub mod middleware;
 pub mod openapi;
 pub mod prompts;
 pub mod rerank;
+pub mod server;
 pub mod service;
 pub mod users;

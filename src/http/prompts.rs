@@ -179,16 +179,7 @@ pub async fn set_label(
     Json(body): Json<LabelBody>,
 ) -> Result<Json<LabelRow>, AppError> {
     let n = name(&n)?;
-    if label.is_empty()
-        || label.len() > 64
-        || !label
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-    {
-        return Err(AppError::Validation(
-            "label must be 1 to 64 characters of a-z, A-Z, 0-9, - and _".into(),
-        ));
-    }
+    prompt::check_label("label", &label).map_err(AppError::Validation)?;
     let wanted: Vec<i32> = match (&body.version, &body.split) {
         (Some(v), None) => vec![*v],
         (None, Some(arms)) => {

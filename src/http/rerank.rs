@@ -241,7 +241,10 @@ pub async fn rerank(
         Some(PromptBody {
             version: Some(v), ..
         }) => PromptSelector::Version(v),
-        Some(PromptBody { label: Some(l), .. }) => PromptSelector::Label(l),
+        Some(PromptBody { label: Some(l), .. }) => {
+            crate::agp::prompt::check_label("prompt.label", &l).map_err(AppError::Validation)?;
+            PromptSelector::Label(l)
+        }
         Some(PromptBody { .. }) => PromptSelector::Label(PRODUCTION.into()),
     };
     let req = RerankRequest {

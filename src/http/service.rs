@@ -83,14 +83,33 @@ pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
 /// reranks answer with their fallback order.
 fn llm_status(state: &AppState) -> String {
     use crate::llm::Role;
+    use crate::llm::breaker::Health;
     if let Some(flag) = &state.local_llm_healthy
         && !flag.load(std::sync::atomic::Ordering::Relaxed)
     {
-        return "local llama-server is restarting; reranks fall back meanwhile".into();
+        return "down: the local llama-server is restarting; reranks fall back meanwhile".into();
     }
-    match state.llm.model(Role::Rank) {
-        Some(model) => format!("configured (rank model {model})"),
-        None => "not configured: reranks return their fallback order (set AGP_LLM_BASE_URL or use --llm local)".into(),
+    let Some(model) = state.llm.model(Role::Rank) else {
+        return "not configured: reranks return their fallback order (set AGP_LLM_BASE_URL or use --llm local)".into();
+    };
+    match state.llm.health(Role::Rank) {
+        Some(Health::Down {
+            failures,
+            last_error,
+            for_secs,
+            retry_in_ms,
+        }) => format!(
+            "down: {failures} failed attempts in a row (last: {last_error}) over {for_secs} s; \
+             reranks answer their fallback order at once; next probe in {retry_in_ms} ms \
+             (rank model {model})"
+        ),
+        Some(Health::Degraded {
+            failures,
+            last_error,
+        }) => format!(
+            "degraded: {failures} failed attempts in a row (last: {last_error}) (rank model {model})"
+        ),
+        _ => format!("ok (rank model {model})"),
     }
 }
 

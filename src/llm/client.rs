@@ -10,11 +10,12 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 
+use super::breaker::{Admission, Breaker, Health};
 use super::config::{LlmSettings, Route};
 use super::limiter::PriorityLimiter;
 use super::retry::parse_retry_after;
 use super::usage::{UsageRecord, UsageSink, record_metrics, usage_sink};
-use super::{CallContext, ChatRequest, ChatResponse, LlmError, Role};
+use super::{CallContext, ChatRequest, ChatResponse, LlmError, Priority, Role};
 
 /// Structured-output support of an upstream server, learned from its answers.
 const SCHEMA_UNKNOWN: u8 = 0;
@@ -26,6 +27,7 @@ struct Endpoint {
     base_url: String,
     limiter: Arc<PriorityLimiter>,
     schema_support: AtomicU8,
+    breaker: Breaker,
 }
 
 #[derive(Debug)]
@@ -71,6 +73,7 @@ impl LlmClient {
                             settings.reserved_interactive,
                         ),
                         schema_support: AtomicU8::new(SCHEMA_UNKNOWN),
+                        breaker: Breaker::new(settings.breaker),
                     })
                 })
                 .clone();
@@ -115,6 +118,14 @@ impl LlmClient {
     /// The settings in force.
     pub fn settings(&self) -> &LlmSettings {
         &self.inner.settings
+    }
+
+    /// How the server behind `role` looks from here (circuit breaker state).
+    pub fn health(&self, role: Role) -> Option<Health> {
+        self.inner
+            .routes
+            .get(&role)
+            .map(|r| r.endpoint.breaker.health(Instant::now()))
     }
 
     /// Waits until all usage rows sent so far are stored.
@@ -204,19 +215,65 @@ impl LlmClient {
         if rr.endpoint.schema_support.load(Ordering::Relaxed) == SCHEMA_UNSUPPORTED {
             strip_schema(&mut body);
         }
+        let breaker = &rr.endpoint.breaker;
+        let mut probe = None;
+        if ctx.priority == Priority::Interactive {
+            match breaker.admit(started) {
+                Admission::Allow => {}
+                Admission::Probe => probe = Some(ProbeGuard(breaker)),
+                Admission::Refuse(why) => {
+                    metrics::counter!("agp_llm_refused_total").increment(1);
+                    return Err(LlmError::Unavailable(why));
+                }
+            }
+        }
         loop {
             attempt += 1;
             let result = {
-                let _permit = rr.endpoint.limiter.acquire(ctx.priority).await;
-                self.attempt(rr, &body).await
+                let permit = rr.endpoint.limiter.acquire(ctx.priority);
+                let _permit = match ctx.deadline {
+                    Some(d) => match tokio::time::timeout_at(d.into(), permit).await {
+                        Ok(p) => p,
+                        Err(_) => return Err(LlmError::Timeout(started.elapsed())),
+                    },
+                    None => permit.await,
+                };
+                let timeout = match ctx.deadline {
+                    Some(d) => self
+                        .inner
+                        .settings
+                        .timeout
+                        .min(d.saturating_duration_since(Instant::now())),
+                    None => self.inner.settings.timeout,
+                };
+                if timeout.is_zero() {
+                    return Err(LlmError::Timeout(started.elapsed()));
+                }
+                self.attempt(rr, &body, timeout).await
             };
             let err = match result {
                 Ok(mut resp) => {
+                    breaker.success();
+                    if let Some(p) = probe.take() {
+                        p.done();
+                    }
                     resp.attempts = attempt;
                     return Ok(resp);
                 }
                 Err(e) => e,
             };
+            if err.signals_down() {
+                breaker.failure(Instant::now(), err.kind());
+                if let Some(p) = probe.take() {
+                    p.done();
+                }
+            } else if !matches!(err, LlmError::RateLimited { .. }) {
+                // 4xx or garbage: the server is alive.
+                breaker.success();
+                if let Some(p) = probe.take() {
+                    p.done();
+                }
+            }
             // A server that rejects `response_format`: remember, and ask again without it.
             if let LlmError::Refused {
                 status: 400 | 422,
@@ -236,35 +293,43 @@ impl LlmClient {
             if !err.retryable() {
                 return Err(err);
             }
+            // A probe that failed re-opened the circuit: an interactive caller stops here.
+            if ctx.priority == Priority::Interactive
+                && let Admission::Refuse(_) = breaker.admit_peek(Instant::now())
+            {
+                return Err(exhausted(attempt, started, err));
+            }
             let retry_after = match &err {
                 LlmError::RateLimited { retry_after } => *retry_after,
                 _ => None,
             };
-            match policy.next_delay(
+            let delay = policy.next_delay(
                 attempt,
                 retry_after,
                 rand::random::<f64>(),
                 started.elapsed(),
-            ) {
+            );
+            let delay = delay.filter(|d| {
+                ctx.deadline
+                    .is_none_or(|dl| Instant::now() + *d + MIN_ATTEMPT < dl)
+            });
+            match delay {
                 Some(delay) => {
                     tracing::debug!(attempt, ?delay, error = %err, "retrying LLM call");
                     tokio::time::sleep(delay).await;
                 }
-                None if attempt == 1 => return Err(err),
-                None => {
-                    return Err(LlmError::Exhausted {
-                        attempts: attempt,
-                        elapsed: started.elapsed(),
-                        last: Box::new(err),
-                    });
-                }
+                None => return Err(exhausted(attempt, started, err)),
             }
         }
     }
 
-    /// One HTTP attempt, bounded by the per-call timeout.
-    async fn attempt(&self, rr: &RoleRoute, body: &Value) -> Result<ChatResponse, LlmError> {
-        let timeout = self.inner.settings.timeout;
+    /// One HTTP attempt, bounded by `timeout`.
+    async fn attempt(
+        &self,
+        rr: &RoleRoute,
+        body: &Value,
+        timeout: Duration,
+    ) -> Result<ChatResponse, LlmError> {
         let url = format!("{}/chat/completions", rr.endpoint.base_url);
         let mut req = self.inner.http.post(&url).json(body).timeout(timeout);
         if let Some(key) = &rr.route.api_key {
@@ -338,6 +403,35 @@ impl LlmClient {
             t.add(&record);
         }
         self.inner.usage.send(record);
+    }
+}
+
+/// Shortest attempt worth starting before a caller's deadline.
+const MIN_ATTEMPT: Duration = Duration::from_millis(50);
+
+fn exhausted(attempts: u32, started: Instant, last: LlmError) -> LlmError {
+    if attempts == 1 {
+        return last;
+    }
+    LlmError::Exhausted {
+        attempts,
+        elapsed: started.elapsed(),
+        last: Box::new(last),
+    }
+}
+
+/// Marks the half-open probe as abandoned if the call ends without an outcome (cancelled).
+struct ProbeGuard<'a>(&'a Breaker);
+
+impl ProbeGuard<'_> {
+    fn done(self) {
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for ProbeGuard<'_> {
+    fn drop(&mut self) {
+        self.0.probe_abandoned();
     }
 }
 
@@ -427,7 +521,8 @@ pub fn parse_completion(text: &str, model: &str) -> Result<ChatResponse, LlmErro
         .and_then(|m| m.get("content"))
         .and_then(|c| c.as_str())
         .ok_or_else(|| LlmError::Garbage("response has no message content".into()))?
-        .to_string();
+        // Postgres cannot store NUL, and no prompt needs one.
+        .replace('\0', "");
     let usage = v.get("usage");
     let tokens = |k: &str| {
         usage

@@ -65,6 +65,14 @@ pub struct LlmArgs {
     /// Default completion token limit.
     #[arg(long, env = "AGP_LLM_MAX_TOKENS", default_value_t = 512)]
     pub llm_max_tokens: u32,
+    /// Consecutive failed attempts (timeouts, connection errors, 5xx) after which reranks stop
+    /// calling the server and answer their fallback at once (circuit breaker).
+    #[arg(long, env = "AGP_LLM_BREAKER_THRESHOLD", default_value_t = 5)]
+    pub llm_breaker_threshold: u32,
+    /// How long the circuit stays open before one probe call, in milliseconds (doubles while
+    /// the server stays down, up to 30 s).
+    #[arg(long, env = "AGP_LLM_BREAKER_COOLDOWN_MS", default_value_t = 2000)]
+    pub llm_breaker_cooldown_ms: u64,
     /// Cache answers of deterministic (temperature 0) calls in Postgres.
     #[arg(long, env = "AGP_LLM_CACHE", default_value_t = true, action = clap::ArgAction::Set)]
     pub llm_cache: bool,
@@ -118,6 +126,8 @@ pub struct LlmSettings {
     pub seed: u64,
     pub max_tokens: u32,
     pub cache: bool,
+    /// When to stop calling a server that keeps failing.
+    pub breaker: super::breaker::BreakerPolicy,
 }
 
 impl LlmSettings {
@@ -146,6 +156,7 @@ impl LlmSettings {
             seed: 42,
             max_tokens: 512,
             cache: true,
+            breaker: Default::default(),
         }
     }
 }
@@ -223,6 +234,12 @@ impl LlmArgs {
             seed: self.llm_seed,
             max_tokens: self.llm_max_tokens,
             cache: self.llm_cache,
+            breaker: super::breaker::BreakerPolicy {
+                threshold: self.llm_breaker_threshold.max(1),
+                cooldown: Duration::from_millis(self.llm_breaker_cooldown_ms.max(1)),
+                max_cooldown: Duration::from_secs(30)
+                    .max(Duration::from_millis(self.llm_breaker_cooldown_ms)),
+            },
         })
     }
 }

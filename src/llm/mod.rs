@@ -9,6 +9,7 @@
 //! - `local`: a supervised `llama-server` child process (`agp serve --llm local`)
 //! - `test_server`: a scriptable in-process server speaking the same protocol (tests, benches)
 
+pub mod breaker;
 pub mod client;
 pub mod config;
 pub mod limiter;
@@ -175,6 +176,9 @@ pub struct CallContext {
     pub tally: Option<Arc<Tally>>,
     /// Bypass the response cache for this call.
     pub no_cache: bool,
+    /// Answer (or fail with a timeout) by then: caps each attempt's timeout, the wait for a
+    /// slot and the retries. Reranks set it from their deadline; jobs leave it unset.
+    pub deadline: Option<std::time::Instant>,
 }
 
 impl CallContext {
@@ -187,6 +191,7 @@ impl CallContext {
             job_id: None,
             tally: None,
             no_cache: false,
+            deadline: None,
         }
     }
 
@@ -203,6 +208,20 @@ impl CallContext {
         self.tally = Some(tally);
         self
     }
+
+    /// The same context without a deadline (work that outlives the request that started it).
+    pub fn without_deadline(&self) -> Self {
+        CallContext {
+            deadline: None,
+            ..self.clone()
+        }
+    }
+
+    /// Sets the time by which the call must be over.
+    pub fn with_deadline(mut self, deadline: std::time::Instant) -> Self {
+        self.deadline = Some(deadline);
+        self
+    }
 }
 
 /// Why a call failed. Callers tell a timeout from a refusal from garbage by the variant.
@@ -214,6 +233,9 @@ pub enum LlmError {
     NotConfigured(String),
     #[error("the LLM did not answer within {0:?}")]
     Timeout(Duration),
+    /// The server is known to be down (circuit open): the call was not made.
+    #[error("{0}")]
+    Unavailable(String),
     #[error("could not reach the LLM: {0}")]
     Connect(String),
     #[error("the LLM is rate limiting (429){}", retry_after.map(|d| format!(", retry after {d:?}")).unwrap_or_default())]
@@ -257,6 +279,7 @@ impl LlmError {
         match self.root() {
             LlmError::NotConfigured(_) => "not_configured",
             LlmError::Timeout(_) => "timeout",
+            LlmError::Unavailable(_) => "circuit_open",
             LlmError::Connect(_) => "connect_error",
             LlmError::RateLimited { .. } => "rate_limited",
             LlmError::Server { .. } => "server_error",
@@ -269,6 +292,39 @@ impl LlmError {
     /// True when the root cause is a timeout (rerank maps it to `llm_timeout`).
     pub fn is_timeout(&self) -> bool {
         matches!(self.root(), LlmError::Timeout(_))
+    }
+
+    /// Whether this attempt's failure says the server is unhealthy (counts toward opening
+    /// the circuit): timeouts, connection errors and 5xx. A 4xx or a garbled answer came
+    /// from a live server.
+    pub fn signals_down(&self) -> bool {
+        matches!(
+            self,
+            LlmError::Timeout(_) | LlmError::Connect(_) | LlmError::Server { .. }
+        )
+    }
+
+    /// A message safe to show API clients: what failed, never the upstream's own error body
+    /// or answer text (those may carry keys, internal hosts or prompt text; they are logged).
+    pub fn public_message(&self) -> String {
+        match self {
+            LlmError::Server { status, .. } => format!("the LLM server failed with {status}"),
+            LlmError::Refused { status, .. } => {
+                format!("the LLM refused the request with {status}")
+            }
+            LlmError::Garbage(_) => "the LLM answered something unusable".into(),
+            LlmError::Connect(_) => "could not reach the LLM server".into(),
+            LlmError::Exhausted {
+                attempts,
+                elapsed,
+                last,
+            } => format!(
+                "gave up after {attempts} attempts in {} ms: {}",
+                elapsed.as_millis(),
+                last.public_message()
+            ),
+            other => other.to_string(),
+        }
     }
 }
 
@@ -346,5 +402,49 @@ mod tests {
         };
         assert!(ex.is_timeout());
         assert_eq!(ex.kind(), "timeout");
+    }
+
+    #[test]
+    fn public_messages_never_carry_upstream_bodies() {
+        let secret = "internal-host:9000 key=sk-123";
+        for e in [
+            LlmError::Server {
+                status: 500,
+                body: secret.into(),
+            },
+            LlmError::Refused {
+                status: 400,
+                body: secret.into(),
+            },
+            LlmError::Garbage(secret.into()),
+            LlmError::Connect(secret.into()),
+            LlmError::Exhausted {
+                attempts: 2,
+                elapsed: Duration::from_millis(30),
+                last: Box::new(LlmError::Server {
+                    status: 503,
+                    body: secret.into(),
+                }),
+            },
+        ] {
+            let m = e.public_message();
+            assert!(!m.contains("sk-123") && !m.contains("internal-host"), "{m}");
+            assert!(
+                e.to_string().contains("sk-123"),
+                "the full error keeps it for logs"
+            );
+        }
+        assert!(
+            LlmError::Exhausted {
+                attempts: 2,
+                elapsed: Duration::from_millis(30),
+                last: Box::new(LlmError::Server {
+                    status: 503,
+                    body: String::new()
+                }),
+            }
+            .public_message()
+            .contains("503")
+        );
     }
 }

@@ -33,6 +33,12 @@ pub enum FallbackRanker {
     Popularity,
 }
 
+/// Default bound on the LLM part of a rerank: interactive traffic, a hosted model.
+pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(5);
+
+/// Time after the deadline for a call that ran into it to report back.
+const DEADLINE_GRACE: Duration = Duration::from_millis(100);
+
 /// Settings of the rerank path.
 #[derive(Debug, Clone)]
 pub struct RerankSettings {
@@ -55,7 +61,7 @@ impl Default for RerankSettings {
             max_candidates: 200,
             history_len: profile::DEFAULT_HISTORY_LEN,
             rank: RankOptions::default(),
-            deadline: Duration::from_secs(30),
+            deadline: DEFAULT_DEADLINE,
             summaries: true,
             fallback_ranker: FallbackRanker::Incoming,
             cache_entries: 100_000,
@@ -249,7 +255,10 @@ impl Reranker {
         let history = &history[start..];
 
         let tally = Arc::new(Tally::default());
-        let mut ctx = CallContext::interactive(project).with_tally(tally.clone());
+        let deadline = Instant::now() + self.settings.deadline;
+        let mut ctx = CallContext::interactive(project)
+            .with_tally(tally.clone())
+            .with_deadline(deadline);
         ctx.request_id = Some(req.request_id.clone());
 
         let part = if history.is_empty() {
@@ -269,7 +278,9 @@ impl Reranker {
                 sum.as_ref(),
                 &ctx,
             );
-            match tokio::time::timeout(self.settings.deadline, fut).await {
+            // LLM calls stop at the deadline themselves (and tell the circuit breaker); this
+            // bound catches the rest (a summary or profile still being written, a slow query).
+            match tokio::time::timeout_at((deadline + DEADLINE_GRACE).into(), fut).await {
                 Ok(p) => p,
                 Err(_) => LlmPart::Failed(
                     Fallback::LlmTimeout,
@@ -376,7 +387,8 @@ impl Reranker {
             } else {
                 Fallback::LlmError
             };
-            LlmPart::Failed(reason, e.to_string())
+            tracing::warn!(request_id = ?ctx.request_id, error = %e, reason = reason.as_str(), "rerank falls back");
+            LlmPart::Failed(reason, e.public_message())
         };
         let texts = match self.history_texts(project, history, sum, ctx).await {
             Ok(t) => t,
@@ -478,27 +490,27 @@ impl Reranker {
         let made = futures_util::future::join_all(todo.iter().map(|&i| {
             let item = &history[i];
             let raw = &raw[i];
-            let model = &model;
             async move {
+                let key = key(item);
+                let (pool, llm, caches) =
+                    (self.pool.clone(), self.llm.clone(), self.caches.clone());
+                let (template, raw, ctx) = (template.clone(), raw.clone(), ctx.without_deadline());
                 self.summary_flights
-                    .run(key(item), || async {
-                        let s = summarize::summarize(&self.llm, template, raw, ctx).await?;
-                        if let Err(e) = db::put_summary(
-                            &self.pool,
-                            project,
-                            &item.id,
-                            &item.content_hash,
-                            *version,
-                            model,
-                            &s,
-                        )
-                        .await
-                        {
-                            tracing::warn!(error = %e, "could not store a summary");
-                        }
-                        let s = Arc::new(s);
-                        self.caches.summaries.insert(key(item), s.clone());
-                        Ok(s)
+                    .run(key.clone(), || {
+                        // Detached: a rerank that gives up at its deadline still leaves the
+                        // summary for the next request.
+                        detached(async move {
+                            let s = summarize::summarize(&llm, &template, &raw, &ctx).await?;
+                            let (project, id, hash, version, model) = &key;
+                            if let Err(e) =
+                                db::put_summary(&pool, project, id, hash, *version, model, &s).await
+                            {
+                                tracing::warn!(error = %e, "could not store a summary");
+                            }
+                            let s = Arc::new(s);
+                            caches.summaries.insert(key, s.clone());
+                            Ok(s)
+                        })
                     })
                     .await
             }
@@ -537,30 +549,37 @@ impl Reranker {
         if let Some(p) = self.caches.profiles.get(&key) {
             return Ok(p);
         }
+        let (pool, llm, caches) = (self.pool.clone(), self.llm.clone(), self.caches.clone());
+        let (template, texts, ctx) = (template.to_string(), texts.to_vec(), ctx.without_deadline());
         self.profile_flights
-            .run(key.clone(), || async {
-                match db::get_profile(&self.pool, project, user, &key.2, version, &model).await {
-                    Ok(Some((id, p))) => {
-                        let v = (id, Arc::new(p));
-                        self.caches.profiles.insert(key.clone(), v.clone());
-                        return Ok(v);
+            .run(key.clone(), || {
+                // Detached: a rerank that gives up at its deadline still leaves the profile
+                // for the user's next request.
+                detached(async move {
+                    let (project, user, hash, version, model) = &key;
+                    match db::get_profile(&pool, project, user, hash, *version, model).await {
+                        Ok(Some((id, p))) => {
+                            let v = (id, Arc::new(p));
+                            caches.profiles.insert(key.clone(), v.clone());
+                            return Ok(v);
+                        }
+                        Ok(None) => {}
+                        Err(e) => tracing::warn!(error = %e, "profile cache lookup failed"),
                     }
-                    Ok(None) => {}
-                    Err(e) => tracing::warn!(error = %e, "profile cache lookup failed"),
-                }
-                let text = profile::generate(&self.llm, template, &refs, ctx).await?;
-                let stored =
-                    db::put_profile(&self.pool, project, user, &key.2, version, &model, &text)
-                        .await;
-                let v = match stored {
-                    Ok((id, p)) => (id, Arc::new(p)),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "could not store a profile");
-                        (Uuid::new_v4(), Arc::new(text))
-                    }
-                };
-                self.caches.profiles.insert(key.clone(), v.clone());
-                Ok(v)
+                    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+                    let text = profile::generate(&llm, &template, &refs, &ctx).await?;
+                    let stored =
+                        db::put_profile(&pool, project, user, hash, *version, model, &text).await;
+                    let v = match stored {
+                        Ok((id, p)) => (id, Arc::new(p)),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "could not store a profile");
+                            (Uuid::new_v4(), Arc::new(text))
+                        }
+                    };
+                    caches.profiles.insert(key.clone(), v.clone());
+                    Ok(v)
+                })
             })
             .await
     }
@@ -713,6 +732,15 @@ impl Reranker {
         }
         order
     }
+}
+
+/// Runs `fut` as its own task, so that it finishes even if the caller stops waiting.
+async fn detached<T: Send + 'static>(
+    fut: impl std::future::Future<Output = Result<T, LlmError>> + Send + 'static,
+) -> Result<T, LlmError> {
+    tokio::spawn(fut)
+        .await
+        .unwrap_or_else(|e| Err(LlmError::Garbage(format!("background task failed: {e}"))))
 }
 
 /// The version a label gives this user: its version, or the A/B arm chosen by a stable hash

@@ -5,7 +5,7 @@
 
 use std::sync::OnceLock;
 
-use agp_rerank::app::{AppState, build_app, serve};
+use agp_rerank::app::{AppState, build_app};
 use agp_rerank::config::AppConfig;
 use agp_rerank::store::{self, embedded};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -156,13 +156,41 @@ impl TestApp {
 
 /// Starts the real app on port 0 with `config` against a fresh database.
 pub async fn spawn_app_with(config: AppConfig) -> TestApp {
+    spawn_state(|pool| AppState::new(pool, config), Default::default()).await
+}
+
+/// Starts the real app with `config` and an LLM client over `settings`.
+pub async fn spawn_app_with_llm(
+    config: AppConfig,
+    settings: agp_rerank::llm::config::LlmSettings,
+) -> TestApp {
+    spawn_state(
+        |pool| {
+            let client = agp_rerank::llm::LlmClient::new(settings, Some(pool.clone()));
+            AppState::with_llm(pool, config, client)
+        },
+        Default::default(),
+    )
+    .await
+}
+
+/// Starts the real app built by `state` on a fresh database, served under `limits`.
+pub async fn spawn_state(
+    state: impl FnOnce(PgPool) -> AppState,
+    limits: agp_rerank::http::server::ServerLimits,
+) -> TestApp {
     let (pool, db_url) = fresh_db().await;
-    let app = build_app(AppState::new(pool.clone(), config));
+    let app = build_app(state(pool.clone()));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
     let addr = listener.local_addr().expect("addr");
-    tokio::spawn(serve(listener, app, std::future::pending()));
+    tokio::spawn(agp_rerank::http::server::serve(
+        listener,
+        app,
+        limits,
+        std::future::pending(),
+    ));
     TestApp {
         base: format!("http://{addr}"),
         client: reqwest::Client::new(),
