@@ -28,6 +28,8 @@ pub struct AppState {
     pub reranker: Arc<Reranker>,
     /// Health of the managed local llama-server, when `--llm local` runs one.
     pub local_llm_healthy: Option<Arc<std::sync::atomic::AtomicBool>>,
+    /// Health of the embedded Postgres, when this process supervises one.
+    pub pg_health: Option<Arc<crate::store::embedded::PgHealth>>,
 }
 
 impl AppState {
@@ -46,6 +48,7 @@ impl AppState {
             llm,
             reranker,
             local_llm_healthy: None,
+            pg_health: None,
         }
     }
 }

@@ -2,7 +2,8 @@
 //! Every option can also be set from its `AGP_*` environment variable.
 
 use std::path::PathBuf;
-use std::time::Instant;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
@@ -187,17 +188,17 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-/// An open, migrated database and, when embedded, the cluster behind it.
+/// An open, migrated database and, when embedded, the cluster behind it (supervised).
 pub struct Database {
     pub pool: PgPool,
-    embedded: Option<embedded::EmbeddedPg>,
+    embedded: Option<(Arc<embedded::EmbeddedPg>, embedded::Supervisor)>,
 }
 
 impl Database {
-    /// Connects to `DATABASE_URL`, or starts/adopts the embedded cluster of `--data-dir`;
-    /// then runs migrations.
+    /// Connects to `DATABASE_URL`, or starts/adopts the embedded cluster of `--data-dir` and
+    /// supervises it; then runs migrations.
     pub async fn open(args: &DbArgs) -> anyhow::Result<Self> {
-        let (url, embedded) = match &args.database_url {
+        let (url, pg) = match &args.database_url {
             Some(url) if !url.expose().is_empty() => (url.expose().to_string(), None),
             _ => {
                 let opts = embedded::EmbeddedOptions {
@@ -207,26 +208,37 @@ impl Database {
                 let pg = tokio::task::spawn_blocking(move || embedded::EmbeddedPg::start(&opts))
                     .await
                     .context("embedded Postgres start-up panicked")??;
-                (pg.url(embedded::DB_NAME), Some(pg))
+                (pg.url(embedded::DB_NAME), Some(Arc::new(pg)))
             }
         };
-        let pool = match store::connect(&url, args.db_max_connections).await {
+        let health = pg.as_ref().map(|p| p.health());
+        let pool = match store::connect_supervised(&url, args.db_max_connections, health).await {
             Ok(p) => p,
             Err(e) => {
-                if let Some(pg) = &embedded {
-                    pg.stop();
+                if let Some(pg) = pg {
+                    let _ = tokio::task::spawn_blocking(move || pg.stop()).await;
                 }
                 return Err(e).context("connecting to Postgres");
             }
         };
         store::migrate(&pool).await.context("running migrations")?;
+        let embedded = pg.map(|pg| {
+            let sup = pg.supervise(Duration::from_secs(1));
+            (pg, sup)
+        });
         Ok(Database { pool, embedded })
     }
 
-    /// Closes the pool and stops the embedded cluster if this process started it.
+    /// The embedded cluster's health, when there is one.
+    pub fn pg_health(&self) -> Option<Arc<embedded::PgHealth>> {
+        self.embedded.as_ref().map(|(pg, _)| pg.health())
+    }
+
+    /// Closes the pool and stops the embedded cluster unless another agp process uses it.
     pub async fn close(self) {
         self.pool.close().await;
-        if let Some(pg) = self.embedded {
+        if let Some((pg, sup)) = self.embedded {
+            sup.stop().await;
             let _ = tokio::task::spawn_blocking(move || pg.stop()).await;
         }
     }
@@ -272,6 +284,7 @@ async fn run_serve(db_args: &DbArgs, args: ServeArgs) -> anyhow::Result<()> {
     let limits = config.server;
     let mut state = AppState::with_llm(db.pool.clone(), config, llm.clone());
     state.local_llm_healthy = local.as_ref().map(|l| l.health_flag());
+    state.pg_health = db.pg_health();
     let reranker = state.reranker.clone();
     let workers = crate::jobs::Workers::spawn(args.workers, &db.pool, &llm, &reranker);
     let app = build_app(state);

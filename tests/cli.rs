@@ -2,90 +2,19 @@
 //! cleanly on SIGTERM, keeps data across restarts, and import/keys work on the same data dir
 //! (also while the server runs, by adopting its cluster).
 
+mod common;
+
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Child;
 
-const BIN: &str = env!("CARGO_BIN_EXE_agp");
-
-fn agp(data_dir: &Path) -> Command {
-    let mut c = Command::new(BIN);
-    // This test is about the embedded default: never use an external server here.
-    c.env_remove("DATABASE_URL")
-        .env_remove("AGP_MASTER_KEY")
-        .env("AGP_LOG", "warn")
-        .arg("--data-dir")
-        .arg(data_dir);
-    c
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-async fn wait_ready(client: &reqwest::Client, base: &str, child: &mut Child) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Ok(r) = client.get(format!("{base}/readyz")).send().await
-            && r.status() == 200
-        {
-            return;
-        }
-        if let Ok(Some(status)) = child.try_wait() {
-            panic!("agp serve exited early with {status}");
-        }
-        assert!(Instant::now() < deadline, "agp serve not ready after 60 s");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
+use common::proc::{agp, free_port, ok, start_on, terminate, wait_ready};
 
 fn start(data_dir: &Path, port: u16, master_key: Option<&str>) -> Child {
-    start_on(data_dir, &format!("127.0.0.1:{port}"), master_key)
-}
-
-fn start_on(data_dir: &Path, listen: &str, master_key: Option<&str>) -> Child {
-    let mut c = agp(data_dir);
-    c.args(["serve", "--listen", listen])
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit());
-    if let Some(k) = master_key {
-        c.env("AGP_MASTER_KEY", k);
-    }
-    c.spawn().expect("spawn agp serve")
-}
-
-fn terminate(mut child: Child) {
-    // SAFETY: sending SIGTERM to our own child process.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            assert!(
-                status.success(),
-                "agp serve exited with {status} after SIGTERM"
-            );
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "agp serve did not stop within 30 s of SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn ok(out: Output) -> String {
-    assert!(
-        out.status.success(),
-        "command failed: {}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    let env: Vec<(&str, &str)> = master_key
+        .map(|k| ("AGP_MASTER_KEY", k))
+        .into_iter()
+        .collect();
+    start_on(data_dir, &format!("127.0.0.1:{port}"), &env)
 }
 
 #[tokio::test]
@@ -153,7 +82,7 @@ async fn serve_restart_import_and_keys_on_embedded_defaults() {
         .unwrap());
     assert!(out.contains("(0 new, 2 already present)"), "{out}");
 
-    terminate(server);
+    terminate(server).await;
     assert!(
         !data_dir.join("pg/postmaster.pid").exists(),
         "the embedded Postgres was stopped with the server"
@@ -173,7 +102,7 @@ async fn serve_restart_import_and_keys_on_embedded_defaults() {
     let mut server = start_on(
         &data_dir,
         &format!("localhost:{port}"),
-        Some("master-secret-0123456789"),
+        &[("AGP_MASTER_KEY", "master-secret-0123456789")],
     );
     wait_ready(&client, &base, &mut server).await;
     let r = client
@@ -191,7 +120,7 @@ async fn serve_restart_import_and_keys_on_embedded_defaults() {
         .await
         .unwrap();
     assert_eq!(r.status(), 401, "auth is on with a master key");
-    terminate(server);
+    terminate(server).await;
 
     let prefix = &key[..12];
     ok(agp(&data_dir)

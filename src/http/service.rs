@@ -33,13 +33,42 @@ pub struct Health {
     pub checks: serde_json::Map<String, serde_json::Value>,
 }
 
-/// The process is up.
-#[utoipa::path(get, path = "/healthz", tag = "service", responses((status = 200, body = Health)))]
-pub async fn healthz() -> Json<Health> {
-    Json(Health {
-        status: "ok".into(),
-        checks: serde_json::Map::new(),
-    })
+/// How long the embedded Postgres may stay down, despite its supervisor's restarts, before
+/// `/healthz` says the process cannot heal itself (503: restart it).
+pub const HEAL_LIMIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The process is up and can heal itself (an embedded Postgres that died is restarted by the
+/// process; only when that keeps failing for 30 s does this answer 503).
+#[utoipa::path(get, path = "/healthz", tag = "service", security(),
+    responses((status = 200, body = Health), (status = 503, body = Health)))]
+pub async fn healthz(State(state): State<AppState>) -> impl IntoResponse {
+    let mut checks = serde_json::Map::new();
+    let mut healthy = true;
+    if let Some(h) = &state.pg_health {
+        let text = match h.down_for() {
+            None => "ok".to_string(),
+            Some(d) => {
+                healthy = d < HEAL_LIMIT;
+                format!(
+                    "down for {} s; the supervisor is restarting it (restarts so far: {}; last error: {})",
+                    d.as_secs(),
+                    h.restarts(),
+                    h.last_error().unwrap_or_else(|| "none".into())
+                )
+            }
+        };
+        checks.insert("embedded_postgres".into(), text.into());
+    }
+    let status = if healthy {
+        axum::http::StatusCode::OK
+    } else {
+        axum::http::StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = Health {
+        status: if healthy { "ok" } else { "unavailable" }.into(),
+        checks,
+    };
+    (status, Json(body))
 }
 
 /// Ready to serve: the database answers.

@@ -3,9 +3,16 @@
 //!
 //! Layout under the data directory: `pg/` (the cluster, owned by whoever runs the server),
 //! `pg-password` (the generated superuser password, mode 600), `agp.lock` (serialises
-//! start-up), `agp.owner` (pid of the agp process that started the running cluster and will
-//! stop it). A cluster that is already running for this directory is adopted, not restarted,
-//! so `agp import` can run next to `agp serve`.
+//! starting, restarting and stopping), `agp.users` (every agp process using the cluster holds
+//! a shared lock on it for its lifetime).
+//!
+//! Ownership when several agp processes share one data directory: the cluster belongs to all
+//! of them. The first to arrive starts it; the others adopt it. Each process on its way out
+//! stops it only if no other process still holds `agp.users`, so stopping one server never
+//! pulls the database from under another, and a process killed with -9 holds nothing (the
+//! kernel drops its locks). While running, every process supervises the cluster: if the
+//! postmaster dies, whichever process notices first restarts it on the same port (the
+//! others see it back), and pools drop connections made before the restart.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
@@ -13,7 +20,9 @@ use std::net::TcpListener;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 /// Name of the superuser and of the database the service uses inside the cluster.
 pub const DB_USER: &str = "agp";
@@ -68,7 +77,7 @@ pub struct EmbeddedOptions {
     pub ephemeral: bool,
 }
 
-/// A running cluster; `stop()` stops it if this process started it.
+/// A running cluster; `stop()` stops it unless another agp process still uses it.
 #[derive(Debug)]
 pub struct EmbeddedPg {
     bin_dir: PathBuf,
@@ -77,7 +86,84 @@ pub struct EmbeddedPg {
     port: u16,
     password: String,
     run_as: Option<String>,
-    owner: bool,
+    /// Our shared lock on `agp.users`, held while this process uses the cluster.
+    user_lock: Mutex<Option<File>>,
+    health: Arc<PgHealth>,
+}
+
+/// A running supervision task; `stop()` ends it.
+#[derive(Debug)]
+pub struct Supervisor {
+    stop_tx: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Supervisor {
+    /// Ends the supervision (before the cluster is stopped on purpose).
+    pub async fn stop(self) {
+        let _ = self.stop_tx.send(true);
+        let _ = self.task.await;
+    }
+}
+
+/// The cluster's state as the supervisor sees it (for `/healthz` and the pool).
+#[derive(Debug, Default)]
+pub struct PgHealth {
+    down: AtomicBool,
+    restarts: AtomicU32,
+    postmaster_pid: AtomicI32,
+    down_since: Mutex<Option<Instant>>,
+    /// When the cluster last came back (connections made before are dead).
+    back_at: Mutex<Option<Instant>>,
+    last_error: Mutex<Option<String>>,
+}
+
+impl PgHealth {
+    fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+        m.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// How long the cluster has been down (`None`: it is up).
+    pub fn down_for(&self) -> Option<Duration> {
+        if !self.down.load(Ordering::Acquire) {
+            return None;
+        }
+        Self::lock(&self.down_since).map(|t| t.elapsed())
+    }
+
+    /// Restarts made by this process's supervisor.
+    pub fn restarts(&self) -> u32 {
+        self.restarts.load(Ordering::Relaxed)
+    }
+
+    /// The last restart error, if the cluster is down.
+    pub fn last_error(&self) -> Option<String> {
+        Self::lock(&self.last_error).clone()
+    }
+
+    /// Whether a pooled connection of this age predates the cluster's last return (and so
+    /// points at a dead server process).
+    pub fn is_stale(&self, connection_age: Duration) -> bool {
+        Self::lock(&self.back_at).is_some_and(|t| connection_age > t.elapsed())
+    }
+
+    fn mark_down(&self) {
+        if !self.down.swap(true, Ordering::AcqRel) {
+            *Self::lock(&self.down_since) = Some(Instant::now());
+            metrics::gauge!("agp_postgres_up").set(0.0);
+        }
+    }
+
+    fn mark_up(&self, pid: i32) {
+        let old = self.postmaster_pid.swap(pid, Ordering::AcqRel);
+        let was_down = self.down.swap(false, Ordering::AcqRel);
+        if was_down || (old != 0 && old != pid) {
+            *Self::lock(&self.back_at) = Some(Instant::now());
+            *Self::lock(&self.last_error) = None;
+            metrics::gauge!("agp_postgres_up").set(1.0);
+            tracing::info!(pid, "embedded Postgres is back");
+        }
+    }
 }
 
 /// A system account the cluster runs as when agp itself runs as root.
@@ -119,31 +205,58 @@ impl EmbeddedPg {
             port: 0,
             password,
             run_as: account.as_ref().map(|a| a.name.clone()),
-            owner: false,
+            user_lock: Mutex::new(None),
+            health: Arc::new(PgHealth::default()),
         };
         if !pgdata.join("PG_VERSION").exists() {
             pg.init(account.as_ref(), opts.ephemeral)?;
         }
-        if let Some(port) = running_port(&pgdata) {
+        if let Some((pid, port)) = postmaster(&pgdata) {
             tracing::info!(port, data_dir = %data_dir.display(), "adopting the running embedded Postgres");
             pg.port = port;
-            // Take over the stop duty when the agp process that started it is gone.
-            pg.owner = match read_owner(&data_dir) {
-                Some(pid) => !pid_alive(pid),
-                None => true,
-            };
+            pg.health.postmaster_pid.store(pid, Ordering::Relaxed);
         } else {
-            pg.port = free_port()?;
+            // After a crash, come back on the port the cluster had, so that other agp
+            // processes on this directory find it where they left it.
+            pg.port = last_port(&pgdata)
+                .filter(|p| port_free(*p))
+                .map_or_else(free_port, Ok)?;
             pg.launch()?;
-            pg.owner = true;
         }
-        if pg.owner {
-            fs::write(data_dir.join("agp.owner"), std::process::id().to_string())
-                .map_err(io("writing agp.owner"))?;
-        }
+        let users = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(data_dir.join("agp.users"))
+            .map_err(io("opening agp.users"))?;
+        users.lock_shared().map_err(io("locking agp.users"))?;
+        *pg.user_lock.lock().unwrap_or_else(|p| p.into_inner()) = Some(users);
+        let _ = fs::remove_file(data_dir.join("agp.owner")); // from earlier versions
         pg.create_database()?;
         drop(lock);
         Ok(pg)
+    }
+
+    /// The supervisor's view of the cluster.
+    pub fn health(&self) -> Arc<PgHealth> {
+        self.health.clone()
+    }
+
+    /// Checks the cluster every `every` and restarts it when it died, until stopped.
+    pub fn supervise(self: &Arc<Self>, every: Duration) -> Supervisor {
+        let (stop_tx, mut stop) = tokio::sync::watch::channel(false);
+        let pg = self.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = stop.changed() => return,
+                    _ = tokio::time::sleep(every) => {}
+                }
+                let pg = pg.clone();
+                let _ = tokio::task::spawn_blocking(move || pg.check_and_heal()).await;
+            }
+        });
+        Supervisor { stop_tx, task }
     }
 
     /// Connection URL for `db` inside this cluster.
@@ -159,9 +272,34 @@ impl EmbeddedPg {
         self.port
     }
 
-    /// Stops the cluster if this process started (or took over) it; a no-op otherwise.
+    /// Stops the cluster, unless another agp process still uses it (then it is left running
+    /// for them). Call it once, on the way out.
     pub fn stop(&self) {
-        if !self.owner {
+        let Ok(lock) = File::create(self.data_dir.join("agp.lock")) else {
+            return;
+        };
+        if let Err(e) = lock.lock() {
+            tracing::warn!(error = %e, "could not lock agp.lock; leaving Postgres running");
+            return;
+        }
+        // Let go of our own shared lock first: flock locks are per open file, so ours would
+        // block the exclusive probe below.
+        drop(
+            self.user_lock
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take(),
+        );
+        let last_user = File::open(self.data_dir.join("agp.users"))
+            .map(|f| f.try_lock().is_ok())
+            .unwrap_or(true);
+        if !last_user {
+            tracing::info!(
+                "another agp process still uses the embedded Postgres; leaving it running"
+            );
+            return;
+        }
+        if postmaster(&self.pgdata).is_none() {
             return;
         }
         let pgdata = self.pgdata.to_string_lossy().to_string();
@@ -171,11 +309,39 @@ impl EmbeddedPg {
                 "pg_ctl", "-D", &pgdata, "-m", "fast", "-w", "-t", "60", "stop",
             ],
         ) {
-            Ok(_) => {
-                let _ = fs::remove_file(self.data_dir.join("agp.owner"));
-                tracing::info!("embedded Postgres stopped");
-            }
+            Ok(_) => tracing::info!("embedded Postgres stopped"),
             Err(e) => tracing::warn!(error = %e, "stopping the embedded Postgres failed"),
+        }
+    }
+
+    /// Checks the postmaster once: notes a restart made by another process, or restarts a
+    /// dead cluster on its port (one process at a time, under `agp.lock`). Blocking.
+    pub fn check_and_heal(&self) {
+        if let Some((pid, _)) = postmaster(&self.pgdata) {
+            self.health.mark_up(pid);
+            return;
+        }
+        self.health.mark_down();
+        let result = (|| {
+            let lock = File::create(self.data_dir.join("agp.lock")).map_err(io("agp.lock"))?;
+            lock.lock().map_err(io("locking agp.lock"))?;
+            if postmaster(&self.pgdata).is_some() {
+                return Ok(()); // another agp process restarted it
+            }
+            tracing::warn!(port = self.port, "embedded Postgres is down; restarting it");
+            self.launch()
+        })();
+        match result {
+            Ok(()) => {
+                if let Some((pid, _)) = postmaster(&self.pgdata) {
+                    self.health.restarts.fetch_add(1, Ordering::Relaxed);
+                    self.health.mark_up(pid);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "restarting the embedded Postgres failed; retrying");
+                *PgHealth::lock(&self.health.last_error) = Some(e.to_string());
+            }
         }
     }
 
@@ -433,8 +599,9 @@ fn ensure_password(data_dir: &Path) -> Result<String, EmbeddedError> {
     Ok(pw)
 }
 
-/// The port of a live postmaster for this cluster, from `postmaster.pid` (line 1 pid, line 4 port).
-fn running_port(pgdata: &Path) -> Option<u16> {
+/// Pid and port of a live, answering postmaster for this cluster, from `postmaster.pid`
+/// (line 1 pid, line 4 port).
+fn postmaster(pgdata: &Path) -> Option<(i32, u16)> {
     let text = fs::read_to_string(pgdata.join("postmaster.pid")).ok()?;
     let mut lines = text.lines();
     let pid: i32 = lines.next()?.trim().parse().ok()?;
@@ -445,15 +612,25 @@ fn running_port(pgdata: &Path) -> Option<u16> {
     // The pid may be alive but still starting or shutting down: require an answer on the port.
     std::net::TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_secs(2))
         .ok()
-        .map(|_| port)
+        .map(|_| (pid, port))
 }
 
-fn read_owner(data_dir: &Path) -> Option<i32> {
-    fs::read_to_string(data_dir.join("agp.owner"))
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
+/// The port in a stale `postmaster.pid` (the cluster crashed) or in `postmaster.opts`.
+fn last_port(pgdata: &Path) -> Option<u16> {
+    let pid_file = fs::read_to_string(pgdata.join("postmaster.pid")).ok();
+    pid_file
+        .as_deref()
+        .and_then(|t| t.lines().nth(3))
+        .and_then(|l| l.trim().parse().ok())
+        .or_else(|| {
+            let opts = fs::read_to_string(pgdata.join("postmaster.opts")).ok()?;
+            let at = opts.find("\"-p\" \"")? + 6;
+            opts[at..].split('"').next()?.trim().parse().ok()
+        })
+}
+
+fn port_free(port: u16) -> bool {
+    TcpListener::bind(("127.0.0.1", port)).is_ok()
 }
 
 fn pid_alive(pid: i32) -> bool {

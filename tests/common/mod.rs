@@ -3,6 +3,8 @@
 //! same code `agp serve` uses) and stopped when the binary exits.
 #![allow(dead_code)]
 
+pub mod proc;
+
 use std::sync::OnceLock;
 
 use agp_rerank::app::{AppState, build_app};
