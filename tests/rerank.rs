@@ -743,8 +743,8 @@ async fn bad_rerank_requests_get_clear_422s() {
             "top_n",
         ),
         (
-            json!({"user_id": "u1", "candidates": cands(&[1, 2]), "top_n": 3}),
-            "top_n",
+            json!({"user_id": "u1", "candidates": cands(&[1]), "prompt": {}}),
+            "needs a label or a version",
         ),
         (
             json!({"user_id": "u1", "candidates": cands(&[1]), "prompt": {"label": "ghost"}}),
@@ -782,6 +782,15 @@ async fn bad_rerank_requests_get_clear_422s() {
         0,
         "rejected requests are not logged"
     );
+    // A top_n beyond the candidates returns them all (as Cohere's and Jina's rerank APIs do).
+    let (s, b) = r
+        .app
+        .post(
+            "/v1/rerank",
+            json!({"user_id": "u1", "candidates": cands(&[1, 2]), "top_n": 3}),
+        )
+        .await;
+    assert_eq!((s, ids(&b).len()), (200, 2), "{b}");
 }
 
 #[tokio::test]

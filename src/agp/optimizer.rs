@@ -45,12 +45,15 @@ pub struct OptParams {
     pub data: DataParams,
     /// Users per batch (B): one update per batch.
     #[arg(long, default_value_t = 10)]
+    #[schema(minimum = 1, maximum = 100)]
     pub batch_size: usize,
     /// Passes over the training users.
     #[arg(long, default_value_t = 1)]
+    #[schema(minimum = 1, maximum = 20)]
     pub epochs: usize,
     /// Candidate prompts tried per batch.
     #[arg(long, default_value_t = 3)]
+    #[schema(minimum = 1, maximum = 10)]
     pub verify_steps: usize,
     /// Acceptance rule: `validation` (default) or `paper`.
     #[arg(long, value_enum, default_value_t = Acceptance::Validation)]
@@ -63,21 +66,27 @@ pub struct OptParams {
     pub aggregate: bool,
     /// The `p_gen` version to start from (default: the production label's).
     #[arg(long)]
+    #[schema(minimum = 1, maximum = 2147483647)]
     pub base_version: Option<i32>,
     /// Best prompts kept (validation acceptance).
     #[arg(long, default_value_t = 3)]
+    #[schema(minimum = 1, maximum = 20)]
     pub beam_width: usize,
     /// Batches without a validation improvement before stopping early (0: never).
     #[arg(long, default_value_t = 3)]
+    #[schema(maximum = 1000)]
     pub patience: usize,
     /// Longest accepted candidate, in words.
     #[arg(long, default_value_t = 250)]
+    #[schema(minimum = 20, maximum = 2000)]
     pub max_prompt_words: usize,
     /// Sampling temperature of the update step (candidates must differ from each other).
     #[arg(long, default_value_t = 0.7)]
+    #[schema(minimum = 0.0, maximum = 2.0)]
     pub update_temperature: f64,
     /// Move this label to the best version at the end (when it beats the baseline on test).
     #[arg(long)]
+    #[schema(pattern = "LABEL")]
     pub promote_to: Option<String>,
 }
 
@@ -111,6 +120,7 @@ impl OptParams {
             ("verify_steps", self.verify_steps, 1, 10),
             ("beam_width", self.beam_width, 1, 20),
             ("max_prompt_words", self.max_prompt_words, 20, 2000),
+            ("patience", self.patience, 0, 1000),
         ] {
             if v < lo || v > hi {
                 return Err(format!("{name} must be between {lo} and {hi}, got {v}"));

@@ -7,17 +7,57 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+// Schema fields name these patterns (`pattern = "ID"`, `"TEXT"`, `"NO_NUL"`, `"LABEL"`);
+// `http::openapi` expands the names, so each regex is written once, here.
+
+/// JSON-schema pattern of an id (the rule `check_id` applies): no control characters, and at
+/// least one character that is not a space.
+pub const ID_PATTERN: &str = "^[^\\u0000-\\u001F\\u007F-\\u009F]*[^\\u0000-\\u001F\\u007F-\\u009F \\u00A0\\u1680\\u2000-\\u200A\\u2028\\u2029\\u202F\\u205F\\u3000\\uFEFF][^\\u0000-\\u001F\\u007F-\\u009F]*$";
+
+/// JSON-schema pattern of a required text (title, template): no NUL, and at least one
+/// character that is not whitespace (`is_blank`).
+pub const TEXT_PATTERN: &str = "^[^\\u0000]*[^\\u0000\\t-\\r \\u0085\\u00A0\\u1680\\u2000-\\u200A\\u2028\\u2029\\u202F\\u205F\\u3000\\uFEFF][^\\u0000]*$";
+
+/// JSON-schema pattern of an optional text: no NUL.
+pub const NO_NUL_PATTERN: &str = "^[^\\u0000]*$";
+
+/// JSON-schema pattern of a label (the rule `agp::prompt::check_label` applies).
+pub const LABEL_PATTERN: &str = "^[A-Za-z0-9_-]{1,64}$";
+
+/// Whitespace as the schema patterns define it (Unicode White_Space and U+FEFF): a text made
+/// only of these is blank.
+pub fn is_blank(c: char) -> bool {
+    matches!(
+        c,
+        '\t'..='\r'
+            | ' '
+            | '\u{85}'
+            | '\u{a0}'
+            | '\u{1680}'
+            | '\u{2000}'..='\u{200a}'
+            | '\u{2028}'
+            | '\u{2029}'
+            | '\u{202f}'
+            | '\u{205f}'
+            | '\u{3000}'
+            | '\u{feff}'
+    )
+}
+
 /// An item as clients send it (`PUT /v1/items`) and importers produce it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 #[schema(example = json!({"id": "i7", "title": "Fire Emblem: The Sacred Stones", "text": "Tactical RPG for the Game Boy Advance", "attributes": {"platform": "GBA"}}))]
 pub struct NewItem {
     /// Caller-chosen id, unique per project.
+    #[schema(min_length = 1, max_length = 256, pattern = "ID")]
     pub id: String,
     /// Display title; the LLM sees it.
+    #[schema(min_length = 1, max_length = 1000, pattern = "TEXT")]
     pub title: String,
     /// Longer free text (description, categories); optional.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(max_length = 20000, pattern = "NO_NUL")]
     pub text: Option<String>,
     /// Free-form JSON object of attributes; optional.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -30,10 +70,13 @@ pub struct NewItem {
 #[serde(deny_unknown_fields)]
 #[schema(example = json!({"user_id": "u1", "item_id": "i7", "kind": "purchase", "value": 1.0, "timestamp": "2026-01-02T03:04:05Z"}))]
 pub struct NewInteraction {
+    #[schema(min_length = 1, max_length = 256, pattern = "ID")]
     pub user_id: String,
+    #[schema(min_length = 1, max_length = 256, pattern = "ID")]
     pub item_id: String,
     /// Event kind (`view`, `purchase`, `rating`, ...); default `interaction`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(min_length = 1, max_length = 64, pattern = "ID")]
     pub kind: Option<String>,
     /// Numeric value (a rating, a dwell time); optional.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -78,9 +121,10 @@ impl Default for Limits {
 #[error("{0}")]
 pub struct Invalid(pub String);
 
-/// Checks an id-like field: not blank, at most `max` characters, no control characters.
+/// Checks an id-like field: not blank, at most `max` characters, no control characters
+/// (`ID_PATTERN`).
 pub fn check_id(field: &str, value: &str, max: usize) -> Result<(), Invalid> {
-    if value.trim().is_empty() {
+    if value.chars().all(is_blank) {
         return Err(Invalid(format!("{field} must not be empty")));
     }
     if value.chars().count() > max {
@@ -113,7 +157,7 @@ fn check_len(field: &str, value: &str, max: usize) -> Result<(), Invalid> {
 /// Validates one item; `at` names its place (`items[3]`) in messages.
 pub fn validate_item(at: &str, item: &NewItem, limits: &Limits) -> Result<(), Invalid> {
     check_id(&format!("{at}.id"), &item.id, limits.max_id_len)?;
-    if item.title.trim().is_empty() {
+    if item.title.chars().all(is_blank) {
         return Err(Invalid(format!("{at}.title must not be empty")));
     }
     check_len(&format!("{at}.title"), &item.title, limits.max_title_len)?;

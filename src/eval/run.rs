@@ -19,6 +19,9 @@ use super::{BaseRecommender, Case, Holdout, Protocol, UserSeq, protocol, split};
 use crate::jobs::{JobContext, JobError};
 use crate::llm::usage::TallySnapshot;
 
+/// Largest seed: integers above 2^53 - 1 do not survive every JSON parser.
+pub const MAX_SEED: u64 = 9_007_199_254_740_991;
+
 /// Settings shared by evaluations and optimizations (all optional; defaults shown in API.md).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema, clap::Args)]
 #[serde(default, deny_unknown_fields)]
@@ -28,21 +31,27 @@ pub struct DataParams {
     pub protocol: Protocol,
     /// Training users (optimization batches come from them).
     #[arg(long, default_value_t = 100)]
+    #[schema(maximum = 100000)]
     pub train_users: usize,
     /// Validation users (validation acceptance).
     #[arg(long, default_value_t = 50)]
+    #[schema(maximum = 100000)]
     pub validation_users: usize,
     /// Test users (final metrics).
     #[arg(long, default_value_t = 200)]
+    #[schema(maximum = 100000)]
     pub test_users: usize,
     /// Seed of the split, candidate lists and shuffles.
     #[arg(long, default_value_t = 7)]
+    #[schema(maximum = 9007199254740991_u64)]
     pub seed: u64,
     /// Candidates per list (llmrank: 1 target + n-1 random; base-topk: the base's top-n).
     #[arg(long, default_value_t = 20)]
+    #[schema(minimum = 2, maximum = 200)]
     pub candidates: usize,
     /// Recent items a profile is written from (L).
     #[arg(long, default_value_t = 5)]
+    #[schema(minimum = 1, maximum = 50)]
     pub history_len: usize,
     /// Summarize items with `p_sum` before writing profiles (false: raw metadata).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
@@ -52,6 +61,7 @@ pub struct DataParams {
     pub base: BaseRecommender,
     /// Rankings in shuffled orders summed per list (1 = off).
     #[arg(long, default_value_t = 1)]
+    #[schema(minimum = 1, maximum = 10)]
     pub rank_repeats: usize,
 }
 
@@ -88,6 +98,12 @@ impl DataParams {
                 return Err(format!("{name} must be between {lo} and {hi}, got {v}"));
             }
         }
+        if self.seed > MAX_SEED {
+            return Err(format!(
+                "seed must be at most {MAX_SEED}, got {}",
+                self.seed
+            ));
+        }
         Ok(())
     }
 }
@@ -101,16 +117,72 @@ pub struct EvalParams {
     pub data: DataParams,
     /// Seeds to repeat the whole evaluation with (default: `[seed]`); spread is over seeds.
     #[arg(long, value_delimiter = ',')]
+    #[schema(min_items = 1, max_items = 10, value_type = Option<Vec<SeedDoc>>)]
     pub seeds: Option<Vec<u64>>,
     /// Methods to run (default all): base, random, popularity, llm_no_profile, llm_manual.
     #[arg(long, value_delimiter = ',')]
+    #[schema(min_items = 1, value_type = Option<Vec<MethodDoc>>)]
     pub methods: Option<Vec<String>>,
     /// Stored `p_gen` versions to evaluate as methods `llm_pgen_v<N>`.
     #[arg(long, value_delimiter = ',')]
+    #[schema(max_items = 10, value_type = Vec<VersionDoc>)]
     pub versions: Vec<i32>,
     /// Which split's users to evaluate on: test (default), validation or train.
     #[arg(long, default_value = "test")]
+    #[schema(value_type = SplitDoc)]
     pub split: String,
+}
+
+/// How a seed is documented: an integer JSON can carry exactly.
+struct SeedDoc;
+
+impl utoipa::PartialSchema for SeedDoc {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        int_schema(0, 9_007_199_254_740_991)
+    }
+}
+impl ToSchema for SeedDoc {}
+
+/// How a `p_gen` version number is documented.
+struct VersionDoc;
+
+impl utoipa::PartialSchema for VersionDoc {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        int_schema(1, i32::MAX as i64)
+    }
+}
+impl ToSchema for VersionDoc {}
+
+fn int_schema(min: i64, max: i64) -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::Integer)
+        .minimum(Some(min as f64))
+        .maximum(Some(max as f64))
+        .into()
+}
+
+/// An evaluation method.
+#[derive(ToSchema)]
+#[schema(as = Method)]
+#[serde(rename_all = "snake_case")]
+#[allow(dead_code)]
+enum MethodDoc {
+    Base,
+    Random,
+    Popularity,
+    LlmNoProfile,
+    LlmManual,
+}
+
+/// Which split's users an evaluation scores.
+#[derive(ToSchema)]
+#[schema(as = EvalSplit)]
+#[serde(rename_all = "snake_case")]
+#[allow(dead_code)]
+enum SplitDoc {
+    Test,
+    Validation,
+    Train,
 }
 
 impl Default for EvalParams {
@@ -150,9 +222,11 @@ impl EvalParams {
             }
         }
         if let Some(s) = &self.seeds
-            && (s.is_empty() || s.len() > 10)
+            && (s.is_empty() || s.len() > 10 || s.iter().any(|x| *x > MAX_SEED))
         {
-            return Err("seeds must list 1 to 10 seeds".into());
+            return Err(format!(
+                "seeds must list 1 to 10 seeds of at most {MAX_SEED}"
+            ));
         }
         if !["test", "validation", "train"].contains(&self.split.as_str()) {
             return Err(format!(

@@ -195,9 +195,44 @@ where
                 "{field} must not contain NUL characters (\\u0000)"
             )));
         }
-        let axum::Json(v) = axum::Json::<T>::from_bytes(&bytes)?;
-        Ok(Json(v))
+        match axum::Json::<T>::from_bytes(&bytes) {
+            Ok(axum::Json(v)) => Ok(Json(v)),
+            // JSON Schema counts 5.0 as an integer; serde does not. Try once more with whole
+            // floats written as integers (only on failure, so valid bodies are read as sent).
+            Err(first) => match whole_floats_as_integers(&bytes) {
+                Some(fixed) => match axum::Json::<T>::from_bytes(&fixed) {
+                    Ok(axum::Json(v)) => Ok(Json(v)),
+                    Err(_) => Err(first.into()),
+                },
+                None => Err(first.into()),
+            },
+        }
     }
+}
+
+/// The body with every whole-number float (`5590.0`, `1e3`) rewritten as an integer, or
+/// `None` when there is none.
+fn whole_floats_as_integers(body: &[u8]) -> Option<Vec<u8>> {
+    fn fix(v: &mut serde_json::Value) -> bool {
+        match v {
+            serde_json::Value::Number(n) if n.is_f64() => {
+                let f = n.as_f64().unwrap_or(f64::NAN);
+                let whole = f.fract() == 0.0 && f.abs() < 9.007_199_254_740_992e15;
+                if whole {
+                    *v = serde_json::Value::from(f as i64);
+                }
+                whole
+            }
+            serde_json::Value::Array(a) => a.iter_mut().fold(false, |acc, x| fix(x) | acc),
+            serde_json::Value::Object(o) => o.values_mut().fold(false, |acc, x| fix(x) | acc),
+            _ => false,
+        }
+    }
+    let mut v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    if !fix(&mut v) {
+        return None;
+    }
+    serde_json::to_vec(&v).ok()
 }
 
 fn json_content_type(headers: &axum::http::HeaderMap) -> bool {
@@ -293,5 +328,17 @@ mod tests {
         );
         // An escaped backslash followed by "u0000" is text, not a NUL.
         assert_eq!(nul_field(br#"{"a": "\\u0000"}"#), None);
+    }
+
+    #[test]
+    fn whole_floats_become_integers_and_others_stay() {
+        let fixed = whole_floats_as_integers(br#"{"a": 5590.0, "b": [1e3, 2.5], "c": "7.0"}"#)
+            .expect("changed");
+        let v: serde_json::Value = serde_json::from_slice(&fixed).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"a": 5590, "b": [1000, 2.5], "c": "7.0"})
+        );
+        assert_eq!(whole_floats_as_integers(br#"{"a": 1, "b": 2.5}"#), None);
     }
 }

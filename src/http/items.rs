@@ -26,6 +26,7 @@ pub fn router() -> Router<AppState> {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpsertItems {
+    #[schema(min_items = 1, max_items = 1000)]
     pub items: Vec<NewItem>,
 }
 
@@ -87,6 +88,7 @@ pub async fn get_item(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PostInteractions {
+    #[schema(min_items = 1, max_items = 10000)]
     pub interactions: Vec<NewInteraction>,
 }
 

@@ -24,7 +24,7 @@ use crate::store::catalog as store;
     ),
     components(schemas(
         error::ErrorBody, error::ErrorDetail, catalog::NewItem, catalog::NewInteraction,
-        store::Item, store::HistoryEntry,
+        store::Item, store::HistoryEntry, crate::agp::prompt::PromptName,
     )),
     modifiers(&BearerAuth),
     security(("bearer" = [])),
@@ -50,11 +50,191 @@ impl Modify for BearerAuth {
     }
 }
 
+/// The spec as served and committed: the generated document plus the contract details that
+/// the annotations cannot say (see `contract_details`).
+pub fn spec() -> &'static serde_json::Value {
+    static SPEC: std::sync::OnceLock<serde_json::Value> = std::sync::OnceLock::new();
+    SPEC.get_or_init(|| {
+        let mut v = serde_json::to_value(ApiDoc::openapi()).unwrap_or_default();
+        contract_details(&mut v);
+        v
+    })
+}
+
 /// The spec as pretty JSON with a trailing newline (the committed file's format).
 pub fn spec_json() -> String {
-    let mut s = ApiDoc::openapi()
-        .to_pretty_json()
-        .unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"));
+    let mut s =
+        serde_json::to_string_pretty(spec()).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"));
     s.push('\n');
     s
+}
+
+/// Fills in what the handlers' annotations leave implicit, in one place:
+/// - named patterns (`"ID"`, `"TEXT"`, `"NO_NUL"`, `"LABEL"`) become their regexes;
+/// - probes, metrics and this document need no key (`security: []`);
+/// - every `/v1` operation documents the answers every route can give: 400 (malformed
+///   request, control characters in the path), 401 and 403 (keys), 500, 503 (request
+///   timeout, database down), and 413/422 when it takes a body;
+/// - path and query parameters get the limits the handlers enforce.
+fn contract_details(spec: &mut serde_json::Value) {
+    use serde_json::{Value, json};
+    expand_patterns(spec);
+    flatten_all_of(spec);
+    let Some(paths) = spec.get_mut("paths").and_then(Value::as_object_mut) else {
+        return;
+    };
+    for (path, item) in paths.iter_mut() {
+        let Some(ops) = item.as_object_mut() else {
+            continue;
+        };
+        for op in ops.values_mut() {
+            let Some(op) = op.as_object_mut() else {
+                continue;
+            };
+            if !path.starts_with("/v1") {
+                op.insert("security".into(), json!([]));
+                continue;
+            }
+            let has_body = op.contains_key("requestBody");
+            let mut standard = vec![
+                (
+                    "400",
+                    "Malformed request: bad JSON or content type, control characters in the path or query, a bad query value",
+                ),
+                (
+                    "401",
+                    "No or unknown API key (only when AGP_MASTER_KEY is set)",
+                ),
+                ("403", "The key's scope does not allow this call"),
+                ("500", "Internal error (details in the server log)"),
+                (
+                    "503",
+                    "The request took longer than AGP_REQUEST_TIMEOUT_MS, or the database is not answering",
+                ),
+            ];
+            if has_body {
+                standard.push(("413", "Body larger than AGP_MAX_BODY_BYTES"));
+                standard.push((
+                    "422",
+                    "The body breaks a rule; the message names the field and the limit",
+                ));
+            }
+            let responses = op
+                .entry("responses")
+                .or_insert_with(|| json!({}))
+                .as_object_mut();
+            if let Some(responses) = responses {
+                for (code, text) in standard {
+                    responses.entry(code).or_insert_with(|| {
+                        json!({"description": text, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}})
+                    });
+                }
+            }
+            if let Some(params) = op.get_mut("parameters").and_then(Value::as_array_mut) {
+                for p in params.iter_mut() {
+                    constrain_parameter(path, p);
+                }
+            }
+        }
+    }
+}
+
+/// The schema of a path parameter, by name, as the handlers check it.
+fn constrain_parameter(path: &str, p: &mut serde_json::Value) {
+    use serde_json::json;
+    let name = p.get("name").and_then(|n| n.as_str()).unwrap_or("");
+    let in_path = p.get("in").and_then(|n| n.as_str()) == Some("path");
+    let schema = match (name, in_path) {
+        ("id", true) if path.starts_with("/v1/items") || path.starts_with("/v1/users") => {
+            json!({"type": "string", "minLength": 1, "pattern": crate::catalog::ID_PATTERN})
+        }
+        ("label", true) => json!({"type": "string", "pattern": crate::catalog::LABEL_PATTERN}),
+        ("version", true) => {
+            json!({"type": "integer", "format": "int32", "minimum": 1, "maximum": i32::MAX})
+        }
+        ("name", true) => json!({"$ref": "#/components/schemas/PromptName"}),
+        _ => return,
+    };
+    p["schema"] = schema;
+}
+
+/// Writes schemas made with `#[serde(flatten)]` (an `allOf` of the flattened struct and the
+/// rest) as one object: an `allOf` of closed objects would forbid each part's fields in the
+/// other, so no request could match it.
+fn flatten_all_of(spec: &mut serde_json::Value) {
+    use serde_json::{Map, Value};
+    let Some(schemas) = spec
+        .pointer("/components/schemas")
+        .and_then(Value::as_object)
+        .cloned()
+    else {
+        return;
+    };
+    let resolve = |part: &Value| -> Option<Value> {
+        let r = part
+            .get("$ref")
+            .or_else(|| part.pointer("/oneOf/0/$ref"))
+            .and_then(Value::as_str);
+        match r {
+            Some(r) => schemas.get(r.rsplit('/').next()?).cloned(),
+            None => Some(part.clone()),
+        }
+    };
+    let Some(target) = spec
+        .pointer_mut("/components/schemas")
+        .and_then(Value::as_object_mut)
+    else {
+        return;
+    };
+    for schema in target.values_mut() {
+        let Some(parts) = schema.get("allOf").and_then(Value::as_array).cloned() else {
+            continue;
+        };
+        let mut properties = Map::new();
+        let mut required: Vec<Value> = Vec::new();
+        for part in parts.iter().filter_map(resolve) {
+            if let Some(p) = part.get("properties").and_then(Value::as_object) {
+                properties.extend(p.clone());
+            }
+            if let Some(r) = part.get("required").and_then(Value::as_array) {
+                required.extend(r.iter().cloned());
+            }
+        }
+        let description = schema.get("description").cloned();
+        let mut merged = Map::new();
+        merged.insert("type".into(), "object".into());
+        if let Some(d) = description {
+            merged.insert("description".into(), d);
+        }
+        merged.insert("properties".into(), Value::Object(properties));
+        if !required.is_empty() {
+            merged.insert("required".into(), Value::Array(required));
+        }
+        merged.insert("additionalProperties".into(), Value::Bool(false));
+        *schema = Value::Object(merged);
+    }
+}
+
+/// Replaces named patterns anywhere in the document.
+fn expand_patterns(v: &mut serde_json::Value) {
+    use crate::catalog::{ID_PATTERN, LABEL_PATTERN, NO_NUL_PATTERN, TEXT_PATTERN};
+    match v {
+        serde_json::Value::Object(o) => {
+            if let Some(serde_json::Value::String(p)) = o.get_mut("pattern") {
+                let full = match p.as_str() {
+                    "ID" => Some(ID_PATTERN),
+                    "TEXT" => Some(TEXT_PATTERN),
+                    "NO_NUL" => Some(NO_NUL_PATTERN),
+                    "LABEL" => Some(LABEL_PATTERN),
+                    _ => None,
+                };
+                if let Some(full) = full {
+                    *p = full.to_string();
+                }
+            }
+            o.values_mut().for_each(expand_patterns);
+        }
+        serde_json::Value::Array(a) => a.iter_mut().for_each(expand_patterns),
+        _ => {}
+    }
 }

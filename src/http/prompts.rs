@@ -110,10 +110,13 @@ pub async fn version(
 #[serde(deny_unknown_fields)]
 #[schema(example = json!({"template": "Recent items, oldest first:\n{{history}}\nDescribe this user's tastes in 60 words.", "message": "shorter profile"}))]
 pub struct NewVersionBody {
-    /// The template, with `{{placeholder}}`s (a `p_gen` must contain `{{history}}`).
+    /// The template, with `{{placeholder}}`s (a `p_gen` must contain `{{history}}`; each
+    /// prompt's required and optional placeholders are listed by `GET /v1/prompts`).
+    #[schema(min_length = 1, max_length = 20000, pattern = "TEXT")]
     pub template: String,
     /// What changed and why.
     #[serde(default)]
+    #[schema(max_length = 2000, pattern = "NO_NUL")]
     pub message: Option<String>,
 }
 
@@ -157,9 +160,8 @@ pub async fn create_version(
 }
 
 /// Body of `PUT /v1/prompts/{name}/labels/{label}`: a version, or a split.
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-#[schema(example = json!({"split": [{"version": 1, "weight": 0.9}, {"version": 2, "weight": 0.1}]}))]
 pub struct LabelBody {
     #[serde(default)]
     pub version: Option<i32>,
@@ -167,9 +169,28 @@ pub struct LabelBody {
     pub split: Option<Vec<SplitArm>>,
 }
 
+/// How `LabelBody` is documented: exactly one of a version or a split.
+#[derive(ToSchema)]
+#[schema(as = LabelBody, example = json!({"split": [{"version": 1, "weight": 0.9}, {"version": 2, "weight": 0.1}]}))]
+#[allow(dead_code)]
+enum LabelBodyDoc {
+    /// Point the label at one version (promote, roll back).
+    #[schema(title = "version")]
+    Version {
+        #[schema(minimum = 1, maximum = 2147483647)]
+        version: i32,
+    },
+    /// Split the label's traffic across versions by weight (distinct versions).
+    #[schema(title = "split")]
+    Split {
+        #[schema(min_items = 1, max_items = 10)]
+        split: Vec<SplitArm>,
+    },
+}
+
 /// Move a label to a version (promote, roll back) or split its traffic across versions by
 /// weight; users are assigned to an arm by a stable hash of their id.
-#[utoipa::path(put, path = "/v1/prompts/{name}/labels/{label}", tag = "prompts", request_body = LabelBody,
+#[utoipa::path(put, path = "/v1/prompts/{name}/labels/{label}", tag = "prompts", request_body = LabelBodyDoc,
     params(("name" = String, Path), ("label" = String, Path)),
     responses((status = 200, body = LabelRow), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn set_label(

@@ -28,15 +28,18 @@ pub fn router() -> Router<AppState> {
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ItemBody {
+    #[schema(min_length = 1, max_length = 256, pattern = "ID")]
     pub id: String,
     #[serde(default)]
+    #[schema(max_length = 1000, pattern = "NO_NUL")]
     pub title: Option<String>,
     #[serde(default)]
+    #[schema(max_length = 20000, pattern = "NO_NUL")]
     pub text: Option<String>,
 }
 
-/// Which `p_gen` to use: by label (default `production`) or by version.
-#[derive(Debug, Clone, Deserialize, ToSchema)]
+/// Which `p_gen` to use: by label (default `production`) or by version, not both.
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PromptBody {
     #[serde(default)]
@@ -45,20 +48,45 @@ pub struct PromptBody {
     pub version: Option<i32>,
 }
 
+/// How `PromptBody` is documented: one of the two, or neither (the `production` label).
+#[derive(ToSchema)]
+#[schema(as = PromptBody)]
+#[allow(dead_code)]
+enum PromptBodyDoc {
+    /// A label (an A/B split label picks by a stable hash of the user).
+    #[schema(title = "by label")]
+    Label {
+        #[schema(pattern = "LABEL")]
+        label: String,
+    },
+    /// An exact version.
+    #[schema(title = "by version")]
+    Version {
+        #[schema(minimum = 1, maximum = 2147483647)]
+        version: i32,
+    },
+}
+
 /// Body of `POST /v1/rerank`.
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-#[schema(example = json!({"user_id": "u1", "candidates": [{"id": "i7"}, {"id": "new-1", "title": "Brand new game", "text": "Co-op puzzle platformer"}], "top_n": 10}))]
+#[schema(example = json!({"user_id": "u1", "candidates": [{"id": "new-1", "title": "Brand new game", "text": "Co-op puzzle platformer"}, {"id": "new-2", "title": "Space strategy", "text": "4X in real time"}], "top_n": 2}))]
 pub struct RerankBody {
+    #[schema(min_length = 1, max_length = 256, pattern = "ID")]
     pub user_id: String,
+    /// Catalog ids, or inline items (an id with a title and/or text); ids must be distinct.
+    #[schema(min_items = 1, max_items = 200)]
     pub candidates: Vec<ItemBody>,
-    /// How many results to return (1..=candidates; default all).
+    /// How many results to return (default all; more than the candidates returns them all).
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 1000000)]
     pub top_n: Option<usize>,
     #[serde(default)]
+    #[schema(value_type = Option<PromptBodyDoc>)]
     pub prompt: Option<PromptBody>,
     /// Overrides the stored history (anonymous or session users), oldest first.
     #[serde(default)]
+    #[schema(max_items = 1000)]
     pub history: Option<Vec<ItemBody>>,
     /// Turn LLM faults into 502/504 instead of a fallback order.
     #[serde(default)]
@@ -138,6 +166,9 @@ pub struct RerankResponse {
     pub meta: RerankMeta,
 }
 
+/// Largest `top_n` accepted (more than the candidates simply returns them all).
+const MAX_TOP_N: usize = 1_000_000;
+
 fn to_refs(field: &str, items: &[ItemBody], state: &AppState) -> Result<Vec<ItemRef>, AppError> {
     let l = &state.config.limits;
     let mut seen = HashSet::with_capacity(items.len());
@@ -205,11 +236,12 @@ pub async fn rerank(
     }
     let n = body.candidates.len();
     let top_n = body.top_n.unwrap_or(n);
-    if top_n == 0 || top_n > n {
+    if !(1..=MAX_TOP_N).contains(&top_n) {
         return Err(AppError::Validation(format!(
-            "top_n must be between 1 and the number of candidates ({n}), got {top_n}"
+            "top_n must be between 1 and {MAX_TOP_N}, got {top_n}"
         )));
     }
+    let top_n = top_n.min(n);
     let candidates = to_refs("candidates", &body.candidates, &state)?;
     let history = match &body.history {
         Some(h) if h.len() > 1000 => {
@@ -245,7 +277,12 @@ pub async fn rerank(
             crate::agp::prompt::check_label("prompt.label", &l).map_err(AppError::Validation)?;
             PromptSelector::Label(l)
         }
-        Some(PromptBody { .. }) => PromptSelector::Label(PRODUCTION.into()),
+        Some(PromptBody { .. }) => {
+            return Err(AppError::Validation(
+                "prompt needs a label or a version (leave prompt out for the production label)"
+                    .into(),
+            ));
+        }
     };
     let req = RerankRequest {
         project: who.project.clone(),
@@ -296,10 +333,14 @@ pub async fn rerank(
 #[serde(deny_unknown_fields)]
 #[schema(example = json!({"request_id": "rr_0123456789abcdef0123456789abcdef", "user_id": "u1", "item_id": "i7", "kind": "click"}))]
 pub struct FeedbackBody {
+    #[schema(min_length = 1, max_length = 256, pattern = "ID")]
     pub request_id: String,
+    #[schema(min_length = 1, max_length = 256, pattern = "ID")]
     pub user_id: String,
+    #[schema(min_length = 1, max_length = 256, pattern = "ID")]
     pub item_id: String,
     /// What happened (`click`, `purchase`, ...).
+    #[schema(min_length = 1, max_length = 256, pattern = "ID")]
     pub kind: String,
 }
 
@@ -373,6 +414,7 @@ pub async fn feedback(
 #[derive(Debug, Deserialize, IntoParams)]
 pub struct ProfileQuery {
     /// Only a profile written by this `p_gen` version (default: the newest of any version).
+    #[param(minimum = 1, maximum = 2147483647)]
     pub version: Option<i32>,
 }
 

@@ -23,6 +23,7 @@ pub const MAX_HISTORY_LIMIT: i64 = 1000;
 #[derive(Debug, Deserialize, IntoParams)]
 pub struct HistoryQuery {
     /// How many of the most recent interactions to return (1..=1000, default 50).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<i64>,
 }
 

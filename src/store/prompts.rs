@@ -30,7 +30,10 @@ pub struct VersionRow {
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SplitArm {
+    #[schema(minimum = 1, maximum = 2147483647)]
     pub version: i32,
+    /// Relative share of users (positive).
+    #[schema(exclusive_minimum = 0.0, maximum = 1e300)]
     pub weight: f64,
 }
 
