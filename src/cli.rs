@@ -191,6 +191,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 /// An open, migrated database and, when embedded, the cluster behind it (supervised).
 pub struct Database {
     pub pool: PgPool,
+    /// This process's journal in `<data-dir>/journal` (answered requests, usage rows).
+    pub journal: Arc<store::journal::Journal>,
     embedded: Option<(Arc<embedded::EmbeddedPg>, embedded::Supervisor)>,
 }
 
@@ -222,11 +224,25 @@ impl Database {
             }
         };
         store::migrate(&pool).await.context("running migrations")?;
+        let journal_dir = args.data_dir.join("journal");
+        let journal = store::journal::Journal::open(
+            pool.clone(),
+            store::journal::JournalOptions {
+                dir: Some(journal_dir.clone()),
+                max_bytes: args.journal_max_bytes,
+                ..Default::default()
+            },
+        )
+        .with_context(|| format!("opening the journal in {}", journal_dir.display()))?;
         let embedded = pg.map(|pg| {
             let sup = pg.supervise(Duration::from_secs(1));
             (pg, sup)
         });
-        Ok(Database { pool, embedded })
+        Ok(Database {
+            pool,
+            journal,
+            embedded,
+        })
     }
 
     /// The embedded cluster's health, when there is one.
@@ -234,8 +250,10 @@ impl Database {
         self.embedded.as_ref().map(|(pg, _)| pg.health())
     }
 
-    /// Closes the pool and stops the embedded cluster unless another agp process uses it.
+    /// Writes out the journal (bounded), closes the pool and stops the embedded cluster
+    /// unless another agp process uses it.
     pub async fn close(self) {
+        self.journal.close().await;
         self.pool.close().await;
         if let Some((pg, sup)) = self.embedded {
             sup.stop().await;
@@ -263,7 +281,7 @@ async fn run_serve(db_args: &DbArgs, args: ServeArgs) -> anyhow::Result<()> {
     config.server.max_connections =
         crate::http::server::fit_connection_cap(config.server.max_connections);
     let db = Database::open(db_args).await?;
-    let (llm, local) = match start_llm(&args.llm, &db.pool).await {
+    let (llm, local) = match start_llm(&args.llm, &db).await {
         Ok(x) => x,
         Err(e) => {
             db.close().await;
@@ -330,7 +348,7 @@ async fn bind_first(addrs: &[std::net::SocketAddr]) -> std::io::Result<tokio::ne
 /// llama-server and routes every role to it.
 pub async fn start_llm(
     args: &LlmArgs,
-    pool: &PgPool,
+    db: &Database,
 ) -> anyhow::Result<(LlmClient, Option<LocalLlm>)> {
     let local = match args.mode {
         LlmMode::Local => {
@@ -364,7 +382,8 @@ pub async fn start_llm(
             "no LLM configured: reranks will return their fallback order (set AGP_LLM_BASE_URL or use --llm local)"
         ),
     }
-    Ok((LlmClient::new(settings, Some(pool.clone())), local))
+    let client = LlmClient::with_journal(settings, Some(db.pool.clone()), Some(db.journal.clone()));
+    Ok((client, local))
 }
 
 /// Resolves on Ctrl-C or SIGTERM.
@@ -521,7 +540,7 @@ async fn run_keys(db_args: &DbArgs, cmd: KeysCommand) -> anyhow::Result<()> {
 
 async fn run_worker_cmd(db_args: &DbArgs, args: WorkerArgs) -> anyhow::Result<()> {
     let db = Database::open(db_args).await?;
-    let (llm, local) = start_llm(&args.llm, &db.pool).await?;
+    let (llm, local) = start_llm(&args.llm, &db).await?;
     let reranker = crate::rerank::Reranker::new(
         db.pool.clone(),
         llm.clone(),
@@ -577,7 +596,7 @@ async fn run_job_cmd(
     let db = Database::open(db_args).await?;
     let result = async {
         store::prompts::ensure_project(&db.pool, &run.project).await?;
-        let (llm, local) = start_llm(&run.llm, &db.pool).await?;
+        let (llm, local) = start_llm(&run.llm, &db).await?;
         let reranker = crate::rerank::Reranker::new(db.pool.clone(), llm.clone(), crate::rerank::RerankSettings::default());
         let id = match run.resume {
             Some(id) => {

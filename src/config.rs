@@ -55,6 +55,16 @@ pub struct DbArgs {
     #[arg(long, env = "AGP_DATA_DIR", default_value = "./.agp", global = true)]
     pub data_dir: PathBuf,
 
+    /// Most bytes the local journal keeps while Postgres is away (answered requests and LLM
+    /// usage rows waiting to be written); beyond it new rows are dropped and counted.
+    #[arg(
+        long,
+        env = "AGP_JOURNAL_MAX_BYTES",
+        default_value_t = 1 << 30,
+        global = true
+    )]
+    pub journal_max_bytes: u64,
+
     /// Maximum connections in the database pool.
     #[arg(
         long,

@@ -5,11 +5,10 @@
 mod common;
 
 use std::path::Path;
-use std::process::Child;
 
-use common::proc::{agp, free_port, ok, start_on, terminate, wait_ready};
+use common::proc::{Proc, agp, free_port, ok, start_on, terminate, wait_ready};
 
-fn start(data_dir: &Path, port: u16, master_key: Option<&str>) -> Child {
+fn start(data_dir: &Path, port: u16, master_key: Option<&str>) -> Proc {
     let env: Vec<(&str, &str)> = master_key
         .map(|k| ("AGP_MASTER_KEY", k))
         .into_iter()

@@ -5,11 +5,10 @@
 mod common;
 
 use std::path::Path;
-use std::process::Child;
 use std::time::{Duration, Instant};
 
 use agp_rerank::llm::test_server::{Reply, Seen, TestLlm};
-use common::proc::{alive, exits, free_port, postmaster, start_on, terminate, wait_ready};
+use common::proc::{Proc, alive, exits, free_port, postmaster, start_on, terminate, wait_ready};
 use serde_json::{Value, json};
 
 fn working(s: &Seen) -> Reply {
@@ -22,7 +21,7 @@ fn working(s: &Seen) -> Reply {
 }
 
 struct Server {
-    child: Child,
+    child: Proc,
     base: String,
 }
 
@@ -189,7 +188,7 @@ async fn servers_on_one_data_dir_share_the_cluster_and_the_last_one_stops_it() {
     assert_eq!(port2, port);
 
     // kill -9 of a server (left a zombie: not waited for) and a quick restart.
-    let mut killed = a.child;
+    let mut killed = a.child.take();
     // SAFETY: killing our own child process.
     unsafe { libc::kill(killed.id() as i32, libc::SIGKILL) };
     let a = serve(&data_dir, &llm, &client).await;

@@ -118,11 +118,20 @@ impl From<sqlx::Error> for AppError {
                     "violates {}",
                     db.constraint().unwrap_or("a constraint")
                 )),
+                // Connection exceptions, shutdown, "cannot connect now" (restarting).
+                Some(c) if c.starts_with("08") || c.starts_with("57P") => {
+                    tracing::warn!(error = %e, "database unavailable");
+                    AppError::Unavailable("the database is restarting; retry shortly".into())
+                }
                 _ => AppError::Internal(e.into()),
             },
             sqlx::Error::PoolTimedOut => AppError::Unavailable(
                 "the database is not answering (connection pool timed out)".into(),
             ),
+            sqlx::Error::Io(_) | sqlx::Error::PoolClosed | sqlx::Error::WorkerCrashed => {
+                tracing::warn!(error = %e, "database unavailable");
+                AppError::Unavailable("the database is not reachable; retry shortly".into())
+            }
             _ => AppError::Internal(e.into()),
         }
     }

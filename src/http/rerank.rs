@@ -373,8 +373,11 @@ pub async fn feedback(
     }
     let mut logged = db::logged_request(&state.pool, &who.project, &body.request_id).await?;
     if logged.is_none() {
-        // The log row may still be queued in this process: write it out and look again.
-        state.reranker.flush().await;
+        // The log row may still be on its way from this process's journal: wait for it.
+        state
+            .reranker
+            .flush_within(std::time::Duration::from_secs(5))
+            .await;
         logged = db::logged_request(&state.pool, &who.project, &body.request_id).await?;
     }
     let Some((user, candidates)) = logged else {

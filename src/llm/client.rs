@@ -14,8 +14,9 @@ use super::breaker::{Admission, Breaker, Health};
 use super::config::{LlmSettings, Route};
 use super::limiter::PriorityLimiter;
 use super::retry::parse_retry_after;
-use super::usage::{UsageRecord, UsageSink, record_metrics, usage_sink};
+use super::usage::{UsageRecord, record_metrics};
 use super::{CallContext, ChatRequest, ChatResponse, LlmError, Priority, Role};
+use crate::store::journal::{Journal, JournalOptions, Record};
 
 /// Structured-output support of an upstream server, learned from its answers.
 const SCHEMA_UNKNOWN: u8 = 0;
@@ -42,7 +43,8 @@ struct Inner {
     routes: HashMap<Role, RoleRoute>,
     settings: LlmSettings,
     pool: Option<PgPool>,
-    usage: UsageSink,
+    /// Where usage rows go (none without a database).
+    journal: Option<Arc<Journal>>,
 }
 
 /// Cheap to clone; all clones share limits, cache and usage writer.
@@ -53,8 +55,25 @@ pub struct LlmClient {
 
 impl LlmClient {
     /// A client over `settings`. With a pool, deterministic calls are cached in Postgres and
-    /// usage rows are stored; without one, neither.
+    /// usage rows are stored through a private journal (`with_journal` shares the process's);
+    /// without one, neither.
     pub fn new(settings: LlmSettings, pool: Option<PgPool>) -> Self {
+        let journal = pool.as_ref().and_then(|p| {
+            Journal::open(p.clone(), JournalOptions::default())
+                .inspect_err(
+                    |e| tracing::error!(error = %e, "no journal: LLM usage rows are not stored"),
+                )
+                .ok()
+        });
+        LlmClient::with_journal(settings, pool, journal)
+    }
+
+    /// A client whose usage rows go to `journal`.
+    pub fn with_journal(
+        settings: LlmSettings,
+        pool: Option<PgPool>,
+        journal: Option<Arc<Journal>>,
+    ) -> Self {
         let http = reqwest::Client::builder()
             .pool_idle_timeout(Duration::from_secs(90))
             .tcp_nodelay(true)
@@ -85,17 +104,13 @@ impl LlmClient {
                 },
             );
         }
-        let usage = match &pool {
-            Some(p) => usage_sink(p.clone()),
-            None => UsageSink::discard(),
-        };
         LlmClient {
             inner: Arc::new(Inner {
                 http,
                 routes,
                 settings,
                 pool,
-                usage,
+                journal,
             }),
         }
     }
@@ -130,7 +145,14 @@ impl LlmClient {
 
     /// Waits until all usage rows sent so far are stored.
     pub async fn flush_usage(&self) {
-        self.inner.usage.flush().await;
+        if let Some(j) = &self.inner.journal {
+            j.flush().await;
+        }
+    }
+
+    /// The journal usage rows go to.
+    pub fn journal(&self) -> Option<Arc<Journal>> {
+        self.inner.journal.clone()
     }
 
     /// One chat completion for `role`: cache, concurrency limit, timeout and retries included.
@@ -157,7 +179,15 @@ impl LlmClient {
         let key = cacheable.then(|| cache_key(&rr.endpoint.base_url, &body));
 
         if let (Some(pool), Some(key)) = (&self.inner.pool, &key) {
-            match crate::store::llm::cache_get(pool, key).await {
+            // A rerank must not wait on a slow or absent database for a cache lookup.
+            let lookup = crate::store::llm::cache_get(pool, key);
+            let found = match ctx.priority {
+                Priority::Interactive => tokio::time::timeout(INTERACTIVE_CACHE_WAIT, lookup)
+                    .await
+                    .unwrap_or_else(|_| Err(sqlx::Error::PoolTimedOut)),
+                Priority::Background => lookup.await,
+            };
+            match found {
                 Ok(Some(v)) => {
                     if let Ok(mut resp) = serde_json::from_value::<ChatResponse>(v) {
                         resp.cached = true;
@@ -180,13 +210,25 @@ impl LlmClient {
             r
         });
         self.account(role, rr, ctx, &result, latency);
-        if let (Ok(resp), Some(pool), Some(key)) = (&result, &self.inner.pool, &key)
+        if let (Ok(resp), Some(pool), Some(key)) = (&result, &self.inner.pool, key)
             && !resp.truncated()
             && !resp.content.trim().is_empty()
             && let Ok(v) = serde_json::to_value(resp)
-            && let Err(e) = crate::store::llm::cache_put(pool, key, &rr.route.model, &v).await
         {
-            tracing::warn!(error = %e, "could not store an LLM answer in the cache");
+            let (pool, model) = (pool.clone(), rr.route.model.clone());
+            let put = async move {
+                if let Err(e) = crate::store::llm::cache_put(&pool, &key, &model, &v).await {
+                    tracing::warn!(error = %e, "could not store an LLM answer in the cache");
+                }
+            };
+            // A rerank answers without waiting for the cache write; jobs wait, so that a
+            // resumed job finds every answer it already paid for.
+            match ctx.priority {
+                Priority::Interactive => {
+                    tokio::spawn(put);
+                }
+                Priority::Background => put.await,
+            }
         }
         result
     }
@@ -386,6 +428,8 @@ impl LlmClient {
             Err(e) => (0, 0, false, e.kind().to_string()),
         };
         let record = UsageRecord {
+            uid: uuid::Uuid::new_v4(),
+            created_at: chrono::Utc::now(),
             project: ctx.project.clone(),
             role: role.as_str().to_string(),
             provider: rr.endpoint.base_url.clone(),
@@ -402,9 +446,14 @@ impl LlmClient {
         if let Some(t) = &ctx.tally {
             t.add(&record);
         }
-        self.inner.usage.send(record);
+        if let Some(j) = &self.inner.journal {
+            j.append_nowait(&Record::Usage(record));
+        }
     }
 }
+
+/// Longest wait of an interactive call for its cache lookup.
+const INTERACTIVE_CACHE_WAIT: Duration = Duration::from_millis(250);
 
 /// Shortest attempt worth starting before a caller's deadline.
 const MIN_ATTEMPT: Duration = Duration::from_millis(50);

@@ -1,16 +1,17 @@
 //! Accounting of LLM calls: one record per call (cache hits included), running tallies for
-//! callers, Prometheus metrics, and a writer that stores records in batches off the hot path.
+//! callers, and Prometheus metrics. Records are stored through the journal
+//! (`store::journal`), in the order they were made.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::Serialize;
-use sqlx::PgPool;
-
-use crate::store::batch::BatchWriter;
 
 /// One call, as stored in `llm_usage`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct UsageRecord {
+    /// Identifies the row, so a journal replay never stores it twice.
+    pub uid: uuid::Uuid,
+    pub created_at: chrono::DateTime<chrono::Utc>,
     pub project: String,
     pub role: String,
     pub provider: String,
@@ -103,23 +104,14 @@ pub fn record_metrics(r: &UsageRecord) {
     }
 }
 
-/// Where usage records go: stored in batches off the hot path.
-pub type UsageSink = BatchWriter<UsageRecord>;
-
-/// A sink that stores usage rows in `pool`.
-pub fn usage_sink(pool: PgPool) -> UsageSink {
-    BatchWriter::start("LLM usage", move |rows: Vec<UsageRecord>| {
-        let pool = pool.clone();
-        async move { crate::store::llm::insert_usage(&pool, &rows).await }
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn rec(hit: bool, outcome: &str) -> UsageRecord {
         UsageRecord {
+            uid: uuid::Uuid::new_v4(),
+            created_at: chrono::Utc::now(),
             project: "p".into(),
             role: "rank".into(),
             provider: "x".into(),

@@ -1,8 +1,9 @@
 //! In-process caches of the rerank hot path, kept correct across replicas: entries that can
 //! change (items, histories, labels) are dropped when any replica's write sends a
 //! `pg_notify` on `agp_invalidate`; immutable entries (prompt versions, profiles, summaries
-//! by content hash) need no invalidation. If the listener loses its connection, everything
-//! is dropped, since messages may have been missed.
+//! by content hash) need no invalidation. When the listener loses its connection, the caches
+//! keep serving (reranks go on answering while the database restarts); once it listens again
+//! everything invalidatable is dropped, since messages may have been missed meanwhile.
 
 use std::collections::HashMap;
 use std::hash::Hash;
@@ -199,10 +200,8 @@ impl Caches {
                             if pool.is_closed() {
                                 return;
                             }
-                            match caches.upgrade() {
-                                Some(c) => c.invalidate(&Invalidation::All),
-                                None => return,
-                            }
+                            // Keep serving from the caches while the database is away (writes
+                            // cannot happen meanwhile); they are dropped when we listen again.
                             break;
                         }
                     }

@@ -18,7 +18,7 @@ use crate::agp::rank::{self, RankError, RankOptions};
 use crate::agp::{profile, summarize};
 use crate::llm::usage::TallySnapshot;
 use crate::llm::{CallContext, LlmClient, LlmError, Role, Tally};
-use crate::store::batch::BatchWriter;
+use crate::store::journal::{Journal, JournalOptions, Record};
 use crate::store::prompts::{LabelRow, PRODUCTION, SplitArm};
 use crate::store::rerank::{self as db, ItemLite, RerankLogRow};
 use cache::{Caches, ProfileKey, SingleFlight};
@@ -35,6 +35,9 @@ pub enum FallbackRanker {
 
 /// Default bound on the LLM part of a rerank: interactive traffic, a hosted model.
 pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(5);
+
+/// Longest wait for the journal before answering anyway (a sick disk must not stall answers).
+const LOG_WAIT: Duration = Duration::from_secs(2);
 
 /// Time after the deadline for a call that ran into it to report back.
 const DEADLINE_GRACE: Duration = Duration::from_millis(100);
@@ -172,7 +175,9 @@ pub struct Reranker {
     pub caches: Arc<Caches>,
     profile_flights: SingleFlight<ProfileKey, ProfileResult>,
     summary_flights: SingleFlight<cache::SummaryKey, Result<Arc<String>, LlmError>>,
-    log: BatchWriter<RerankLogRow>,
+    /// Where answered requests are logged (none if no journal could be opened: then the
+    /// row is inserted directly).
+    journal: Option<Arc<Journal>>,
     pub settings: RerankSettings,
 }
 
@@ -198,10 +203,11 @@ impl Reranker {
     pub fn new(pool: PgPool, llm: LlmClient, settings: RerankSettings) -> Arc<Self> {
         let caches = Arc::new(Caches::new(settings.cache_entries));
         caches.start_listener(pool.clone());
-        let log_pool = pool.clone();
-        let log = BatchWriter::start("rerank log", move |rows: Vec<RerankLogRow>| {
-            let pool = log_pool.clone();
-            async move { db::insert_rerank_logs(&pool, &rows).await }
+        // The LLM client's journal: a rerank's usage rows are then on disk before its log row.
+        let journal = llm.journal().or_else(|| {
+            Journal::open(pool.clone(), JournalOptions::default())
+                .inspect_err(|e| tracing::error!(error = %e, "no journal: rerank log rows are inserted directly"))
+                .ok()
         });
         Arc::new(Reranker {
             pool,
@@ -209,14 +215,45 @@ impl Reranker {
             caches,
             profile_flights: SingleFlight::default(),
             summary_flights: SingleFlight::default(),
-            log,
+            journal,
             settings,
         })
     }
 
     /// Waits until every logged request is stored (feedback joins, tests, shutdown).
     pub async fn flush(&self) {
-        self.log.flush().await;
+        if let Some(j) = &self.journal {
+            j.flush().await;
+        }
+    }
+
+    /// Waits (up to `within`) until every logged request is in Postgres.
+    pub async fn flush_within(&self, within: Duration) -> bool {
+        match &self.journal {
+            Some(j) => j.flush_within(within).await,
+            None => true,
+        }
+    }
+
+    /// Logs an answered request before the answer leaves: on disk (the journal) when this
+    /// returns, in Postgres soon after. A failure is counted and logged; the answer still goes.
+    async fn log(&self, row: RerankLogRow) {
+        let Some(journal) = &self.journal else {
+            if let Err(e) = db::insert_rerank_logs(&self.pool, std::slice::from_ref(&row)).await {
+                metrics::counter!("agp_journal_dropped_total", "kind" => "rerank").increment(1);
+                tracing::warn!(error = %e, request_id = %row.id, "rerank log row lost");
+            }
+            return;
+        };
+        let request_id = row.id.clone();
+        match tokio::time::timeout(LOG_WAIT, journal.append(&Record::Rerank(row))).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, %request_id, "rerank log row not journaled"),
+            Err(_) => {
+                metrics::counter!("agp_journal_slow_total").increment(1);
+                tracing::warn!(%request_id, "the journal took over 2 s; answering before the row is on disk");
+            }
+        }
     }
 
     /// Reranks. Client mistakes are errors; LLM faults are fallbacks unless `strict`.
@@ -329,8 +366,9 @@ impl Reranker {
 
         metrics::counter!("agp_rerank_total", "fallback" => fallback.map(|f| f.as_str()).unwrap_or("none")).increment(1);
         metrics::histogram!("agp_rerank_duration_seconds").record(started.elapsed().as_secs_f64());
-        self.log.send(RerankLogRow {
+        self.log(RerankLogRow {
             id: req.request_id.clone(),
+            created_at: chrono::Utc::now(),
             project: project.to_string(),
             user_id: req.user_id.clone(),
             candidates: serde_json::Value::from(
@@ -353,7 +391,8 @@ impl Reranker {
             repaired,
             latency_ms: latency_ms.min(i32::MAX as u64) as i32,
             usage: serde_json::to_value(usage).unwrap_or_default(),
-        });
+        })
+        .await;
         Ok(RerankOutcome {
             results,
             prompt_version: gen_version,

@@ -31,8 +31,11 @@ pub async fn cache_put(
         .map(|_| ())
 }
 
-/// Inserts usage rows in one statement.
-pub async fn insert_usage(pool: &PgPool, rows: &[UsageRecord]) -> Result<(), sqlx::Error> {
+/// Inserts usage rows in one statement (a row already there, by `uid`, is left as it is).
+pub async fn insert_usage<'e>(
+    db: impl sqlx::PgExecutor<'e>,
+    rows: &[UsageRecord],
+) -> Result<(), sqlx::Error> {
     let col = |f: fn(&UsageRecord) -> String| rows.iter().map(f).collect::<Vec<String>>();
     let projects = col(|r| r.project.clone());
     let roles = col(|r| r.role.clone());
@@ -50,9 +53,10 @@ pub async fn insert_usage(pool: &PgPool, rows: &[UsageRecord]) -> Result<(), sql
     let jobs: Vec<Option<uuid::Uuid>> = rows.iter().map(|r| r.job_id).collect();
     sqlx::query(
         "INSERT INTO llm_usage (project, role, provider, model, latency_ms, prompt_tokens, completion_tokens,
-                                cache_hit, outcome, request_id, job_id)
+                                cache_hit, outcome, request_id, job_id, uid, created_at)
          SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::int4[], $6::int4[], $7::int4[],
-                              $8::bool[], $9::text[], $10::text[], $11::uuid[])",
+                              $8::bool[], $9::text[], $10::text[], $11::uuid[], $12::uuid[], $13::timestamptz[])
+         ON CONFLICT (uid) DO NOTHING",
     )
     .bind(&projects)
     .bind(&roles)
@@ -65,7 +69,9 @@ pub async fn insert_usage(pool: &PgPool, rows: &[UsageRecord]) -> Result<(), sql
     .bind(&outcomes)
     .bind(&req)
     .bind(&jobs)
-    .execute(pool)
+    .bind(rows.iter().map(|r| r.uid).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.created_at).collect::<Vec<_>>())
+    .execute(db)
     .await
     .map(|_| ())
 }

@@ -1,11 +1,12 @@
 //! Every SQL statement of the service lives under this folder, one file per table group.
-//! `embedded` runs the private Postgres cluster used when no `DATABASE_URL` is given.
+//! `embedded` runs the private Postgres cluster used when no `DATABASE_URL` is given;
+//! `journal` keeps answered requests and usage rows on disk until they are in Postgres.
 
-pub mod batch;
 pub mod catalog;
 pub mod embedded;
 pub mod import;
 pub mod jobs;
+pub mod journal;
 pub mod keys;
 pub mod llm;
 pub mod prompts;

@@ -215,9 +215,11 @@ pub async fn put_summary(
 }
 
 /// One answered rerank, as logged.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RerankLogRow {
     pub id: String,
+    /// When it was answered.
+    pub created_at: DateTime<Utc>,
     pub project: String,
     pub user_id: String,
     pub candidates: serde_json::Value,
@@ -232,18 +234,21 @@ pub struct RerankLogRow {
     pub usage: serde_json::Value,
 }
 
-/// Inserts request log rows in one statement.
-pub async fn insert_rerank_logs(pool: &PgPool, rows: &[RerankLogRow]) -> Result<(), sqlx::Error> {
+/// Inserts request log rows in one statement (a row already there is left as it is).
+pub async fn insert_rerank_logs<'e>(
+    db: impl sqlx::PgExecutor<'e>,
+    rows: &[RerankLogRow],
+) -> Result<(), sqlx::Error> {
     let j = |f: fn(&RerankLogRow) -> &serde_json::Value| {
         rows.iter().map(|r| f(r).to_string()).collect::<Vec<_>>()
     };
     sqlx::query(
         "INSERT INTO rerank_requests (id, project, user_id, candidates, result_order, prompt_version, prompt_versions,
-                                      profile_id, model, fallback, repaired, latency_ms, usage)
-         SELECT id, project, user_id, c::jsonb, o::jsonb, v, pv::jsonb, pid, m, f, r, l, u::jsonb
+                                      profile_id, model, fallback, repaired, latency_ms, usage, created_at)
+         SELECT id, project, user_id, c::jsonb, o::jsonb, v, pv::jsonb, pid, m, f, r, l, u::jsonb, at
          FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int4[], $7::text[],
-                     $8::uuid[], $9::text[], $10::text[], $11::bool[], $12::int4[], $13::text[])
-              AS t(id, project, user_id, c, o, v, pv, pid, m, f, r, l, u)
+                     $8::uuid[], $9::text[], $10::text[], $11::bool[], $12::int4[], $13::text[], $14::timestamptz[])
+              AS t(id, project, user_id, c, o, v, pv, pid, m, f, r, l, u, at)
          ON CONFLICT (id) DO NOTHING",
     )
     .bind(rows.iter().map(|r| r.id.as_str()).collect::<Vec<_>>())
@@ -259,7 +264,8 @@ pub async fn insert_rerank_logs(pool: &PgPool, rows: &[RerankLogRow]) -> Result<
     .bind(rows.iter().map(|r| r.repaired).collect::<Vec<_>>())
     .bind(rows.iter().map(|r| r.latency_ms).collect::<Vec<_>>())
     .bind(j(|r| &r.usage))
-    .execute(pool)
+    .bind(rows.iter().map(|r| r.created_at).collect::<Vec<_>>())
+    .execute(db)
     .await
     .map(|_| ())
 }

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod proc;
+pub mod proxy;
 
 use std::sync::OnceLock;
 

@@ -2,6 +2,7 @@
 
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
+
 use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_agp");
@@ -27,7 +28,7 @@ pub fn free_port() -> u16 {
 }
 
 /// Waits until `/readyz` answers 200 (60 s at most); fails if the child exits.
-pub async fn wait_ready(client: &reqwest::Client, base: &str, child: &mut Child) {
+pub async fn wait_ready(client: &reqwest::Client, base: &str, child: &mut Proc) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         if let Ok(r) = client.get(format!("{base}/readyz")).send().await
@@ -43,8 +44,36 @@ pub async fn wait_ready(client: &reqwest::Client, base: &str, child: &mut Child)
     }
 }
 
+/// A child process that is killed if the test fails before stopping it.
+pub struct Proc(Option<Child>);
+
+impl Proc {
+    pub fn id(&self) -> u32 {
+        self.0.as_ref().map_or(0, |c| c.id())
+    }
+    pub fn try_wait(&mut self) -> std::io::Result<Option<std::process::ExitStatus>> {
+        match self.0.as_mut() {
+            Some(c) => c.try_wait(),
+            None => Ok(None),
+        }
+    }
+    /// The child, no longer killed on drop.
+    pub fn take(mut self) -> Child {
+        self.0.take().expect("a child")
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Some(c) = self.0.as_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
 /// `agp serve --listen LISTEN` with extra environment variables.
-pub fn start_on(data_dir: &Path, listen: &str, env: &[(&str, &str)]) -> Child {
+pub fn start_on(data_dir: &Path, listen: &str, env: &[(&str, &str)]) -> Proc {
     let mut c = agp(data_dir);
     c.args(["serve", "--listen", listen])
         .stdout(Stdio::null())
@@ -52,11 +81,12 @@ pub fn start_on(data_dir: &Path, listen: &str, env: &[(&str, &str)]) -> Child {
     for (k, v) in env {
         c.env(k, v);
     }
-    c.spawn().expect("spawn agp serve")
+    Proc(Some(c.spawn().expect("spawn agp serve")))
 }
 
 /// SIGTERM, then waits (30 s at most) for a clean exit.
-pub async fn terminate(mut child: Child) {
+pub async fn terminate(child: Proc) {
+    let mut child = child.take();
     // SAFETY: sending SIGTERM to our own child process.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let deadline = Instant::now() + Duration::from_secs(30);

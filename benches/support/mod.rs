@@ -1,0 +1,107 @@
+//! What the process-level benchmarks share: the release `agp` as a child process on its own
+//! data dir with the Amazon Games sample, and a test upstream.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use agp_rerank::llm::test_server::{Reply, Seen};
+use serde_json::{Value, json};
+
+/// Every role after `delay` ms: rankings reverse the list, the rest is short text.
+pub fn upstream(delay: u64) -> impl Fn(&Seen) -> Reply + Send + Sync + 'static {
+    move |s: &Seen| {
+        let k = s.last_user().lines().filter(|l| l.starts_with('[')).count();
+        let r = if k > 0 {
+            Reply::json(json!({"ranking": (1..=k).rev().collect::<Vec<_>>()}))
+        } else {
+            Reply::text("Likes tactical RPGs and handheld adventures; avoids sports titles.")
+        };
+        if delay > 0 { r.after(delay) } else { r }
+    }
+}
+
+pub fn release_bin() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("target/release/agp")
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// The sample's users and items, imported into `data_dir` with `agp import`.
+pub fn import_sample(bin: &Path, data_dir: &Path) -> (Vec<String>, Vec<String>) {
+    let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/amazon-games-sample");
+    let out = Command::new(bin)
+        .env("AGP_LOG", "warn")
+        .env_remove("DATABASE_URL")
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(["import", "--format", "recbole"])
+        .arg(&sample)
+        .output()
+        .expect("agp import");
+    assert!(
+        out.status.success(),
+        "import failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let data = agp_rerank::import::read(agp_rerank::import::Format::Recbole, &[sample])
+        .expect("read sample");
+    let mut users: Vec<String> = data
+        .interactions
+        .iter()
+        .map(|i| i.user_id.clone())
+        .collect();
+    users.dedup();
+    (users, data.items.iter().map(|i| i.id.clone()).collect())
+}
+
+/// `agp serve` on `data_dir`, answering at the returned base URL once ready.
+pub async fn serve(bin: &Path, data_dir: &Path, llm_url: &str) -> (Child, String) {
+    let port = free_port();
+    let child = Command::new(bin)
+        .env("AGP_LOG", "error")
+        .env_remove("DATABASE_URL")
+        .env("AGP_LLM_BASE_URL", llm_url)
+        .env("AGP_LLM_CONCURRENCY", "256")
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("agp serve");
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    let by = Instant::now() + Duration::from_secs(60);
+    while !http
+        .get(format!("{base}/readyz"))
+        .send()
+        .await
+        .is_ok_and(|r| r.status() == 200)
+    {
+        assert!(Instant::now() < by, "agp serve not ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    (child, base)
+}
+
+/// A rerank body: 20 of the catalog's items for `user`.
+pub fn rerank_body(user: &str, k: usize, items: &[String]) -> Value {
+    let c: Vec<Value> = (0..20)
+        .map(|j| json!({"id": items[(k * 7 + j * 13) % items.len()]}))
+        .collect();
+    json!({"user_id": user, "candidates": c})
+}
+
+/// Sends SIGTERM (or SIGKILL) and reaps the child.
+pub fn stop(mut child: Child, kill: bool) {
+    let sig = if kill { libc::SIGKILL } else { libc::SIGTERM };
+    // SAFETY: a signal to our own child.
+    unsafe { libc::kill(child.id() as i32, sig) };
+    let _ = child.wait();
+}
