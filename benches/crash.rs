@@ -4,7 +4,8 @@
 //! server on the same data dir; then every request id that was answered 200 is looked up in
 //! `rerank_requests`. Prints answered vs logged per run (goal: 0 missing).
 //!
-//! Flags: `--runs N` (default 5), `--secs N` (default 6), `--clients N` (default 8).
+//! Flags: `--runs N` (default 5), `--secs N` (default 6), `--clients N` (default 8),
+//! `--bin PATH` (default target/release/agp; another build, to compare).
 
 mod support;
 
@@ -27,7 +28,13 @@ fn main() {
     let runs = flag("--runs", 5);
     let secs = flag("--secs", 6);
     let clients = flag("--clients", 8) as usize;
-    let bin = support::release_bin();
+    let args: Vec<String> = std::env::args().collect();
+    let bin = args
+        .iter()
+        .position(|a| a == "--bin")
+        .and_then(|i| args.get(i + 1))
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(support::release_bin);
     assert!(
         bin.is_file(),
         "build it first: cargo build --release --bin agp"

@@ -7,24 +7,23 @@ use std::time::{Duration, Instant};
 
 use agp_rerank::catalog::{NewInteraction, NewItem};
 use agp_rerank::jobs::{self, WorkerOptions};
-use agp_rerank::llm::LlmClient;
 use agp_rerank::llm::config::LlmSettings;
 use agp_rerank::llm::test_server::{Reply, Seen, TestLlm};
+use agp_rerank::llm::{LlmClient, Role};
 use agp_rerank::rerank::{RerankSettings, Reranker};
 use agp_rerank::store::{self, embedded, jobs as jobs_db};
 use serde_json::json;
 
 fn h(s: &str) -> u64 {
-    agp_rerank::eval::stable_hash(s)
+    agp_rerank::hash::stable_hash(s)
 }
 
 /// A plausible, deterministic upstream: rankings are pseudo-random permutations of the
 /// prompt, so some true items land first and most do not; every update proposes a
 /// different prompt (its seed is in the text).
 fn script(s: &Seen) -> Reply {
-    let sys = s.system();
     let user = s.last_user();
-    let reply = if sys.contains("ranks candidate") {
+    let reply = if s.role() == Some(Role::Rank) {
         let k = user.lines().filter(|l| l.starts_with('[')).count();
         let mut idx: Vec<usize> = (1..=k).collect();
         let mut x = h(&user);
@@ -35,11 +34,11 @@ fn script(s: &Seen) -> Reply {
             idx.swap(i, (x >> 33) as usize % (i + 1));
         }
         Reply::json(json!({ "ranking": idx }))
-    } else if sys.contains("preferences") {
+    } else if s.role() == Some(Role::Profile) {
         Reply::text(format!("profile {}", h(&user) % 1000))
-    } else if sys.contains("summaries") {
+    } else if s.role() == Some(Role::Summarize) {
         Reply::text(format!("summary {}", h(&user) % 1000))
-    } else if sys.contains("improve instructions") {
+    } else if s.role() == Some(Role::Optimize) {
         let seed = s.body["seed"].as_u64().unwrap_or(0) % 100_000;
         Reply::text(format!(
             "Variant {seed}. Recent items, oldest first:\n{{{{history}}}}\nDescribe the user's tastes."
@@ -68,7 +67,9 @@ fn main() {
 
 async fn run(url: String) {
     let pool = store::connect(&url, 16).await.expect("connect");
-    store::migrate(&pool).await.expect("migrate");
+    agp_rerank::app::prepare_database(&pool)
+        .await
+        .expect("migrate");
     let items: Vec<NewItem> = (0..600)
         .map(|i| NewItem {
             id: format!("g{i}"),
@@ -124,7 +125,7 @@ async fn run(url: String) {
         by_role
             .iter()
             .find(|(r, _)| r == role)
-            .map(|(_, t)| t.llm_calls)
+            .map(|(_, t)| t.calls)
             .unwrap_or(0)
     };
     let hits = |role: &str| {
@@ -199,7 +200,7 @@ async fn run(url: String) {
         "  stricter reference (current prompt scored once per batch, every verification run): {reference_min}  -> ratio {:.2}",
         epoch_loop as f64 / reference_min as f64
     );
-    let all_calls: u64 = by_role.iter().map(|(_, t)| t.llm_calls).sum();
+    let all_calls: u64 = by_role.iter().map(|(_, t)| t.calls).sum();
     let done = jobs_db::get(&pool, "default", job.id, None)
         .await
         .expect("job")

@@ -9,18 +9,17 @@ use std::time::{Duration, Instant};
 
 use agp_rerank::app::{AppState, build_app, serve};
 use agp_rerank::config::AppConfig;
-use agp_rerank::llm::LlmClient;
 use agp_rerank::llm::config::LlmSettings;
 use agp_rerank::llm::test_server::{Reply, Seen, TestLlm};
+use agp_rerank::llm::{LlmClient, Role};
 use agp_rerank::store::{self, embedded};
 use serde_json::{Value, json};
 
 fn instant_llm(s: &Seen) -> Reply {
-    let sys = s.system();
-    if sys.contains("ranks candidate") {
+    if s.role() == Some(Role::Rank) {
         let k = s.last_user().lines().filter(|l| l.starts_with('[')).count();
         Reply::json(json!({"ranking": (1..=k).rev().collect::<Vec<_>>()}))
-    } else if sys.contains("preferences") {
+    } else if s.role() == Some(Role::Profile) {
         Reply::text("Likes tactical RPGs and handheld adventures; avoids sports titles.")
     } else {
         Reply::text("A short summary of the item.")
@@ -50,7 +49,9 @@ fn main() {
 
 async fn run(url: String) {
     let pool = store::connect(&url, 32).await.expect("connect");
-    store::migrate(&pool).await.expect("migrate");
+    agp_rerank::app::prepare_database(&pool)
+        .await
+        .expect("migrate");
     let sample = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("data/amazon-games-sample");
     let data = agp_rerank::import::read(agp_rerank::import::Format::Recbole, &[sample])
         .expect("read sample");
@@ -204,5 +205,7 @@ async fn run(url: String) {
         .fetch_one(&pool)
         .await
         .unwrap_or(0);
-    println!("  request log rows written so far: {logged} (batched, off the response path)");
+    println!(
+        "  request log rows in Postgres so far: {logged} (each on disk in the journal before its answer, then drained)"
+    );
 }

@@ -53,6 +53,19 @@ impl AppState {
     }
 }
 
+/// Migrates the database and seeds the default project: what every command and test runs
+/// before using a pool.
+pub async fn prepare_database(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
+    crate::store::migrate(pool).await?;
+    ensure_project(pool, crate::store::DEFAULT_PROJECT).await?;
+    Ok(())
+}
+
+/// Creates a project (if new) with the default prompts. Idempotent.
+pub async fn ensure_project(pool: &PgPool, project: &str) -> Result<(), sqlx::Error> {
+    crate::store::prompts::ensure_project(pool, project, &crate::agp::prompt::seeds()).await
+}
+
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Builds the whole application: `/v1` API behind auth, service endpoints, and the layers

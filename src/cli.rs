@@ -223,7 +223,9 @@ impl Database {
                 return Err(e).context("connecting to Postgres");
             }
         };
-        store::migrate(&pool).await.context("running migrations")?;
+        crate::app::prepare_database(&pool)
+            .await
+            .context("running migrations")?;
         let journal_dir = args.data_dir.join("journal");
         let journal = store::journal::Journal::open(
             pool.clone(),
@@ -457,6 +459,10 @@ async fn run_import(db_args: &DbArgs, args: ImportArgs) -> anyhow::Result<()> {
         .progress_chars("=> "),
     );
     let write_started = Instant::now();
+    if let Err(e) = crate::app::ensure_project(&db.pool, &args.project).await {
+        db.close().await;
+        return Err(e).context("creating the project");
+    }
     let result = store::import::write(
         &db.pool,
         &args.project,
@@ -507,6 +513,7 @@ async fn run_keys(db_args: &DbArgs, cmd: KeysCommand) -> anyhow::Result<()> {
         match cmd {
             KeysCommand::Create { scope, name, project } => {
                 let (secret, prefix, hash) = auth::generate_key();
+                crate::app::ensure_project(&db.pool, &project).await?;
                 let id = store::keys::insert(&db.pool, &project, &name, scope.as_str(), &prefix, &hash).await?;
                 println!("{secret}");
                 eprintln!(
@@ -595,7 +602,7 @@ async fn run_job_cmd(
 ) -> anyhow::Result<()> {
     let db = Database::open(db_args).await?;
     let result = async {
-        store::prompts::ensure_project(&db.pool, &run.project).await?;
+        crate::app::ensure_project(&db.pool, &run.project).await?;
         let (llm, local) = start_llm(&run.llm, &db).await?;
         let reranker = crate::rerank::Reranker::new(db.pool.clone(), llm.clone(), crate::rerank::RerankSettings::default());
         let id = match run.resume {

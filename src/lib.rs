@@ -11,6 +11,7 @@ pub mod catalog;
 pub mod cli;
 pub mod config;
 pub mod eval;
+pub mod hash;
 pub mod http;
 pub mod import;
 pub mod jobs;

@@ -258,3 +258,72 @@ async fn reranks_answer_while_postgres_is_away_and_their_rows_arrive_after() {
         "still missing after Postgres came back: {left:?}"
     );
 }
+
+/// A dead process's journal whose first file was already drained (and deleted) is still
+/// drained completely by the next process: the recovery starts at the first file left.
+#[tokio::test]
+async fn a_dead_journal_with_drained_files_is_recovered_from_its_first_file_left() {
+    use agp_rerank::store::journal::{Journal, JournalOptions, Record};
+    use agp_rerank::store::rerank::RerankLogRow;
+    let (pool, _) = common::fresh_db().await;
+    let root = tempfile::tempdir().unwrap();
+    let dead = root.path().join("12345-deadbeef");
+    std::fs::create_dir_all(&dead).unwrap();
+    std::fs::write(dead.join("lock"), b"").unwrap();
+    let row = |i: usize| {
+        Record::Rerank(RerankLogRow {
+            id: format!("rr_dead_{i}"),
+            created_at: chrono::Utc::now(),
+            project: "default".into(),
+            user_id: "u".into(),
+            candidates: json!(["a", "b"]),
+            result_order: json!(["b", "a"]),
+            prompt_version: Some(1),
+            prompt_versions: json!({}),
+            profile_id: None,
+            model: None,
+            fallback: None,
+            repaired: false,
+            latency_ms: 1,
+            usage: json!({}),
+        })
+    };
+    // Two files left, starting at offset 5000 (the first file, 0..5000, is gone).
+    let lines = |r: std::ops::Range<usize>| -> Vec<u8> {
+        r.flat_map(|i| {
+            let mut l = serde_json::to_vec(&row(i)).unwrap();
+            l.push(b'\n');
+            l
+        })
+        .collect()
+    };
+    let a = lines(0..3);
+    std::fs::write(dead.join(format!("{:020}.log", 5000)), &a).unwrap();
+    std::fs::write(
+        dead.join(format!("{:020}.log", 5000 + a.len())),
+        lines(3..5),
+    )
+    .unwrap();
+
+    let journal = Journal::open(
+        pool.clone(),
+        JournalOptions {
+            dir: Some(root.path().to_path_buf()),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let since = Instant::now();
+    let ids: Vec<String> = (0..5).map(|i| format!("rr_dead_{i}")).collect();
+    let mut left = missing(&pool, &ids).await;
+    while !left.is_empty() && since.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        left = missing(&pool, &ids).await;
+    }
+    assert!(left.is_empty(), "not recovered: {left:?}");
+    while dead.exists() && since.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!dead.exists(), "the dead journal is removed once drained");
+    journal.close().await;
+}

@@ -578,7 +578,7 @@ pub async fn run(ctx: &JobContext) -> Result<Report, JobError> {
                         },
                     );
                     vars.insert("max_words", p.max_prompt_words.to_string());
-                    let seed = crate::eval::stable_hash(&format!(
+                    let seed = crate::hash::stable_hash(&format!(
                         "{}/{epoch}/{batch}/{attempt}",
                         ctx.id()
                     ));

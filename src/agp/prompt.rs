@@ -224,6 +224,14 @@ pub fn render(template: &str, vars: &BTreeMap<&str, String>) -> String {
     out
 }
 
+/// Every prompt with its default template: what a new project is seeded with.
+pub fn seeds() -> Vec<(&'static str, &'static str)> {
+    PromptName::ALL
+        .into_iter()
+        .map(|n| (n.as_str(), default_template(n)))
+        .collect()
+}
+
 /// The default template of each prompt, seeded as version 1 with the `production` label.
 /// The `p_gen` default is the "manual prompt" baseline of the evaluation.
 pub fn default_template(name: PromptName) -> &'static str {

@@ -207,8 +207,6 @@ pub async fn llm_rank(
             unusable_calls: 0,
         });
     }
-    let mut ctx = ctx.clone();
-    ctx.no_cache = ctx.no_cache || opts.no_cache;
     let mut outcome = RankOutcome {
         order: Vec::new(),
         repaired: false,
@@ -245,8 +243,9 @@ pub async fn llm_rank(
                 Message::user(render(template, &vars)),
             ]);
             req.json_schema = Some(ranking_schema(slice.len()));
+            req.no_cache = opts.no_cache;
             req.max_tokens = Some((slice.len() as u32) * 5 + 24);
-            let resp = llm.chat(Role::Rank, &req, &ctx).await?;
+            let resp = llm.chat(Role::Rank, &req, ctx).await?;
             outcome.calls += 1;
             let parsed = parse_ranking(&resp.content, slice.len());
             if !parsed.usable {

@@ -72,12 +72,3 @@ impl Case {
             .map(|p| p + 1)
     }
 }
-
-/// A stable 64-bit hash of a string (seeds per user, independent of other users).
-pub fn stable_hash(s: &str) -> u64 {
-    use sha2::{Digest, Sha256};
-    let h = Sha256::digest(s.as_bytes());
-    let mut b = [0u8; 8];
-    b.copy_from_slice(&h[..8]);
-    u64::from_be_bytes(b)
-}

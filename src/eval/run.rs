@@ -406,7 +406,7 @@ pub fn cheap_ranks(method: &str, cases: &[Case], pop: &Popularity, seed: u64) ->
             match method {
                 "random" => {
                     let mut rng = rand::rngs::StdRng::seed_from_u64(
-                        seed ^ crate::eval::stable_hash(&c.user_id),
+                        seed ^ crate::hash::stable_hash(&c.user_id),
                     );
                     order.shuffle(&mut rng);
                 }
@@ -451,11 +451,11 @@ pub async fn stage_costs(ctx: &JobContext) -> Result<(Vec<StageCost>, Cost), Job
         .into_iter()
         .map(|(role, t)| {
             let c = Cost {
-                llm_calls: t.llm_calls,
+                llm_calls: t.calls,
                 cache_hits: t.cache_hits,
                 prompt_tokens: t.prompt_tokens,
                 completion_tokens: t.completion_tokens,
-                wall_ms: t.llm_micros / 1000,
+                wall_ms: t.latency_ms,
             };
             total.llm_calls += c.llm_calls;
             total.cache_hits += c.cache_hits;

@@ -74,11 +74,12 @@ async fn view(state: &AppState, job: JobRow) -> Result<JobView, AppError> {
     let by_role = crate::store::llm::job_usage_by_role(&state.pool, job.id).await?;
     let mut cost = TallySnapshot::default();
     for (_, t) in by_role {
-        cost.llm_calls += t.llm_calls;
+        cost.llm_calls += t.calls;
         cost.cache_hits += t.cache_hits;
         cost.prompt_tokens += t.prompt_tokens;
         cost.completion_tokens += t.completion_tokens;
         cost.errors += t.errors;
+        cost.llm_micros += t.latency_ms * 1000;
     }
     let st = job.progress.get("state");
     let beam_head = st.and_then(|s| s.get("beam")).and_then(|b| b.get(0));

@@ -175,7 +175,8 @@ impl LlmClient {
             req.max_tokens.unwrap_or(s.max_tokens),
         );
         let deterministic = temperature == 0.0 || (req.cache_seeded && req.seed.is_some());
-        let cacheable = s.cache && !ctx.no_cache && deterministic && self.inner.pool.is_some();
+        let cacheable =
+            s.cache && !ctx.no_cache && !req.no_cache && deterministic && self.inner.pool.is_some();
         let key = cacheable.then(|| cache_key(&rr.endpoint.base_url, &body));
 
         if let (Some(pool), Some(key)) = (&self.inner.pool, &key) {
@@ -203,7 +204,7 @@ impl LlmClient {
         }
 
         let started = Instant::now();
-        let result = self.call_with_retries(rr, body, ctx).await;
+        let result = self.call_with_retries(role, rr, body, ctx).await;
         let latency = started.elapsed();
         let result = result.map(|mut r| {
             r.latency_ms = latency.as_millis() as u64;
@@ -221,11 +222,12 @@ impl LlmClient {
                     tracing::warn!(error = %e, "could not store an LLM answer in the cache");
                 }
             };
-            // A rerank answers without waiting for the cache write; jobs wait, so that a
-            // resumed job finds every answer it already paid for.
+            // A rerank waits for the cache write only briefly (the database may be away; the
+            // write goes on in the background); jobs wait, so that a resumed job finds every
+            // answer it already paid for.
             match ctx.priority {
                 Priority::Interactive => {
-                    tokio::spawn(put);
+                    let _ = tokio::time::timeout(INTERACTIVE_CACHE_WAIT, tokio::spawn(put)).await;
                 }
                 Priority::Background => put.await,
             }
@@ -247,6 +249,7 @@ impl LlmClient {
 
     async fn call_with_retries(
         &self,
+        role: Role,
         rr: &RoleRoute,
         mut body: Value,
         ctx: &CallContext,
@@ -291,7 +294,7 @@ impl LlmClient {
                 if timeout.is_zero() {
                     return Err(LlmError::Timeout(started.elapsed()));
                 }
-                self.attempt(rr, &body, timeout).await
+                self.attempt(role, rr, &body, timeout).await
             };
             let err = match result {
                 Ok(mut resp) => {
@@ -368,12 +371,21 @@ impl LlmClient {
     /// One HTTP attempt, bounded by `timeout`.
     async fn attempt(
         &self,
+        role: Role,
         rr: &RoleRoute,
         body: &Value,
         timeout: Duration,
     ) -> Result<ChatResponse, LlmError> {
         let url = format!("{}/chat/completions", rr.endpoint.base_url);
-        let mut req = self.inner.http.post(&url).json(body).timeout(timeout);
+        // The role travels in a header (servers ignore it; logs, proxies and the test server
+        // can tell the pipeline's calls apart without reading prompts).
+        let mut req = self
+            .inner
+            .http
+            .post(&url)
+            .header(ROLE_HEADER, role.as_str())
+            .json(body)
+            .timeout(timeout);
         if let Some(key) = &rr.route.api_key {
             req = req.bearer_auth(key.expose());
         }
@@ -451,6 +463,9 @@ impl LlmClient {
         }
     }
 }
+
+/// The request header that names the call's role (`rank`, `profile`, ...).
+pub const ROLE_HEADER: &str = "x-agp-role";
 
 /// Longest wait of an interactive call for its cache lookup.
 const INTERACTIVE_CACHE_WAIT: Duration = Duration::from_millis(250);

@@ -123,6 +123,8 @@ pub struct ChatRequest {
     /// Cache this call even at a temperature above 0: for sampled calls with an explicit
     /// seed whose answer should be reproducible (a resumed job re-asks the same question).
     pub cache_seeded: bool,
+    /// Never answer this call from the cache (and do not store its answer).
+    pub no_cache: bool,
 }
 
 impl ChatRequest {

@@ -73,9 +73,16 @@ pub struct Seen {
     pub n: usize,
     /// The request body as sent.
     pub body: Value,
+    /// The pipeline role the client named (`x-agp-role`), when it named one.
+    pub role: Option<crate::llm::Role>,
 }
 
 impl Seen {
+    /// The call's role as the client named it (`x-agp-role`).
+    pub fn role(&self) -> Option<crate::llm::Role> {
+        self.role
+    }
+
     /// Content of the last user message.
     pub fn last_user(&self) -> String {
         self.messages()
@@ -223,7 +230,11 @@ fn tokens(s: &str) -> u64 {
     (s.chars().count() as u64).div_ceil(4)
 }
 
-async fn completions(State(shared): State<Arc<Shared>>, body: axum::body::Bytes) -> Response {
+async fn completions(
+    State(shared): State<Arc<Shared>>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
     let n = shared.calls.fetch_add(1, Ordering::SeqCst);
     let now = shared.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
     shared.max_in_flight.fetch_max(now, Ordering::SeqCst);
@@ -243,7 +254,11 @@ async fn completions(State(shared): State<Arc<Shared>>, body: axum::body::Bytes)
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .push(body.clone());
-    let seen = Seen { n, body };
+    let role = headers
+        .get(crate::llm::client::ROLE_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(crate::llm::Role::parse);
+    let seen = Seen { n, body, role };
     let script = shared
         .script
         .lock()

@@ -6,26 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::Serialize;
 
-/// One call, as stored in `llm_usage`.
-#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
-pub struct UsageRecord {
-    /// Identifies the row, so a journal replay never stores it twice.
-    pub uid: uuid::Uuid,
-    pub created_at: chrono::DateTime<chrono::Utc>,
-    pub project: String,
-    pub role: String,
-    pub provider: String,
-    pub model: String,
-    /// Wall time of the call including queueing and retries, in microseconds.
-    pub latency_us: u64,
-    pub prompt_tokens: u32,
-    pub completion_tokens: u32,
-    pub cache_hit: bool,
-    /// `ok`, or the error kind (`timeout`, `rate_limited`, ...).
-    pub outcome: String,
-    pub request_id: Option<String>,
-    pub job_id: Option<uuid::Uuid>,
-}
+pub use crate::store::llm::UsageRecord;
 
 /// Running totals a caller collects across its calls (a rerank's `meta.usage`, a job step).
 #[derive(Debug, Default)]

@@ -798,7 +798,7 @@ pub fn choose_arm(salt: &str, user: &str, arms: &[SplitArm]) -> Option<i32> {
     if total <= 0.0 {
         return arms.first().map(|a| a.version);
     }
-    let h = crate::eval::stable_hash(&format!("{salt}\u{0}{user}"));
+    let h = crate::hash::stable_hash(&format!("{salt}\u{0}{user}"));
     let x = (h as f64 / u64::MAX as f64) * total;
     let mut acc = 0.0;
     for a in arms {

@@ -26,8 +26,8 @@ pub fn synthetic_base() -> DateTime<Utc> {
         .unwrap_or_else(Utc::now)
 }
 
-/// Writes items then interactions inside one transaction; `progress(rows_done)` is called
-/// after every chunk.
+/// Writes items then interactions inside one transaction (the project must exist:
+/// `app::ensure_project`); `progress(rows_done)` is called after every chunk.
 pub async fn write(
     pool: &PgPool,
     project: &str,
@@ -35,7 +35,6 @@ pub async fn write(
     interactions: &[NewInteraction],
     mut progress: impl FnMut(u64),
 ) -> Result<ImportSummary, sqlx::Error> {
-    super::prompts::ensure_project(pool, project).await?;
     let mut tx = pool.begin().await?;
     // The import is one big transaction; don't wait for a disk flush per statement.
     sqlx::query("SET LOCAL synchronous_commit = off")

@@ -17,7 +17,7 @@ pub struct KeyRow {
     pub revoked_at: Option<DateTime<Utc>>,
 }
 
-/// Stores a new key; the project is created on first use.
+/// Stores a new key (the project must exist: `app::ensure_project`).
 pub async fn insert(
     pool: &PgPool,
     project: &str,
@@ -26,7 +26,6 @@ pub async fn insert(
     prefix: &str,
     hash: &[u8],
 ) -> Result<Uuid, sqlx::Error> {
-    super::prompts::ensure_project(pool, project).await?;
     let mut tx = pool.begin().await?;
     let id = Uuid::new_v4();
     sqlx::query(

@@ -2,7 +2,39 @@
 
 use sqlx::PgPool;
 
-use crate::llm::usage::{TallySnapshot, UsageRecord};
+/// One LLM call, as stored in `llm_usage` (cache hits included).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct UsageRecord {
+    /// Identifies the row, so a journal replay never stores it twice.
+    pub uid: uuid::Uuid,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    pub project: String,
+    pub role: String,
+    pub provider: String,
+    pub model: String,
+    /// Wall time of the call including queueing and retries, in microseconds.
+    pub latency_us: u64,
+    pub prompt_tokens: u32,
+    pub completion_tokens: u32,
+    pub cache_hit: bool,
+    /// `ok`, or the error kind (`timeout`, `rate_limited`, ...).
+    pub outcome: String,
+    pub request_id: Option<String>,
+    pub job_id: Option<uuid::Uuid>,
+}
+
+/// Usage totals of a group of rows.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UsageTotals {
+    /// Upstream calls (cache hits not included).
+    pub calls: u64,
+    pub cache_hits: u64,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub errors: u64,
+    /// Sum of the calls' latencies, milliseconds.
+    pub latency_ms: u64,
+}
 
 /// A cached response by key.
 pub async fn cache_get(
@@ -80,7 +112,7 @@ pub async fn insert_usage<'e>(
 pub async fn job_usage_by_role(
     pool: &PgPool,
     job_id: uuid::Uuid,
-) -> Result<Vec<(String, TallySnapshot)>, sqlx::Error> {
+) -> Result<Vec<(String, UsageTotals)>, sqlx::Error> {
     let rows: Vec<(String, i64, i64, i64, i64, i64, i64)> = sqlx::query_as(
         "SELECT role,
                 count(*) FILTER (WHERE NOT cache_hit),
@@ -99,14 +131,13 @@ pub async fn job_usage_by_role(
         .map(|(role, calls, hits, pt, ct, errors, ms)| {
             (
                 role,
-                TallySnapshot {
-                    llm_calls: calls as u64,
+                UsageTotals {
+                    calls: calls as u64,
                     cache_hits: hits as u64,
                     prompt_tokens: pt as u64,
                     completion_tokens: ct as u64,
                     errors: errors as u64,
-                    // Stored latencies have millisecond resolution.
-                    llm_micros: ms.max(0) as u64 * 1000,
+                    latency_ms: ms.max(0) as u64,
                 },
             )
         })

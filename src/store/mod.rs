@@ -50,11 +50,9 @@ pub async fn connect_supervised(
     pool.connect_with(opts).await
 }
 
-/// Applies pending migrations and seeds the default project's prompts.
+/// Applies pending migrations (`app::prepare_database` also seeds the default project).
 pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
-    MIGRATOR.run(pool).await?;
-    prompts::ensure_project(pool, DEFAULT_PROJECT).await?;
-    Ok(())
+    MIGRATOR.run(pool).await
 }
 
 /// Cheap liveness query for `/readyz`.

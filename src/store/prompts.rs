@@ -5,8 +5,6 @@ use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use utoipa::ToSchema;
 
-use crate::agp::prompt::{PromptName, default_template};
-
 /// The label every prompt starts with and the rerank path uses by default.
 pub const PRODUCTION: &str = "production";
 
@@ -68,20 +66,24 @@ fn label_row((name, label, version, split, updated_at): LabelTuple) -> LabelRow 
     }
 }
 
-/// Creates the project (if new) and seeds the six prompts with their defaults as version 1
+/// Creates the project (if new) and seeds each prompt `(name, default template)` as version 1
 /// labelled `production`. Idempotent.
-pub async fn ensure_project(pool: &PgPool, project: &str) -> Result<(), sqlx::Error> {
+pub async fn ensure_project(
+    pool: &PgPool,
+    project: &str,
+    seeds: &[(&str, &str)],
+) -> Result<(), sqlx::Error> {
     let mut tx = pool.begin().await?;
     sqlx::query("INSERT INTO projects (id) VALUES ($1) ON CONFLICT DO NOTHING")
         .bind(project)
         .execute(&mut *tx)
         .await?;
-    for name in PromptName::ALL {
+    for &(name, template) in seeds {
         let created = sqlx::query(
             "INSERT INTO prompts (project, name) VALUES ($1, $2) ON CONFLICT DO NOTHING",
         )
         .bind(project)
-        .bind(name.as_str())
+        .bind(name)
         .execute(&mut *tx)
         .await?
         .rows_affected();
@@ -93,15 +95,15 @@ pub async fn ensure_project(pool: &PgPool, project: &str) -> Result<(), sqlx::Er
              VALUES ($1, $2, 1, $3, 'default written for AGP Rerank', 'seed')",
         )
         .bind(project)
-        .bind(name.as_str())
-        .bind(default_template(name))
+        .bind(name)
+        .bind(template)
         .execute(&mut *tx)
         .await?;
         sqlx::query(
             "INSERT INTO prompt_labels (project, name, label, version) VALUES ($1, $2, $3, 1)",
         )
         .bind(project)
-        .bind(name.as_str())
+        .bind(name)
         .bind(PRODUCTION)
         .execute(&mut *tx)
         .await?;

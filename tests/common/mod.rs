@@ -10,7 +10,7 @@ use std::sync::OnceLock;
 
 use agp_rerank::app::{AppState, build_app};
 use agp_rerank::config::AppConfig;
-use agp_rerank::store::{self, embedded};
+use agp_rerank::store::embedded;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, PgPool};
 
@@ -77,7 +77,9 @@ pub async fn fresh_db() -> (PgPool, String) {
         .connect_with(opts.clone())
         .await
         .expect("connect test db");
-    store::migrate(&pool).await.expect("migrate test db");
+    agp_rerank::app::prepare_database(&pool)
+        .await
+        .expect("migrate test db");
     (pool, opts.to_url_lossy().to_string())
 }
 
@@ -216,23 +218,18 @@ pub fn error_message(body: &serde_json::Value, expected_type: &str) -> String {
         .to_string()
 }
 
-/// Which pipeline step a test-server call is, from its system message.
+/// Which pipeline step a test-server call is, from the role the client named (never from
+/// prompt wording, which may change).
 pub fn llm_step(s: &agp_rerank::llm::test_server::Seen) -> &'static str {
-    let sys = s.system();
-    if sys.contains("summaries") {
-        "sum"
-    } else if sys.contains("preferences") {
-        "gen"
-    } else if sys.contains("ranks candidate") {
-        "rank"
-    } else if sys.contains("review user profiles") {
-        "fb"
-    } else if sys.contains("combine many reviews") {
-        "agg"
-    } else if sys.contains("improve instructions") {
-        "opt"
-    } else {
-        "other"
+    use agp_rerank::llm::Role;
+    match s.role() {
+        Some(Role::Summarize) => "sum",
+        Some(Role::Profile) => "gen",
+        Some(Role::Rank) => "rank",
+        Some(Role::Feedback) => "fb",
+        Some(Role::Aggregate) => "agg",
+        Some(Role::Optimize) => "opt",
+        None => "other",
     }
 }
 
