@@ -10,7 +10,7 @@ use agp_rerank::jobs::{self, WorkerOptions};
 use agp_rerank::llm::config::LlmSettings;
 use agp_rerank::llm::test_server::{Reply, Seen, TestLlm};
 use agp_rerank::llm::{LlmClient, Role};
-use agp_rerank::rerank::{RerankSettings, Reranker};
+use agp_rerank::serving::{RerankSettings, Reranker};
 use agp_rerank::store::{self, embedded, jobs as jobs_db};
 use serde_json::json;
 
@@ -103,9 +103,14 @@ async fn run(url: String) {
     let (b, v, users, k) = (10usize, 3usize, 100usize, 20usize);
     let params = json!({"train_users": users, "validation_users": 10, "test_users": 10, "batch_size": b, "verify_steps": v,
                         "acceptance": "paper", "epochs": 1, "candidates": k, "history_len": 5, "summaries": true});
-    let job = jobs_db::enqueue(&pool, "default", jobs::OPTIMIZATION, &params)
-        .await
-        .expect("enqueue");
+    let job = jobs_db::enqueue(
+        &pool,
+        "default",
+        jobs::JobKind::Optimization.as_str(),
+        &params,
+    )
+    .await
+    .expect("enqueue");
     let opts = WorkerOptions::new(0);
     let claimed = jobs_db::claim(&pool, &opts.id, 60, Some(job.id))
         .await
@@ -116,7 +121,7 @@ async fn run(url: String) {
     let started = Instant::now();
     let status = jobs::execute(pool.clone(), llm.clone(), rr, claimed, &opts, None).await;
     let total_wall = started.elapsed();
-    assert_eq!(status, "succeeded");
+    assert_eq!(status, jobs::JobStatus::Succeeded);
     let steps = jobs_db::steps(&pool, job.id).await.expect("steps");
     let by_role = store::llm::job_usage_by_role(&pool, job.id)
         .await

@@ -14,7 +14,7 @@ use tower_http::trace::TraceLayer;
 use crate::config::AppConfig;
 use crate::http::{self, middleware as mw};
 use crate::llm::LlmClient;
-use crate::rerank::Reranker;
+use crate::serving::Reranker;
 
 /// Shared state of every handler.
 #[derive(Clone)]

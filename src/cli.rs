@@ -82,7 +82,7 @@ pub struct WorkerArgs {
 #[derive(Debug, clap::Args)]
 pub struct EvalArgs {
     #[command(flatten)]
-    pub params: crate::eval::run::EvalParams,
+    pub params: crate::eval::params::EvalParams,
     #[command(flatten)]
     pub run: RunArgs,
 }
@@ -91,7 +91,7 @@ pub struct EvalArgs {
 #[derive(Debug, clap::Args)]
 pub struct OptimizeArgs {
     #[command(flatten)]
-    pub params: crate::agp::optimizer::OptParams,
+    pub params: crate::jobs::optimize::OptParams,
     #[command(flatten)]
     pub run: RunArgs,
 }
@@ -168,12 +168,18 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Eval(args) => {
             args.params.validate().map_err(anyhow::Error::msg)?;
             let params = serde_json::to_value(&args.params)?;
-            run_job_cmd(&cli.db, crate::jobs::EVALUATION, params, args.run).await
+            run_job_cmd(&cli.db, crate::jobs::JobKind::Evaluation, params, args.run).await
         }
         Command::Optimize(args) => {
             args.params.validate().map_err(anyhow::Error::msg)?;
             let params = serde_json::to_value(&args.params)?;
-            run_job_cmd(&cli.db, crate::jobs::OPTIMIZATION, params, args.run).await
+            run_job_cmd(
+                &cli.db,
+                crate::jobs::JobKind::Optimization,
+                params,
+                args.run,
+            )
+            .await
         }
         Command::Keys(cmd) => run_keys(&cli.db, cmd).await,
         Command::Openapi { out } => {
@@ -548,7 +554,7 @@ async fn run_keys(db_args: &DbArgs, cmd: KeysCommand) -> anyhow::Result<()> {
 async fn run_worker_cmd(db_args: &DbArgs, args: WorkerArgs) -> anyhow::Result<()> {
     let db = Database::open(db_args).await?;
     let (llm, local) = start_llm(&args.llm, &db).await?;
-    let reranker = crate::rerank::Reranker::new(
+    let reranker = crate::serving::Reranker::new(
         db.pool.clone(),
         llm.clone(),
         args.rerank.settings(args.llm.mode == LlmMode::Local),
@@ -596,15 +602,16 @@ impl crate::jobs::ProgressSink for Bars {
 /// process with progress bars, then the report folder.
 async fn run_job_cmd(
     db_args: &DbArgs,
-    kind: &str,
+    job_kind: crate::jobs::JobKind,
     params: serde_json::Value,
     run: RunArgs,
 ) -> anyhow::Result<()> {
+    let kind = job_kind.as_str();
     let db = Database::open(db_args).await?;
     let result = async {
         crate::app::ensure_project(&db.pool, &run.project).await?;
         let (llm, local) = start_llm(&run.llm, &db).await?;
-        let reranker = crate::rerank::Reranker::new(db.pool.clone(), llm.clone(), crate::rerank::RerankSettings::default());
+        let reranker = crate::serving::Reranker::new(db.pool.clone(), llm.clone(), crate::serving::RerankSettings::default());
         let id = match run.resume {
             Some(id) => {
                 let job = store::jobs::get(&db.pool, &run.project, id, Some(kind))
@@ -632,12 +639,12 @@ async fn run_job_cmd(
         bar.enable_steady_tick(std::time::Duration::from_millis(250));
         let sink: std::sync::Arc<dyn crate::jobs::ProgressSink> = std::sync::Arc::new(Bars { bar: bar.clone() });
         let status = tokio::select! {
-            s = crate::jobs::execute(db.pool.clone(), llm.clone(), reranker.clone(), job, &opts, Some(sink)) => s,
+            s = crate::jobs::execute(db.pool.clone(), llm.clone(), reranker.clone(), job, &opts, Some(sink)) => Some(s),
             _ = shutdown_signal() => {
                 bar.abandon();
                 eprintln!("interrupted: resume with `agp {} --resume {id}` (or any `agp serve`/`agp worker` picks it up)",
-                    if kind == crate::jobs::EVALUATION { "eval" } else { "optimize" });
-                "interrupted".to_string()
+                    if job_kind == crate::jobs::JobKind::Evaluation { "eval" } else { "optimize" });
+                None
             }
         };
         bar.finish_and_clear();
@@ -648,10 +655,10 @@ async fn run_job_cmd(
         }
         let job = store::jobs::get(&db.pool, &run.project, id, None).await?.context("job vanished")?;
         match job.result {
-            Some(result) if status == "succeeded" => {
-                let report: crate::eval::report::Report = serde_json::from_value(result)?;
+            Some(result) if status == Some(crate::jobs::JobStatus::Succeeded) => {
+                let report: crate::report::Report = serde_json::from_value(result)?;
                 let dir = run.out.clone().unwrap_or_else(|| PathBuf::from(format!("reports/{kind}-{id}")));
-                let files = crate::eval::report::write_report(&dir, &report)?;
+                let files = crate::report::write_report(&dir, &report)?;
                 for line in &report.summary {
                     println!("{line}");
                 }

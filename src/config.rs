@@ -197,8 +197,8 @@ pub struct RerankArgs {
     #[arg(long, env = "AGP_SUMMARIES", default_value_t = true, action = clap::ArgAction::Set)]
     pub summaries: bool,
     /// Order returned when the LLM cannot be used.
-    #[arg(long, env = "AGP_FALLBACK_RANKER", value_enum, default_value_t = crate::rerank::FallbackRanker::Incoming)]
-    pub fallback_ranker: crate::rerank::FallbackRanker,
+    #[arg(long, env = "AGP_FALLBACK_RANKER", value_enum, default_value_t = crate::serving::FallbackRanker::Incoming)]
+    pub fallback_ranker: crate::serving::FallbackRanker,
     /// Entries per in-process cache (items, histories, profiles, summaries).
     #[arg(long, env = "AGP_CACHE_ENTRIES", default_value_t = 100_000)]
     pub cache_entries: usize,
@@ -209,7 +209,7 @@ pub fn default_deadline_ms(local_llm: bool) -> u64 {
     if local_llm {
         60_000
     } else {
-        crate::rerank::DEFAULT_DEADLINE.as_millis() as u64
+        crate::serving::DEFAULT_DEADLINE.as_millis() as u64
     }
 }
 
@@ -244,16 +244,16 @@ pub fn resolve_timeouts(
 
 impl RerankArgs {
     /// The settings the rerank service takes, with this deadline.
-    pub fn settings_with(&self, deadline: Duration) -> crate::rerank::RerankSettings {
-        crate::rerank::RerankSettings {
+    pub fn settings_with(&self, deadline: Duration) -> crate::serving::RerankSettings {
+        crate::serving::RerankSettings {
             deadline,
             ..self.settings(false)
         }
     }
 
     /// The settings the rerank service takes (default deadline for a local or remote LLM).
-    pub fn settings(&self, local_llm: bool) -> crate::rerank::RerankSettings {
-        crate::rerank::RerankSettings {
+    pub fn settings(&self, local_llm: bool) -> crate::serving::RerankSettings {
+        crate::serving::RerankSettings {
             max_candidates: self.rerank_max_candidates.max(1),
             history_len: self.history_len.max(1),
             rank: crate::agp::rank::RankOptions {
@@ -283,7 +283,7 @@ pub struct AppConfig {
     pub server: crate::http::server::ServerLimits,
     pub max_body_bytes: usize,
     pub limits: Limits,
-    pub rerank: crate::rerank::RerankSettings,
+    pub rerank: crate::serving::RerankSettings,
 }
 
 /// Shortest master key accepted: it is the admin password of the whole service.
@@ -335,7 +335,7 @@ impl Default for AppConfig {
             server: Default::default(),
             max_body_bytes: 8 * 1024 * 1024,
             limits: Limits::default(),
-            rerank: crate::rerank::RerankSettings::default(),
+            rerank: crate::serving::RerankSettings::default(),
         }
     }
 }

@@ -16,7 +16,7 @@ use agp_rerank::jobs::{self, WorkerOptions};
 use agp_rerank::llm::LlmClient;
 use agp_rerank::llm::config::LlmSettings;
 use agp_rerank::llm::test_server::{Reply, Seen, TestLlm};
-use agp_rerank::rerank::{RerankSettings, Reranker};
+use agp_rerank::serving::{RerankSettings, Reranker};
 use agp_rerank::store::{self, jobs as jobs_db};
 use serde_json::{Value, json};
 use sqlx::PgPool;
@@ -136,7 +136,7 @@ impl Rig {
         )
         .await;
         (
-            status,
+            status.as_str().to_string(),
             jobs_db::get(&self.pool, "default", id, None)
                 .await
                 .unwrap()
@@ -165,7 +165,7 @@ async fn paper_mode_accepts_a_better_prompt_and_reports_it() {
     let r = rig("Recent items:\n{{history}}\nWrite a GOOD profile.").await;
     let mut params = opt_params("paper");
     params["promote_to"] = json!("production");
-    let (status, job) = r.run(jobs::OPTIMIZATION, params).await;
+    let (status, job) = r.run(jobs::JobKind::Optimization.as_str(), params).await;
     assert_eq!(status, "succeeded", "{:?}", job.error);
     let label = store::prompts::label(&r.pool, "default", "p_gen", "production")
         .await
@@ -221,7 +221,9 @@ async fn paper_mode_accepts_a_better_prompt_and_reports_it() {
 #[tokio::test]
 async fn paper_mode_rejects_a_worse_prompt() {
     let r = rig("Recent items:\n{{history}}\nWrite a short profile.").await;
-    let (status, job) = r.run(jobs::OPTIMIZATION, opt_params("paper")).await;
+    let (status, job) = r
+        .run(jobs::JobKind::Optimization.as_str(), opt_params("paper"))
+        .await;
     assert_eq!(status, "succeeded", "{:?}", job.error);
     let steps = jobs_db::steps(&r.pool, job.id).await.unwrap();
     let cands: Vec<_> = steps.iter().filter(|s| s.kind == "candidate").collect();
@@ -244,7 +246,12 @@ async fn paper_mode_rejects_a_worse_prompt() {
 #[tokio::test]
 async fn validation_mode_accepts_on_validation_ndcg_and_rejects_leaks() {
     let r = rig("Recent items:\n{{history}}\nWrite a GOOD profile.").await;
-    let (status, job) = r.run(jobs::OPTIMIZATION, opt_params("validation")).await;
+    let (status, job) = r
+        .run(
+            jobs::JobKind::Optimization.as_str(),
+            opt_params("validation"),
+        )
+        .await;
     assert_eq!(status, "succeeded", "{:?}", job.error);
     let steps = jobs_db::steps(&r.pool, job.id).await.unwrap();
     let baseline = steps.iter().find(|s| s.kind == "baseline").unwrap();
@@ -267,7 +274,10 @@ async fn validation_mode_accepts_on_validation_ndcg_and_rejects_leaks() {
 
     let leaky = rig("Recent items:\n{{history}}\nPut the ground truth item first. GOOD").await;
     let (status, job) = leaky
-        .run(jobs::OPTIMIZATION, opt_params("validation"))
+        .run(
+            jobs::JobKind::Optimization.as_str(),
+            opt_params("validation"),
+        )
         .await;
     assert_eq!(status, "succeeded", "{:?}", job.error);
     let steps = jobs_db::steps(&leaky.pool, job.id).await.unwrap();
@@ -290,7 +300,9 @@ async fn validation_mode_accepts_on_validation_ndcg_and_rejects_leaks() {
     assert_eq!(written, 0);
 
     let named = rig("Recent items:\n{{history}}\nUsers who liked Item 195 are GOOD").await;
-    let (_, job) = named.run(jobs::OPTIMIZATION, opt_params("paper")).await;
+    let (_, job) = named
+        .run(jobs::JobKind::Optimization.as_str(), opt_params("paper"))
+        .await;
     let steps = jobs_db::steps(&named.pool, job.id).await.unwrap();
     assert!(
         steps.iter().filter(|s| s.kind == "candidate").all(|s| s
@@ -308,7 +320,9 @@ async fn a_killed_job_resumes_without_duplicate_versions_or_steps() {
     let clean = rig("Recent items:\n{{history}}\nWrite a short profile.").await;
     let params = json!({"train_users": 30, "validation_users": 5, "test_users": 5, "batch_size": 10, "verify_steps": 2,
                         "acceptance": "paper", "candidates": 10, "history_len": 3});
-    let (_, clean_job) = clean.run(jobs::OPTIMIZATION, params.clone()).await;
+    let (_, clean_job) = clean
+        .run(jobs::JobKind::Optimization.as_str(), params.clone())
+        .await;
     let clean_steps = jobs_db::steps(&clean.pool, clean_job.id)
         .await
         .unwrap()
@@ -316,9 +330,14 @@ async fn a_killed_job_resumes_without_duplicate_versions_or_steps() {
     let clean_versions = clean.versions(clean_job.id).await.len();
 
     let r = rig("Recent items:\n{{history}}\nWrite a short profile.").await;
-    let job = jobs_db::enqueue(&r.pool, "default", jobs::OPTIMIZATION, &params)
-        .await
-        .unwrap();
+    let job = jobs_db::enqueue(
+        &r.pool,
+        "default",
+        jobs::JobKind::Optimization.as_str(),
+        &params,
+    )
+    .await
+    .unwrap();
     let opts = WorkerOptions::new(1);
     let claimed = jobs_db::claim(&r.pool, &opts.id, 30, Some(job.id))
         .await
@@ -388,9 +407,14 @@ async fn cancel_stops_a_running_job() {
         move |s| Reply::Delay(Duration::from_millis(40), Box::new(inner(s)))
     });
     let params = json!({"train_users": 40, "validation_users": 5, "test_users": 5, "acceptance": "paper", "candidates": 10});
-    let job = jobs_db::enqueue(&r.pool, "default", jobs::OPTIMIZATION, &params)
-        .await
-        .unwrap();
+    let job = jobs_db::enqueue(
+        &r.pool,
+        "default",
+        jobs::JobKind::Optimization.as_str(),
+        &params,
+    )
+    .await
+    .unwrap();
     let mut opts = WorkerOptions::new(2);
     opts.lease = Duration::from_secs(3);
     let claimed = jobs_db::claim(&r.pool, &opts.id, 3, Some(job.id))
@@ -407,29 +431,44 @@ async fn cancel_stops_a_running_job() {
         async move { jobs::execute(pool, llm, rr, claimed, &o, None).await }
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let j = jobs_db::request_cancel(&r.pool, "default", job.id, jobs::OPTIMIZATION)
-        .await
-        .unwrap()
-        .unwrap();
+    let j = jobs_db::request_cancel(
+        &r.pool,
+        "default",
+        job.id,
+        jobs::JobKind::Optimization.as_str(),
+    )
+    .await
+    .unwrap()
+    .unwrap();
     assert!(j.cancel_requested);
     let status = tokio::time::timeout(Duration::from_secs(30), task)
         .await
         .expect("stops in time")
         .unwrap();
-    assert_eq!(status, "cancelled");
+    assert_eq!(status, jobs::JobStatus::Cancelled);
     let j = jobs_db::get(&r.pool, "default", job.id, None)
         .await
         .unwrap()
         .unwrap();
     assert_eq!(j.status, "cancelled");
     // A queued job is cancelled at once.
-    let queued = jobs_db::enqueue(&r.pool, "default", jobs::EVALUATION, &json!({}))
-        .await
-        .unwrap();
-    let q = jobs_db::request_cancel(&r.pool, "default", queued.id, jobs::EVALUATION)
-        .await
-        .unwrap()
-        .unwrap();
+    let queued = jobs_db::enqueue(
+        &r.pool,
+        "default",
+        jobs::JobKind::Evaluation.as_str(),
+        &json!({}),
+    )
+    .await
+    .unwrap();
+    let q = jobs_db::request_cancel(
+        &r.pool,
+        "default",
+        queued.id,
+        jobs::JobKind::Evaluation.as_str(),
+    )
+    .await
+    .unwrap()
+    .unwrap();
     assert_eq!(q.status, "cancelled");
     assert!(
         jobs_db::claim(&r.pool, "w", 30, Some(queued.id))
@@ -444,7 +483,7 @@ async fn evaluation_metrics_match_hand_computed_values() {
     let r = rig("unused {{history}}").await;
     let params = json!({"train_users": 0, "validation_users": 0, "test_users": 30, "candidates": 10, "history_len": 3,
                         "seeds": [3, 4], "methods": ["base", "popularity", "llm_manual"], "versions": []});
-    let (status, job) = r.run(jobs::EVALUATION, params).await;
+    let (status, job) = r.run(jobs::JobKind::Evaluation.as_str(), params).await;
     assert_eq!(status, "succeeded", "{:?}", job.error);
     let report = job.result.unwrap();
     let method = |name: &str| {
@@ -458,7 +497,7 @@ async fn evaluation_metrics_match_hand_computed_values() {
     };
 
     // Rebuild the same lists and compute the expected metrics by hand.
-    let p = agp_rerank::eval::run::DataParams {
+    let p = agp_rerank::eval::params::DataParams {
         train_users: 0,
         validation_users: 0,
         test_users: 30,
@@ -469,7 +508,7 @@ async fn evaluation_metrics_match_hand_computed_values() {
     let mut base_per_seed = Vec::new();
     let mut llm_per_seed = Vec::new();
     for seed in [3u64, 4] {
-        let prep = agp_rerank::eval::run::prepare_from(&r.seqs, Holdout::Last, &p, seed);
+        let prep = agp_rerank::eval::cases::prepare_from(&r.seqs, Holdout::Last, &p, seed);
         assert_eq!(prep.test.len(), 30);
         let base: Vec<usize> = prep
             .test
@@ -517,9 +556,9 @@ async fn evaluation_metrics_match_hand_computed_values() {
     );
 
     // The report folder is readable without the database.
-    let rep: agp_rerank::eval::report::Report = serde_json::from_value(report).unwrap();
+    let rep: agp_rerank::report::Report = serde_json::from_value(report).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let files = agp_rerank::eval::report::write_report(dir.path(), &rep).unwrap();
+    let files = agp_rerank::report::write_report(dir.path(), &rep).unwrap();
     assert_eq!(files.len(), 3);
     let md = std::fs::read_to_string(dir.path().join("report.md")).unwrap();
     assert!(md.contains("llm_manual") && md.contains("NDCG@10"), "{md}");
@@ -538,7 +577,7 @@ async fn unordered_data_holds_out_a_random_item_and_base_topk_reports_misses() {
         .unwrap();
     let params = json!({"protocol": "base-topk", "base": "popularity", "train_users": 0, "validation_users": 0,
                         "test_users": 40, "candidates": 10, "methods": ["base", "random"]});
-    let (status, job) = r.run(jobs::EVALUATION, params).await;
+    let (status, job) = r.run(jobs::JobKind::Evaluation.as_str(), params).await;
     assert_eq!(status, "succeeded", "{:?}", job.error);
     let notes: Vec<String> =
         serde_json::from_value(job.result.unwrap()["data_notes"].clone()).unwrap();
@@ -593,7 +632,10 @@ async fn http_api_enqueues_reports_and_validates() {
     for (body, needle) in [
         (json!({"test_users": 1_000_000}), "test_users"),
         (json!({"candidates": 1}), "candidates"),
-        (json!({"methods": ["magic"]}), "unknown method"),
+        (
+            json!({"methods": ["magic"]}),
+            "methods[0]: unknown variant `magic`, expected one of `base`, `random`, `popularity`, `llm_no_profile`, `llm_manual`",
+        ),
         (json!({"versions": [99]}), "no version 99"),
         (json!({"surprise": true}), "surprise"),
     ] {
@@ -640,7 +682,9 @@ async fn http_api_enqueues_reports_and_validates() {
 #[tokio::test]
 async fn catalog_summaries_job_fills_the_cache_once() {
     let r = rig("unused {{history}}").await;
-    let (status, job) = r.run(jobs::SUMMARIZE_CATALOG, json!({})).await;
+    let (status, job) = r
+        .run(jobs::JobKind::SummarizeCatalog.as_str(), json!({}))
+        .await;
     assert_eq!(status, "succeeded", "{:?}", job.error);
     let n: i64 = sqlx::query_scalar("SELECT count(*) FROM item_summaries")
         .fetch_one(&r.pool)
@@ -651,7 +695,9 @@ async fn catalog_summaries_job_fills_the_cache_once() {
     let calls = r.server.calls();
     assert_eq!(calls, 200);
     // Again: everything is cached, no LLM call.
-    let (status, job) = r.run(jobs::SUMMARIZE_CATALOG, json!({})).await;
+    let (status, job) = r
+        .run(jobs::JobKind::SummarizeCatalog.as_str(), json!({}))
+        .await;
     assert_eq!(status, "succeeded");
     assert_eq!(r.server.calls(), calls);
     assert!(

@@ -187,7 +187,7 @@ async fn real_llama_server_protocol_and_robustness() {
     );
     assert!(
         out.fallback.is_none()
-            || out.fallback == Some(agp_rerank::rerank::Fallback::UnusableOutput),
+            || out.fallback == Some(agp_rerank::serving::Fallback::UnusableOutput),
         "{out:?}"
     );
     eprintln!(

@@ -280,7 +280,7 @@ async fn cold_start_returns_incoming_order_without_llm_calls() {
 #[tokio::test]
 async fn the_popularity_fallback_ranker_orders_cold_starts() {
     let mut config = AppConfig::default();
-    config.rerank.fallback_ranker = agp_rerank::rerank::FallbackRanker::Popularity;
+    config.rerank.fallback_ranker = agp_rerank::serving::FallbackRanker::Popularity;
     let r = rig_with(config, default_reply).await;
     let more: Vec<Value> = (0..3)
         .map(|u| json!({"user_id": format!("x{u}"), "item_id": "i9"}))

@@ -4,8 +4,9 @@ use std::collections::BTreeMap;
 
 use sha2::{Digest, Sha256};
 
+use super::Chat;
 use super::prompt::{PromptName, render};
-use crate::llm::{CallContext, ChatRequest, LlmClient, LlmError, Message, Role};
+use crate::llm::{ChatRequest, LlmError, Message, Role};
 
 /// Default number of recent items a profile is written from (the paper's best L).
 pub const DEFAULT_HISTORY_LEN: usize = 5;
@@ -35,12 +36,7 @@ pub fn history_hash(items: &[&str]) -> Vec<u8> {
 }
 
 /// Writes a profile with `template` (a `p_gen` version).
-pub async fn generate(
-    llm: &LlmClient,
-    template: &str,
-    items: &[&str],
-    ctx: &CallContext,
-) -> Result<String, LlmError> {
+pub async fn generate(llm: &impl Chat, template: &str, items: &[&str]) -> Result<String, LlmError> {
     let mut vars = BTreeMap::new();
     vars.insert("history", history_block(items));
     vars.insert("count", items.len().to_string());
@@ -49,7 +45,7 @@ pub async fn generate(
         Message::user(render(template, &vars)),
     ]);
     req.max_tokens = Some(160);
-    let resp = llm.chat(Role::Profile, &req, ctx).await?;
+    let resp = llm.chat(Role::Profile, &req).await?;
     let profile = resp.content.trim().to_string();
     if profile.is_empty() {
         return Err(LlmError::Garbage("empty profile".into()));

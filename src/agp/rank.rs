@@ -8,8 +8,9 @@ use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use serde_json::json;
 
+use super::Chat;
 use super::prompt::{PromptName, render};
-use crate::llm::{CallContext, ChatRequest, JsonSchema, LlmClient, LlmError, Message, Role};
+use crate::llm::{ChatRequest, JsonSchema, LlmError, Message, Role};
 
 /// An LLM ranking after repair.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -190,13 +191,12 @@ fn ranking_schema(k: usize) -> JsonSchema {
 /// Ranks `texts` with the `p_rank` template and the profile (`None`: no profile, e.g. the
 /// LLMRank-style baseline, which can pass the history instead).
 pub async fn llm_rank(
-    llm: &LlmClient,
+    llm: &impl Chat,
     template: &str,
     profile: Option<&str>,
     history: Option<&str>,
     texts: &[&str],
     opts: &RankOptions,
-    ctx: &CallContext,
 ) -> Result<RankOutcome, RankError> {
     let n = texts.len();
     if n <= 1 {
@@ -245,7 +245,7 @@ pub async fn llm_rank(
             req.json_schema = Some(ranking_schema(slice.len()));
             req.no_cache = opts.no_cache;
             req.max_tokens = Some((slice.len() as u32) * 5 + 24);
-            let resp = llm.chat(Role::Rank, &req, ctx).await?;
+            let resp = llm.chat(Role::Rank, &req).await?;
             outcome.calls += 1;
             let parsed = parse_ranking(&resp.content, slice.len());
             if !parsed.usable {

@@ -1,11 +1,11 @@
-//! Offline evaluation: user splits, candidate protocols, base recommenders, metrics, reports.
-//! Pure code over plain data; the runner (`run`) wires it to the store and the LLM.
+//! Offline evaluation over plain data: user splits, held-out items and candidate lists
+//! (protocols), the cases of a seed, metrics, the request parameters and methods, and the
+//! scorer that ranks cases with the rerank path's own code. The jobs in `jobs/` run it.
 
-pub mod base;
+pub mod cases;
 pub mod metrics;
+pub mod params;
 pub mod protocol;
-pub mod report;
-pub mod run;
 pub mod score;
 pub mod split;
 
@@ -40,35 +40,4 @@ pub enum Protocol {
     BaseTopk,
 }
 
-/// The base recommender of the `base-topk` protocol.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum, utoipa::ToSchema,
-)]
-#[serde(rename_all = "lowercase")]
-pub enum BaseRecommender {
-    /// Most-interacted items overall.
-    Popularity,
-    /// Item-to-item co-occurrence kNN over the user's recent items.
-    Cooc,
-}
-
-/// One evaluation case: a user, the history before the held-out target, and the list to rank.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Case {
-    pub user_id: String,
-    /// Item ids before the target, oldest first (all of them; the caller keeps the last L).
-    pub history: Vec<String>,
-    pub target: String,
-    /// Candidate item ids in their incoming ("base") order.
-    pub candidates: Vec<String>,
-}
-
-impl Case {
-    /// 1-based position of the target in `order` (indices into `candidates`), if present.
-    pub fn target_rank(&self, order: &[usize]) -> Option<usize> {
-        order
-            .iter()
-            .position(|&i| self.candidates.get(i) == Some(&self.target))
-            .map(|p| p + 1)
-    }
-}
+pub use crate::rankers::BaseRecommender;

@@ -10,8 +10,9 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use sha2::{Digest, Sha256};
 
-use super::base::Recommend;
-use super::{Case, Holdout, UserSeq};
+use super::{Holdout, UserSeq};
+use crate::agp::case::Case;
+use crate::rankers::Recommend;
 
 /// A random generator for one user and one purpose: seeded with the first 8 bytes of
 /// `sha256(seed (little-endian) || purpose || 0x00 || user_id)`. Different purposes give
@@ -144,7 +145,7 @@ pub fn base_topk_case(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::eval::base::Popularity;
+    use crate::rankers::Popularity;
 
     fn seq(user: &str, items: &[&str]) -> UserSeq {
         UserSeq {

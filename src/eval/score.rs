@@ -4,11 +4,12 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::Case;
+use super::params::DataParams;
+use crate::agp::case::{Case, CaseOutcome};
 use crate::agp::profile;
 use crate::agp::rank::{self, RankError, RankOptions};
 use crate::llm::{CallContext, LlmClient};
-use crate::rerank::{PromptSelector, RerankError, Reranker};
+use crate::serving::{PromptSelector, RerankError, Reranker};
 use crate::store::prompts::PRODUCTION;
 use crate::store::rerank::ItemLite;
 
@@ -20,20 +21,6 @@ pub enum ProfileMode {
     HistoryOnly,
     /// A profile written by this `p_gen` version.
     Prompt { version: i32, template: Arc<String> },
-}
-
-/// What happened to one case.
-#[derive(Debug, Clone, PartialEq)]
-pub struct CaseOutcome {
-    /// 1-based rank of the target in the final order (the incoming order on failure).
-    pub rank: usize,
-    /// Final order (indices into the case's candidates).
-    pub order: Vec<usize>,
-    /// The profile used, when one was written.
-    pub profile: Option<Arc<String>>,
-    pub repaired: bool,
-    /// Why the LLM order could not be had (the incoming order was scored instead).
-    pub failure: Option<String>,
 }
 
 /// Scores cases for one project.
@@ -58,10 +45,10 @@ impl Scorer {
         llm: LlmClient,
         project: &str,
         cases: &[Case],
-        history_len: usize,
-        summaries: bool,
-        rank_repeats: usize,
+        data: &DataParams,
     ) -> Result<Self, RerankError> {
+        let (history_len, summaries, rank_repeats) =
+            (data.history_len, data.summaries, data.rank_repeats);
         let mut ids: Vec<&str> = cases
             .iter()
             .flat_map(|c| c.history.iter().chain(c.candidates.iter()))
@@ -69,9 +56,9 @@ impl Scorer {
             .collect();
         ids.sort_unstable();
         ids.dedup();
-        let refs: Vec<crate::rerank::ItemRef> = ids
+        let refs: Vec<crate::serving::ItemRef> = ids
             .iter()
-            .map(|id| crate::rerank::ItemRef {
+            .map(|id| crate::serving::ItemRef {
                 id: id.to_string(),
                 title: None,
                 text: None,
@@ -181,14 +168,17 @@ impl Scorer {
         };
         let cand_texts: Vec<String> = case.candidates.iter().map(|c| self.text(c)).collect();
         let refs: Vec<&str> = cand_texts.iter().map(String::as_str).collect();
+        let llm = crate::agp::LlmCall {
+            client: &self.llm,
+            ctx,
+        };
         match rank::llm_rank(
-            &self.llm,
+            &llm,
             &self.rank_template,
             Some(&profile_text),
             None,
             &refs,
             &self.rank_opts,
-            ctx,
         )
         .await
         {

@@ -10,11 +10,11 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::error::{AppError, ErrorBody, Json, Path};
-use crate::agp::optimizer::OptParams;
 use crate::app::AppState;
 use crate::auth::Principal;
-use crate::eval::run::EvalParams;
-use crate::jobs::{EVALUATION, OPTIMIZATION, SUMMARIZE_CATALOG};
+use crate::eval::params::EvalParams;
+use crate::jobs::optimize::OptParams;
+use crate::jobs::{JobKind, JobStatus};
 use crate::llm::usage::TallySnapshot;
 use crate::store::jobs::{self as db, JobRow, StepRowDb};
 
@@ -36,16 +36,15 @@ pub fn router() -> Router<AppState> {
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct Created {
     pub id: Uuid,
-    pub status: String,
+    pub status: JobStatus,
 }
 
 /// A job's status, progress, cost so far and (when finished) its report.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct JobView {
     pub id: Uuid,
-    pub kind: String,
-    /// `queued`, `running`, `succeeded`, `failed`, `cancelled`.
-    pub status: String,
+    pub kind: JobKind,
+    pub status: JobStatus,
     #[schema(value_type = Object)]
     pub params: serde_json::Value,
     /// Phase, done/total, message and the resumable state, saved after every batch.
@@ -89,15 +88,16 @@ async fn view(state: &AppState, job: JobRow) -> Result<JobView, AppError> {
         .or_else(|| st.and_then(|s| s.get("current")).and_then(|v| v.as_i64()))
         .map(|v| v as i32);
     let best_score = beam_head.and_then(|b| b.get(1)).and_then(|v| v.as_f64());
-    let baseline_score = if job.kind == OPTIMIZATION {
+    let kind = stored_kind(&job.kind)?;
+    let baseline_score = if kind == JobKind::Optimization {
         db::baseline_score(&state.pool, job.id).await?
     } else {
         None
     };
     Ok(JobView {
         id: job.id,
-        kind: job.kind,
-        status: job.status,
+        kind,
+        status: stored_status(&job.status)?,
         params: job.params,
         progress: job.progress,
         best_version,
@@ -114,28 +114,47 @@ async fn view(state: &AppState, job: JobRow) -> Result<JobView, AppError> {
     })
 }
 
-async fn load(state: &AppState, who: &Principal, id: Uuid, kind: &str) -> Result<JobRow, AppError> {
-    db::get(&state.pool, &who.project, id, Some(kind))
+/// A stored kind (the database's check constraint allows only known ones).
+fn stored_kind(s: &str) -> Result<JobKind, AppError> {
+    JobKind::parse(s)
+        .ok_or_else(|| AppError::Internal(anyhow::anyhow!("unknown stored job kind {s:?}")))
+}
+
+/// A stored status (the database's check constraint allows only known ones).
+fn stored_status(s: &str) -> Result<JobStatus, AppError> {
+    JobStatus::parse(s)
+        .ok_or_else(|| AppError::Internal(anyhow::anyhow!("unknown stored job status {s:?}")))
+}
+
+async fn load(
+    state: &AppState,
+    who: &Principal,
+    id: Uuid,
+    kind: JobKind,
+) -> Result<JobRow, AppError> {
+    db::get(&state.pool, &who.project, id, Some(kind.as_str()))
         .await?
-        .ok_or_else(|| AppError::NotFound(format!("{kind} {id} not found")))
+        .ok_or_else(|| AppError::NotFound(format!("{} {id} not found", kind.as_str())))
 }
 
 async fn cancel(
     state: &AppState,
     who: &Principal,
     id: Uuid,
-    kind: &str,
+    kind: JobKind,
 ) -> Result<Json<JobView>, AppError> {
     let job = load(state, who, id, kind).await?;
-    if !matches!(job.status.as_str(), "queued" | "running") {
+    let status = stored_status(&job.status)?;
+    if !matches!(status, JobStatus::Queued | JobStatus::Running) {
         return Err(AppError::Conflict(format!(
-            "{kind} {id} already {}",
-            job.status
+            "{} {id} already {}",
+            kind.as_str(),
+            status.as_str()
         )));
     }
-    let job = db::request_cancel(&state.pool, &who.project, id, kind)
+    let job = db::request_cancel(&state.pool, &who.project, id, kind.as_str())
         .await?
-        .ok_or_else(|| AppError::NotFound(format!("{kind} {id} not found")))?;
+        .ok_or_else(|| AppError::NotFound(format!("{} {id} not found", kind.as_str())))?;
     Ok(Json(view(state, job).await?))
 }
 
@@ -158,12 +177,18 @@ pub async fn create_optimization(
         )));
     }
     let params = serde_json::to_value(&body).map_err(|e| AppError::Internal(e.into()))?;
-    let job = db::enqueue(&state.pool, &who.project, OPTIMIZATION, &params).await?;
+    let job = db::enqueue(
+        &state.pool,
+        &who.project,
+        JobKind::Optimization.as_str(),
+        &params,
+    )
+    .await?;
     Ok((
         StatusCode::ACCEPTED,
         Json(Created {
             id: job.id,
-            status: job.status,
+            status: stored_status(&job.status)?,
         }),
     ))
 }
@@ -176,7 +201,7 @@ pub async fn get_optimization(
     Extension(who): Extension<Principal>,
     Path(id): Path<Uuid>,
 ) -> Result<Json<JobView>, AppError> {
-    let job = load(&state, &who, id, OPTIMIZATION).await?;
+    let job = load(&state, &who, id, JobKind::Optimization).await?;
     Ok(Json(view(&state, job).await?))
 }
 
@@ -188,7 +213,7 @@ pub async fn optimization_steps(
     Extension(who): Extension<Principal>,
     Path(id): Path<Uuid>,
 ) -> Result<Json<Vec<StepRowDb>>, AppError> {
-    load(&state, &who, id, OPTIMIZATION).await?;
+    load(&state, &who, id, JobKind::Optimization).await?;
     Ok(Json(db::steps(&state.pool, id).await?))
 }
 
@@ -200,7 +225,7 @@ pub async fn cancel_optimization(
     Extension(who): Extension<Principal>,
     Path(id): Path<Uuid>,
 ) -> Result<Json<JobView>, AppError> {
-    cancel(&state, &who, id, OPTIMIZATION).await
+    cancel(&state, &who, id, JobKind::Optimization).await
 }
 
 /// Start an offline evaluation as a background job.
@@ -225,12 +250,18 @@ pub async fn create_evaluation(
         )));
     }
     let params = serde_json::to_value(&body).map_err(|e| AppError::Internal(e.into()))?;
-    let job = db::enqueue(&state.pool, &who.project, EVALUATION, &params).await?;
+    let job = db::enqueue(
+        &state.pool,
+        &who.project,
+        JobKind::Evaluation.as_str(),
+        &params,
+    )
+    .await?;
     Ok((
         StatusCode::ACCEPTED,
         Json(Created {
             id: job.id,
-            status: job.status,
+            status: stored_status(&job.status)?,
         }),
     ))
 }
@@ -243,7 +274,7 @@ pub async fn get_evaluation(
     Extension(who): Extension<Principal>,
     Path(id): Path<Uuid>,
 ) -> Result<Json<JobView>, AppError> {
-    let job = load(&state, &who, id, EVALUATION).await?;
+    let job = load(&state, &who, id, JobKind::Evaluation).await?;
     Ok(Json(view(&state, job).await?))
 }
 
@@ -255,7 +286,7 @@ pub async fn cancel_evaluation(
     Extension(who): Extension<Principal>,
     Path(id): Path<Uuid>,
 ) -> Result<Json<JobView>, AppError> {
-    cancel(&state, &who, id, EVALUATION).await
+    cancel(&state, &who, id, JobKind::Evaluation).await
 }
 
 /// Summarize every catalog item that has no summary yet (production `p_sum`, summarize
@@ -269,7 +300,7 @@ pub async fn create_summaries(
     let job = db::enqueue(
         &state.pool,
         &who.project,
-        SUMMARIZE_CATALOG,
+        JobKind::SummarizeCatalog.as_str(),
         &serde_json::json!({}),
     )
     .await?;
@@ -277,7 +308,7 @@ pub async fn create_summaries(
         StatusCode::ACCEPTED,
         Json(Created {
             id: job.id,
-            status: job.status,
+            status: stored_status(&job.status)?,
         }),
     ))
 }
@@ -290,6 +321,6 @@ pub async fn get_summaries(
     Extension(who): Extension<Principal>,
     Path(id): Path<Uuid>,
 ) -> Result<Json<JobView>, AppError> {
-    let job = load(&state, &who, id, SUMMARIZE_CATALOG).await?;
+    let job = load(&state, &who, id, JobKind::SummarizeCatalog).await?;
     Ok(Json(view(&state, job).await?))
 }

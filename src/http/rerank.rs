@@ -12,7 +12,7 @@ use super::error::{AppError, ErrorBody, Json, Path, Query};
 use crate::app::AppState;
 use crate::auth::Principal;
 use crate::llm::usage::TallySnapshot;
-use crate::rerank::{ItemRef, PromptSelector, RerankError, RerankRequest};
+use crate::serving::{ItemRef, PromptSelector, RerankError, RerankRequest};
 use crate::store::prompts::PRODUCTION;
 use crate::store::rerank as db;
 

@@ -1,136 +1,94 @@
 //! Background jobs: the worker loop (inside `agp serve` and as `agp worker`, on any number
-//! of machines sharing one Postgres), the lease heartbeat, cancellation, and the context a
-//! job body gets (LLM handle, shared pipeline, progress and resumable state).
+//! of machines sharing one Postgres), leases and heartbeat, cancellation, and one file per
+//! job kind. The job bodies are the only users of the job context.
+//!
+//! - `context`: what a job body gets (database, LLM, caches, progress, resumable state)
+//! - `optimize`, `evaluate`, `summarize`: the three kinds of job
 
+pub mod context;
+pub mod evaluate;
+pub mod optimize;
+pub mod summarize;
+
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 use sqlx::PgPool;
 use tokio::sync::watch;
-use uuid::Uuid;
 
-use crate::llm::{CallContext, LlmClient, Tally};
-use crate::rerank::Reranker;
+pub use context::{JobContext, JobError, Progress, ProgressSink};
+
+use crate::llm::LlmClient;
+use crate::serving::Reranker;
 use crate::store::jobs::{self as db, JobRow};
 
-/// Job kinds.
-pub const EVALUATION: &str = "evaluation";
-pub const OPTIMIZATION: &str = "optimization";
-pub const SUMMARIZE_CATALOG: &str = "summarize_catalog";
-
-/// What a job shows of its progress (stored as data in `jobs.progress`).
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-pub struct Progress {
-    pub phase: String,
-    pub done: u64,
-    pub total: u64,
-    pub message: String,
+/// What a job does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum JobKind {
+    Optimization,
+    Evaluation,
+    SummarizeCatalog,
 }
 
-/// Receives progress as it happens (the CLI draws bars with it).
-pub trait ProgressSink: Send + Sync {
-    fn update(&self, p: &Progress, usage: &crate::llm::usage::TallySnapshot);
+impl JobKind {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobKind::Optimization => "optimization",
+            JobKind::Evaluation => "evaluation",
+            JobKind::SummarizeCatalog => "summarize_catalog",
+        }
+    }
+
+    /// Parses a stored name.
+    pub fn parse(s: &str) -> Option<JobKind> {
+        [
+            JobKind::Optimization,
+            JobKind::Evaluation,
+            JobKind::SummarizeCatalog,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == s)
+    }
 }
 
-/// How a job body ends without a result.
-#[derive(Debug, thiserror::Error)]
-pub enum JobError {
-    #[error("cancelled")]
+/// Where a job is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum JobStatus {
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
     Cancelled,
-    #[error("{0:#}")]
-    Failed(#[from] anyhow::Error),
 }
 
-impl From<sqlx::Error> for JobError {
-    fn from(e: sqlx::Error) -> Self {
-        JobError::Failed(e.into())
-    }
-}
-
-/// Everything a job body needs.
-pub struct JobContext {
-    pub pool: PgPool,
-    pub llm: LlmClient,
-    pub reranker: Arc<Reranker>,
-    pub job: JobRow,
-    /// Usage of this attempt (the whole job's usage is in `llm_usage` by job id).
-    pub tally: Arc<Tally>,
-    cancel: Arc<AtomicBool>,
-    sink: Option<Arc<dyn ProgressSink>>,
-    progress: Mutex<Progress>,
-}
-
-impl JobContext {
-    /// The job's id.
-    pub fn id(&self) -> Uuid {
-        self.job.id
-    }
-
-    /// The job's project.
-    pub fn project(&self) -> &str {
-        &self.job.project
-    }
-
-    /// A background LLM call context attributed to this job.
-    pub fn call_ctx(&self) -> CallContext {
-        let mut c =
-            CallContext::background(self.job.project.clone()).with_tally(self.tally.clone());
-        c.job_id = Some(self.job.id);
-        c
-    }
-
-    /// Whether cancellation was requested (checked at batch boundaries).
-    pub fn cancelled(&self) -> bool {
-        self.cancel.load(Ordering::Relaxed)
-    }
-
-    /// `Err(Cancelled)` when cancellation was requested.
-    pub fn check_cancel(&self) -> Result<(), JobError> {
-        if self.cancelled() {
-            Err(JobError::Cancelled)
-        } else {
-            Ok(())
+impl JobStatus {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobStatus::Queued => "queued",
+            JobStatus::Running => "running",
+            JobStatus::Succeeded => "succeeded",
+            JobStatus::Failed => "failed",
+            JobStatus::Cancelled => "cancelled",
         }
     }
 
-    /// The state saved by an earlier attempt, if any (resume from there).
-    pub fn saved_state(&self) -> Option<Value> {
-        self.job
-            .progress
-            .get("state")
-            .filter(|s| !s.is_null())
-            .cloned()
-    }
-
-    /// Updates the displayed progress (no database write).
-    pub fn tick(&self, f: impl FnOnce(&mut Progress)) {
-        let p = {
-            let mut g = self.progress.lock().unwrap_or_else(|e| e.into_inner());
-            f(&mut g);
-            g.clone()
-        };
-        if let Some(s) = &self.sink {
-            s.update(&p, &self.tally.snapshot());
-        }
-    }
-
-    /// Saves progress and the resumable state: called after every finished batch.
-    pub async fn save(&self, state: Value) -> Result<(), sqlx::Error> {
-        let p = self
-            .progress
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        let value = serde_json::json!({
-            "phase": p.phase, "done": p.done, "total": p.total, "message": p.message,
-            "usage": self.tally.snapshot(), "state": state,
-        });
-        db::save_progress(&self.pool, self.job.id, &value).await?;
-        self.llm.flush_usage().await;
-        Ok(())
+    /// Parses a stored name.
+    pub fn parse(s: &str) -> Option<JobStatus> {
+        [
+            JobStatus::Queued,
+            JobStatus::Running,
+            JobStatus::Succeeded,
+            JobStatus::Failed,
+            JobStatus::Cancelled,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == s)
     }
 }
 
@@ -245,7 +203,7 @@ impl Workers {
 }
 
 /// Runs one claimed job to its end (with heartbeat and cancellation) and stores the outcome.
-/// Returns the final status.
+/// Returns the final status (`Running` when another worker took the job over).
 pub async fn execute(
     pool: PgPool,
     llm: LlmClient,
@@ -253,7 +211,7 @@ pub async fn execute(
     job: JobRow,
     opts: &WorkerOptions,
     sink: Option<Arc<dyn ProgressSink>>,
-) -> String {
+) -> JobStatus {
     let cancel = Arc::new(AtomicBool::new(false));
     let lost = Arc::new(AtomicBool::new(false));
     let id = job.id;
@@ -282,49 +240,55 @@ pub async fn execute(
         })
     };
     tracing::info!(job = %id, kind = %job.kind, attempt = job.attempts, "running job");
-    let ctx = JobContext {
-        pool: pool.clone(),
-        llm: llm.clone(),
-        reranker,
-        tally: Arc::new(Tally::default()),
-        cancel: cancel.clone(),
-        sink,
-        progress: Mutex::new(Progress {
-            phase: "starting".into(),
-            ..Default::default()
-        }),
-        job,
-    };
-    let result = match ctx.job.kind.as_str() {
-        EVALUATION => crate::eval::run::run(&ctx).await,
-        OPTIMIZATION => crate::agp::optimizer::run(&ctx).await,
-        SUMMARIZE_CATALOG => crate::agp::summarize::run_catalog_job(&ctx).await,
-        other => Err(JobError::Failed(anyhow::anyhow!(
-            "unknown job kind {other}"
+    let kind = JobKind::parse(&job.kind);
+    let ctx = JobContext::new(pool.clone(), llm.clone(), reranker, job, cancel, sink);
+    let result = match kind {
+        Some(JobKind::Evaluation) => evaluate::run(&ctx).await,
+        Some(JobKind::Optimization) => optimize::run(&ctx).await,
+        Some(JobKind::SummarizeCatalog) => summarize::run(&ctx).await,
+        None => Err(context::failed(format!(
+            "unknown job kind {}",
+            ctx.job.kind
         ))),
     };
     hb.abort();
     llm.flush_usage().await;
     if lost.load(Ordering::Relaxed) {
         // Another worker owns the job now; its outcome is theirs to write.
-        return "running".to_string();
+        return JobStatus::Running;
     }
-    let status = match result {
-        Ok(report) => {
-            let v = serde_json::to_value(&report).unwrap_or(Value::Null);
-            let _ = db::finish(&pool, id, "succeeded", Some(&v), None).await;
-            "succeeded"
-        }
-        Err(JobError::Cancelled) => {
-            let _ = db::finish(&pool, id, "cancelled", None, Some("cancelled on request")).await;
-            "cancelled"
-        }
+    let (status, result, error) = match result {
+        Ok(report) => match serde_json::to_value(&report) {
+            Ok(v) => (JobStatus::Succeeded, Some(v), None),
+            Err(e) => (
+                JobStatus::Failed,
+                None,
+                Some(format!("cannot store the report: {e}")),
+            ),
+        },
+        Err(JobError::Cancelled) => (
+            JobStatus::Cancelled,
+            None,
+            Some("cancelled on request".into()),
+        ),
         Err(JobError::Failed(e)) => {
             tracing::error!(job = %id, error = %format!("{e:#}"), "job failed");
-            let _ = db::finish(&pool, id, "failed", None, Some(&format!("{e:#}"))).await;
-            "failed"
+            (JobStatus::Failed, None, Some(format!("{e:#}")))
         }
     };
-    tracing::info!(job = %id, status, "job ended");
-    status.to_string()
+    if let Err(e) = db::finish(
+        &pool,
+        id,
+        status.as_str(),
+        result.as_ref(),
+        error.as_deref(),
+    )
+    .await
+    {
+        // The lease runs out and another worker resumes the job from its saved state.
+        metrics::counter!("agp_job_finish_errors_total").increment(1);
+        tracing::error!(job = %id, status = status.as_str(), error = %e, "could not store the job's outcome");
+    }
+    tracing::info!(job = %id, status = status.as_str(), "job ended");
+    status
 }

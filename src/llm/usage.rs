@@ -66,6 +66,53 @@ impl Tally {
     }
 }
 
+/// LLM usage and wall time.
+#[derive(Debug, Clone, Copy, Serialize, serde::Deserialize, Default, PartialEq, Eq)]
+pub struct Cost {
+    pub llm_calls: u64,
+    pub cache_hits: u64,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub wall_ms: u64,
+}
+
+impl std::ops::AddAssign for Cost {
+    fn add_assign(&mut self, o: Cost) {
+        self.llm_calls += o.llm_calls;
+        self.cache_hits += o.cache_hits;
+        self.prompt_tokens += o.prompt_tokens;
+        self.completion_tokens += o.completion_tokens;
+        self.wall_ms += o.wall_ms;
+    }
+}
+
+impl std::ops::Add for Cost {
+    type Output = Cost;
+    fn add(mut self, o: Cost) -> Cost {
+        self += o;
+        self
+    }
+}
+
+impl std::iter::Sum for Cost {
+    fn sum<I: Iterator<Item = Cost>>(iter: I) -> Cost {
+        iter.fold(Cost::default(), |a, b| a + b)
+    }
+}
+
+/// Usage of a phase: the difference of two snapshots, with the phase's wall time.
+pub fn cost_between(before: &TallySnapshot, after: &TallySnapshot, wall_ms: u64) -> Cost {
+    Cost {
+        llm_calls: after.llm_calls.saturating_sub(before.llm_calls),
+        cache_hits: after.cache_hits.saturating_sub(before.cache_hits),
+        prompt_tokens: after.prompt_tokens.saturating_sub(before.prompt_tokens),
+        completion_tokens: after
+            .completion_tokens
+            .saturating_sub(before.completion_tokens),
+        wall_ms,
+    }
+}
+
 /// Exports one call as Prometheus metrics.
 pub fn record_metrics(r: &UsageRecord) {
     let cache = if r.cache_hit { "hit" } else { "miss" };

@@ -252,21 +252,21 @@ pub fn rerank_request(
     request_id: &str,
     user: &str,
     ids: &[&str],
-) -> agp_rerank::rerank::RerankRequest {
-    agp_rerank::rerank::RerankRequest {
+) -> agp_rerank::serving::RerankRequest {
+    agp_rerank::serving::RerankRequest {
         project: agp_rerank::store::DEFAULT_PROJECT.into(),
         request_id: request_id.into(),
         user_id: user.into(),
         candidates: ids
             .iter()
-            .map(|i| agp_rerank::rerank::ItemRef {
+            .map(|i| agp_rerank::serving::ItemRef {
                 id: i.to_string(),
                 title: None,
                 text: None,
             })
             .collect(),
         top_n: ids.len(),
-        prompt: agp_rerank::rerank::PromptSelector::Label("production".into()),
+        prompt: agp_rerank::serving::PromptSelector::Label("production".into()),
         history: None,
         strict: false,
     }

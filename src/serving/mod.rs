@@ -445,14 +445,17 @@ impl Reranker {
             .map(|c| summarize::item_text(&c.title, c.text.as_deref(), c.attributes.as_ref()))
             .collect();
         let refs: Vec<&str> = cand_texts.iter().map(String::as_str).collect();
+        let llm = crate::agp::LlmCall {
+            client: &self.llm,
+            ctx,
+        };
         match rank::llm_rank(
-            &self.llm,
+            &llm,
             rank_template,
             Some(&profile),
             None,
             &refs,
             &self.settings.rank,
-            ctx,
         )
         .await
         {
@@ -539,7 +542,15 @@ impl Reranker {
                         // Detached: a rerank that gives up at its deadline still leaves the
                         // summary for the next request.
                         detached(async move {
-                            let s = summarize::summarize(&llm, &template, &raw, &ctx).await?;
+                            let s = summarize::summarize(
+                                &crate::agp::LlmCall {
+                                    client: &llm,
+                                    ctx: &ctx,
+                                },
+                                &template,
+                                &raw,
+                            )
+                            .await?;
                             let (project, id, hash, version, model) = &key;
                             if let Err(e) =
                                 db::put_summary(&pool, project, id, hash, *version, model, &s).await
@@ -606,7 +617,15 @@ impl Reranker {
                         Err(e) => tracing::warn!(error = %e, "profile cache lookup failed"),
                     }
                     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-                    let text = profile::generate(&llm, &template, &refs, &ctx).await?;
+                    let text = profile::generate(
+                        &crate::agp::LlmCall {
+                            client: &llm,
+                            ctx: &ctx,
+                        },
+                        &template,
+                        &refs,
+                    )
+                    .await?;
                     let stored =
                         db::put_profile(&pool, project, user, hash, *version, model, &text).await;
                     let v = match stored {

@@ -1,90 +1,8 @@
-//! Simple, real base recommenders for the `base-topk` protocol: popularity and item-to-item
-//! co-occurrence kNN.
-//!
-//! Leakage note: the caller fits these on training sequences from which every evaluated user's
-//! held-out target has been removed (otherwise the base list would "know" the answer).
+//! Item-to-item co-occurrence kNN.
 
 use std::collections::{HashMap, HashSet};
 
-use super::BaseRecommender;
-
-/// A base recommender: the top-n items for a history (oldest first), never an item of the
-/// history, best first.
-pub trait Recommend {
-    fn top_n(&self, history: &[String], n: usize) -> Vec<String>;
-    fn name(&self) -> &'static str;
-}
-
-/// Fits the base recommender `kind` with its defaults (co-occurrence: window
-/// [`Cooc::DEFAULT_WINDOW`], recent [`Cooc::DEFAULT_RECENT`]).
-///
-/// Leakage note: `seqs` must not contain the evaluated users' held-out targets.
-pub fn fit_base(kind: BaseRecommender, seqs: &[Vec<String>]) -> Box<dyn Recommend + Send + Sync> {
-    match kind {
-        BaseRecommender::Popularity => Box::new(Popularity::fit(seqs)),
-        BaseRecommender::Cooc => {
-            Box::new(Cooc::fit(seqs, Cooc::DEFAULT_WINDOW, Cooc::DEFAULT_RECENT))
-        }
-    }
-}
-
-/// Popularity: interaction counts over the training sequences; ties broken by item id (ascending)
-/// for determinism.
-///
-/// Leakage note: fit it on sequences with each evaluated user's held-out target removed.
-#[derive(Debug, Clone, Default)]
-pub struct Popularity {
-    counts: HashMap<String, u64>,
-    /// Items by count descending, then id ascending.
-    ranking: Vec<String>,
-}
-
-impl Popularity {
-    /// Counts every occurrence of every item in `seqs`.
-    pub fn fit(seqs: &[Vec<String>]) -> Self {
-        let mut counts: HashMap<String, u64> = HashMap::new();
-        for s in seqs {
-            for item in s {
-                match counts.get_mut(item.as_str()) {
-                    Some(c) => *c += 1,
-                    None => {
-                        counts.insert(item.clone(), 1);
-                    }
-                }
-            }
-        }
-        let mut ranked: Vec<(&String, u64)> = counts.iter().map(|(k, &v)| (k, v)).collect();
-        ranked.sort_unstable_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(b.0)));
-        let ranking = ranked.into_iter().map(|(k, _)| k.clone()).collect();
-        Popularity { counts, ranking }
-    }
-
-    /// The item's interaction count (0 if never seen).
-    pub fn score(&self, item: &str) -> u64 {
-        self.counts.get(item).copied().unwrap_or(0)
-    }
-
-    /// Number of distinct items seen.
-    pub fn item_count(&self) -> usize {
-        self.ranking.len()
-    }
-}
-
-impl Recommend for Popularity {
-    fn top_n(&self, history: &[String], n: usize) -> Vec<String> {
-        let seen: HashSet<&str> = history.iter().map(String::as_str).collect();
-        self.ranking
-            .iter()
-            .filter(|i| !seen.contains(i.as_str()))
-            .take(n)
-            .cloned()
-            .collect()
-    }
-
-    fn name(&self) -> &'static str {
-        "popularity"
-    }
-}
+use super::{Ranker, Recommend};
 
 /// Item-to-item co-occurrence kNN.
 ///
@@ -310,6 +228,24 @@ impl Recommend for Cooc {
             .map(|i| self.ids[i as usize].clone())
             .collect()
     }
+}
+
+impl Ranker for Cooc {
+    /// Candidates by kNN score for the history, then popularity, then incoming order.
+    fn rank(&self, _user: &str, history: &[String], candidates: &[String]) -> Vec<usize> {
+        let scores: Vec<(f32, u64)> = candidates
+            .iter()
+            .map(|c| (self.score(history, c), self.popularity(c)))
+            .collect();
+        let mut order: Vec<usize> = (0..candidates.len()).collect();
+        order.sort_by(|&a, &b| {
+            scores[b]
+                .0
+                .total_cmp(&scores[a].0)
+                .then_with(|| scores[b].1.cmp(&scores[a].1))
+        });
+        order
+    }
 
     fn name(&self) -> &'static str {
         "cooc"
@@ -336,32 +272,6 @@ mod tests {
 
     fn close(a: f32, b: f64) -> bool {
         (f64::from(a) - b).abs() < 1e-6
-    }
-
-    #[test]
-    fn popularity_hand_computed() {
-        let p = Popularity::fit(&data());
-        assert_eq!(
-            (
-                p.score("a"),
-                p.score("b"),
-                p.score("c"),
-                p.score("d"),
-                p.score("z")
-            ),
-            (2, 3, 1, 1, 0)
-        );
-        assert_eq!(p.item_count(), 4);
-        // ties (c, d) by id
-        assert_eq!(p.top_n(&[], 10), strings(&["b", "a", "c", "d"]));
-        assert_eq!(p.top_n(&[], 2), strings(&["b", "a"]));
-        // history items excluded
-        assert_eq!(p.top_n(&strings(&["b"]), 2), strings(&["a", "c"]));
-        assert_eq!(
-            p.top_n(&strings(&["b", "c", "unknown"]), 5),
-            strings(&["a", "d"])
-        );
-        assert_eq!(p.name(), "popularity");
     }
 
     #[test]
@@ -413,7 +323,6 @@ mod tests {
             strings(&["b", "a", "c", "d"])
         );
         assert_eq!(m.top_n(&h, 0), Vec::<String>::new());
-        assert_eq!(m.name(), "cooc");
     }
 
     #[test]
@@ -446,19 +355,19 @@ mod tests {
     }
 
     #[test]
-    fn fit_base_dispatches() {
-        let p = fit_base(BaseRecommender::Popularity, &data());
-        assert_eq!(p.name(), "popularity");
-        let c = fit_base(BaseRecommender::Cooc, &data());
-        assert_eq!(c.name(), "cooc");
-        assert_eq!(c.top_n(&strings(&["a"]), 3), strings(&["b", "c", "d"]));
+    fn as_a_ranker_knn_then_popularity_then_incoming() {
+        let m = Cooc::fit(&data(), 5, 5);
+        // history [a]: b 0.816, c 0.707, d 0 (pop 1), z 0 (pop 0)
+        let c = strings(&["z", "d", "c", "b"]);
+        assert_eq!(m.rank("u", &strings(&["a"]), &c), vec![3, 2, 1, 0]);
     }
 
     /// Timing on the real Amazon Games data:
-    /// `cargo test --release --lib eval::base -- --ignored --nocapture`.
+    /// `cargo test --release --lib rankers::cooc -- --ignored --nocapture`.
     #[test]
     #[ignore = "reads /work/shared/data/amazon-games; timing only"]
     fn amazon_timing() {
+        use crate::rankers::Popularity;
         use std::path::PathBuf;
         use std::time::Instant;
 

@@ -1,0 +1,302 @@
+//! What an evaluation or optimization is asked for: the data settings both share, the
+//! evaluation's own (seeds, methods, split), and the methods as an enum.
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::{BaseRecommender, Protocol};
+
+/// Largest seed: integers above 2^53 - 1 do not survive every JSON parser.
+pub const MAX_SEED: u64 = 9_007_199_254_740_991;
+
+/// Settings shared by evaluations and optimizations (all optional; defaults shown in API.md).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema, clap::Args)]
+#[serde(default, deny_unknown_fields)]
+pub struct DataParams {
+    /// Candidate protocol: `llmrank` (target + random items) or `base-topk` (a base recommender's top-n).
+    #[arg(long, value_enum, default_value_t = Protocol::Llmrank)]
+    pub protocol: Protocol,
+    /// Training users (optimization batches come from them).
+    #[arg(long, default_value_t = 100)]
+    #[schema(maximum = 100000)]
+    pub train_users: usize,
+    /// Validation users (validation acceptance).
+    #[arg(long, default_value_t = 50)]
+    #[schema(maximum = 100000)]
+    pub validation_users: usize,
+    /// Test users (final metrics).
+    #[arg(long, default_value_t = 200)]
+    #[schema(maximum = 100000)]
+    pub test_users: usize,
+    /// Seed of the split, candidate lists and shuffles.
+    #[arg(long, default_value_t = 7)]
+    #[schema(maximum = 9007199254740991_u64)]
+    pub seed: u64,
+    /// Candidates per list (llmrank: 1 target + n-1 random; base-topk: the base's top-n).
+    #[arg(long, default_value_t = 20)]
+    #[schema(minimum = 2, maximum = 200)]
+    pub candidates: usize,
+    /// Recent items a profile is written from (L).
+    #[arg(long, default_value_t = 5)]
+    #[schema(minimum = 1, maximum = 50)]
+    pub history_len: usize,
+    /// Summarize items with `p_sum` before writing profiles (false: raw metadata).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub summaries: bool,
+    /// Base recommender of the base-topk protocol.
+    #[arg(long, value_enum, default_value_t = BaseRecommender::Cooc)]
+    pub base: BaseRecommender,
+    /// Rankings in shuffled orders summed per list (1 = off).
+    #[arg(long, default_value_t = 1)]
+    #[schema(minimum = 1, maximum = 10)]
+    pub rank_repeats: usize,
+}
+
+impl Default for DataParams {
+    fn default() -> Self {
+        DataParams {
+            protocol: Protocol::Llmrank,
+            train_users: 100,
+            validation_users: 50,
+            test_users: 200,
+            seed: 7,
+            candidates: 20,
+            history_len: 5,
+            summaries: true,
+            base: BaseRecommender::Cooc,
+            rank_repeats: 1,
+        }
+    }
+}
+
+impl DataParams {
+    /// Checks ranges; the message names the field.
+    pub fn validate(&self) -> Result<(), String> {
+        let limits = [
+            ("train_users", self.train_users, 0, 100_000),
+            ("validation_users", self.validation_users, 0, 100_000),
+            ("test_users", self.test_users, 0, 100_000),
+            ("candidates", self.candidates, 2, 200),
+            ("history_len", self.history_len, 1, 50),
+            ("rank_repeats", self.rank_repeats, 1, 10),
+        ];
+        for (name, v, lo, hi) in limits {
+            if v < lo || v > hi {
+                return Err(format!("{name} must be between {lo} and {hi}, got {v}"));
+            }
+        }
+        if self.seed > MAX_SEED {
+            return Err(format!(
+                "seed must be at most {MAX_SEED}, got {}",
+                self.seed
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A method an evaluation can run on the same candidate lists.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema, clap::ValueEnum,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Method {
+    /// The candidate list in its incoming order.
+    Base,
+    /// A seeded random order.
+    Random,
+    /// Most-interacted items first.
+    Popularity,
+    /// LLM listwise ranking given the raw recent items (no written profile).
+    LlmNoProfile,
+    /// LLM ranking with a profile from the manual `p_gen` (version 1).
+    LlmManual,
+}
+
+impl Method {
+    /// Every method, in report order.
+    pub const ALL: [Method; 5] = [
+        Method::Base,
+        Method::Random,
+        Method::Popularity,
+        Method::LlmNoProfile,
+        Method::LlmManual,
+    ];
+
+    /// The method's name in requests and reports.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Method::Base => "base",
+            Method::Random => "random",
+            Method::Popularity => "popularity",
+            Method::LlmNoProfile => "llm_no_profile",
+            Method::LlmManual => "llm_manual",
+        }
+    }
+}
+
+/// What an evaluation scores: a method, or a stored `p_gen` version (`llm_pgen_v<N>`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Scored {
+    Method(Method),
+    PGen(i32),
+}
+
+impl Scored {
+    /// The name in reports and the resumable state.
+    pub fn name(self) -> String {
+        match self {
+            Scored::Method(m) => m.as_str().to_string(),
+            Scored::PGen(v) => format!("llm_pgen_v{v}"),
+        }
+    }
+
+    /// One line saying what it is.
+    pub fn describe(self) -> String {
+        match self {
+            Scored::Method(Method::Base) => "the candidate list in its incoming order".into(),
+            Scored::Method(Method::Random) => "a seeded random order".into(),
+            Scored::Method(Method::Popularity) => "most-interacted items first".into(),
+            Scored::Method(Method::LlmNoProfile) => {
+                "LLM listwise ranking given the raw recent items (no written profile)".into()
+            }
+            Scored::Method(Method::LlmManual) => {
+                "LLM ranking with a profile from the manual p_gen (version 1)".into()
+            }
+            Scored::PGen(v) => format!("LLM ranking with a profile from p_gen v{v}"),
+        }
+    }
+}
+
+/// Which split's users an evaluation scores.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema, clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum EvalSplit {
+    #[default]
+    Test,
+    Validation,
+    Train,
+}
+
+/// Request of an evaluation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema, clap::Args)]
+#[serde(default, deny_unknown_fields)]
+pub struct EvalParams {
+    #[serde(flatten)]
+    #[command(flatten)]
+    pub data: DataParams,
+    /// Seeds to repeat the whole evaluation with (default: `[seed]`); spread is over seeds.
+    #[arg(long, value_delimiter = ',')]
+    #[schema(min_items = 1, max_items = 10, value_type = Option<Vec<SeedDoc>>)]
+    pub seeds: Option<Vec<u64>>,
+    /// Methods to run (default all).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    #[schema(min_items = 1)]
+    pub methods: Option<Vec<Method>>,
+    /// Stored `p_gen` versions to evaluate as methods `llm_pgen_v<N>`.
+    #[arg(long, value_delimiter = ',')]
+    #[schema(max_items = 10, value_type = Vec<VersionDoc>)]
+    pub versions: Vec<i32>,
+    /// Which split's users to evaluate on.
+    #[arg(long, value_enum, default_value_t = EvalSplit::Test)]
+    pub split: EvalSplit,
+}
+
+impl Default for EvalParams {
+    fn default() -> Self {
+        EvalParams {
+            data: DataParams::default(),
+            seeds: None,
+            methods: None,
+            versions: Vec::new(),
+            split: EvalSplit::Test,
+        }
+    }
+}
+
+impl EvalParams {
+    /// Checks the request; the message names the field.
+    pub fn validate(&self) -> Result<(), String> {
+        self.data.validate()?;
+        if self.methods.as_ref().is_some_and(|m| m.is_empty()) {
+            return Err("methods must not be empty (leave it out for all)".into());
+        }
+        if let Some(s) = &self.seeds
+            && (s.is_empty() || s.len() > 10 || s.iter().any(|x| *x > MAX_SEED))
+        {
+            return Err(format!(
+                "seeds must list 1 to 10 seeds of at most {MAX_SEED}"
+            ));
+        }
+        if self.versions.len() > 10 || self.versions.iter().any(|v| *v < 1) {
+            return Err("versions must list up to 10 p_gen versions (numbers from 1)".into());
+        }
+        Ok(())
+    }
+
+    /// The seeds to run.
+    pub fn seeds(&self) -> Vec<u64> {
+        self.seeds.clone().unwrap_or_else(|| vec![self.data.seed])
+    }
+
+    /// What to score, in report order.
+    pub fn scored(&self) -> Vec<Scored> {
+        let methods = self.methods.clone().unwrap_or_else(|| Method::ALL.to_vec());
+        let mut m: Vec<Scored> = methods.into_iter().map(Scored::Method).collect();
+        m.extend(self.versions.iter().map(|&v| Scored::PGen(v)));
+        m
+    }
+}
+
+/// How a seed is documented: an integer JSON can carry exactly.
+struct SeedDoc;
+
+impl utoipa::PartialSchema for SeedDoc {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        int_schema(0, MAX_SEED as i64)
+    }
+}
+impl ToSchema for SeedDoc {}
+
+/// How a `p_gen` version number is documented.
+struct VersionDoc;
+
+impl utoipa::PartialSchema for VersionDoc {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        int_schema(1, i32::MAX as i64)
+    }
+}
+impl ToSchema for VersionDoc {}
+
+fn int_schema(min: i64, max: i64) -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::Integer)
+        .minimum(Some(min as f64))
+        .maximum(Some(max as f64))
+        .into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unknown_method_is_refused_naming_the_valid_ones() {
+        let err = serde_json::from_value::<EvalParams>(serde_json::json!({"methods": ["bogus"]}))
+            .unwrap_err()
+            .to_string();
+        for m in Method::ALL {
+            assert!(err.contains(m.as_str()), "{err}");
+        }
+        let p: EvalParams =
+            serde_json::from_value(serde_json::json!({"methods": ["popularity"], "versions": [3]}))
+                .unwrap();
+        assert_eq!(
+            p.scored(),
+            vec![Scored::Method(Method::Popularity), Scored::PGen(3)]
+        );
+        assert_eq!(Scored::PGen(3).name(), "llm_pgen_v3");
+    }
+}
