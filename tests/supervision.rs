@@ -140,14 +140,23 @@ async fn a_killed_postmaster_is_restarted_by_the_server_itself() {
     assert_ne!(pid, old);
     assert_eq!(new_port, port, "same port");
     rerank_ok(&client, &a.base).await;
-    let h: Value = client
-        .get(format!("{}/healthz", a.base))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    // The supervisor notes the cluster is back at its next look (it may have been started by
+    // a restart attempt that reported failure while the old one was still going away).
+    let mut h = Value::Null;
+    for _ in 0..50 {
+        h = client
+            .get(format!("{}/healthz", a.base))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if h["checks"]["embedded_postgres"] == "ok" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     assert_eq!(h["checks"]["embedded_postgres"], "ok", "{h}");
     terminate(a.child).await;
     assert!(exits(pid).await, "the last server out stopped the cluster");

@@ -14,6 +14,7 @@ use sqlx::PgPool;
 use sqlx::postgres::PgListener;
 use tokio::sync::OnceCell;
 
+use crate::agp::prompt::PromptName;
 use crate::store::rerank::ItemLite;
 use crate::store::{INVALIDATION_CHANNEL, Invalidation};
 
@@ -111,24 +112,67 @@ impl<K: Eq + Hash + Clone, V: Clone> SingleFlight<K, V> {
     }
 }
 
-/// (project, id)
-pub type Key2 = (String, String);
-/// (project, name, label)
-pub type LabelKey = (String, String, String);
-/// (project, user, history hash, p_gen version, model)
-pub type ProfileKey = (String, String, Vec<u8>, i32, String);
-/// (project, item, content hash, p_sum version, model)
-pub type SummaryKey = (String, String, Vec<u8>, i32, String);
+/// A catalog item or a user of a project.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ItemKey {
+    pub project: String,
+    pub id: String,
+}
+
+impl ItemKey {
+    pub fn new(project: &str, id: &str) -> Self {
+        ItemKey {
+            project: project.to_string(),
+            id: id.to_string(),
+        }
+    }
+}
+
+/// A prompt label of a project.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct LabelKey {
+    pub project: String,
+    pub name: PromptName,
+    pub label: String,
+}
+
+/// A prompt version of a project (versions are immutable).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct TemplateKey {
+    pub project: String,
+    pub name: PromptName,
+    pub version: i32,
+}
+
+/// Everything a profile depends on: who, the exact history texts, the `p_gen` version and
+/// the model that wrote it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ProfileKey {
+    pub project: String,
+    pub user: String,
+    pub history_hash: Vec<u8>,
+    pub version: i32,
+    pub model: String,
+}
+
+/// Everything a summary depends on: the item's content, the `p_sum` version, the model.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SummaryKey {
+    pub project: String,
+    pub item: String,
+    pub content_hash: Vec<u8>,
+    pub version: i32,
+    pub model: String,
+}
 
 /// All caches of the rerank path.
 #[derive(Debug)]
 pub struct Caches {
-    pub items: BoundedMap<Key2, Arc<ItemLite>>,
-    /// A user's recent items (`None`: unknown user).
-    pub histories: BoundedMap<Key2, Arc<Option<Vec<Arc<ItemLite>>>>>,
+    pub items: BoundedMap<ItemKey, Arc<ItemLite>>,
+    /// A user's recent items (`None`: unknown user), by (project, user).
+    pub histories: BoundedMap<ItemKey, Arc<Option<Vec<Arc<ItemLite>>>>>,
     pub labels: BoundedMap<LabelKey, Arc<crate::store::prompts::LabelRow>>,
-    /// Templates by (project, name, version): versions are immutable.
-    pub templates: BoundedMap<(String, String, i32), Arc<String>>,
+    pub templates: BoundedMap<TemplateKey, Arc<String>>,
     pub profiles: BoundedMap<ProfileKey, (uuid::Uuid, Arc<String>)>,
     pub summaries: BoundedMap<SummaryKey, Arc<String>>,
 }
@@ -150,12 +194,12 @@ impl Caches {
     pub fn invalidate(&self, inv: &Invalidation) {
         match inv {
             Invalidation::Items(p) => {
-                self.items.retain(|k, _| &k.0 != p);
+                self.items.retain(|k, _| &k.project != p);
                 // Histories embed item texts.
-                self.histories.retain(|k, _| &k.0 != p);
+                self.histories.retain(|k, _| &k.project != p);
             }
-            Invalidation::User(p, u) => self.histories.remove(&(p.clone(), u.clone())),
-            Invalidation::Labels(p) => self.labels.retain(|k, _| &k.0 != p),
+            Invalidation::User(p, u) => self.histories.remove(&ItemKey::new(p, u)),
+            Invalidation::Labels(p) => self.labels.retain(|k, _| &k.project != p),
             Invalidation::All => {
                 self.items.clear();
                 self.histories.clear();

@@ -248,9 +248,15 @@ impl EmbeddedPg {
         let pg = self.clone();
         let task = tokio::spawn(async move {
             loop {
+                // While the cluster is down, look again sooner.
+                let pause = if pg.health.down_for().is_some() {
+                    every / 4
+                } else {
+                    every
+                };
                 tokio::select! {
                     _ = stop.changed() => return,
-                    _ = tokio::time::sleep(every) => {}
+                    _ = tokio::time::sleep(pause) => {}
                 }
                 let pg = pg.clone();
                 let _ = tokio::task::spawn_blocking(move || pg.check_and_heal()).await;
