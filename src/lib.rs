@@ -1,8 +1,11 @@
 //! AGP Rerank: an HTTP service that reranks a recommender's candidate lists with an LLM,
 //! personalized by user profiles that an LLM writes with a learned prompt (AGP).
 //!
-//! The tree follows the architecture: `http/` is the edge, `store/` holds every SQL
-//! statement and the embedded Postgres, `catalog/` the data model, `import/` the bulk readers.
+//! The folders are the layers (lower first, none imports one above it): `catalog/` the data
+//! model; `store/` every SQL statement, the embedded Postgres and the journal; `llm/` the
+//! client; `agp/` the method as plain code; `rankers/` the non-LLM rankers; `serving/` the
+//! rerank path; `eval/` splits, protocols, metrics; `report/`; `jobs/` the job bodies; `http/`
+//! the edge. `import/` reads datasets.
 
 pub mod agp;
 pub mod app;

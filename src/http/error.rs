@@ -110,14 +110,10 @@ impl From<sqlx::Error> for AppError {
         match &e {
             sqlx::Error::RowNotFound => AppError::NotFound("not found".into()),
             sqlx::Error::Database(db) => match db.code().as_deref() {
-                Some("23505") => AppError::Conflict(format!(
-                    "already exists ({})",
-                    db.constraint().unwrap_or("unique constraint")
-                )),
-                Some("23514") | Some("23503") => AppError::Validation(format!(
-                    "violates {}",
-                    db.constraint().unwrap_or("a constraint")
-                )),
+                Some(code @ ("23505" | "23514" | "23503")) => {
+                    tracing::info!(constraint = ?db.constraint(), code, "write refused by a constraint");
+                    on_constraint(code, db.constraint())
+                }
                 // Connection exceptions, shutdown, "cannot connect now" (restarting).
                 Some(c) if c.starts_with("08") || c.starts_with("57P") => {
                     tracing::warn!(error = %e, "database unavailable");
@@ -134,6 +130,38 @@ impl From<sqlx::Error> for AppError {
             }
             _ => AppError::Internal(e.into()),
         }
+    }
+}
+
+/// What a client is told when a write breaks a constraint: the field and the rule, never
+/// the constraint's name (which is logged).
+pub fn on_constraint(code: &str, constraint: Option<&str>) -> AppError {
+    let conflict = |m: &str| AppError::Conflict(m.to_string());
+    let invalid = |m: &str| AppError::Validation(m.to_string());
+    match constraint.unwrap_or("") {
+        "items_pkey" => conflict("items[].id: an item with this id already exists"),
+        "prompt_versions_pkey" | "prompt_versions_version_check" => conflict(
+            "version: another version of this prompt was stored at the same moment; send it again",
+        ),
+        "prompt_labels_project_name_version_fkey" => {
+            invalid("version: this prompt has no such version")
+        }
+        "prompt_labels_check" => invalid("a label points at one version or a split, not both"),
+        "interactions_project_item_id_fkey" => {
+            invalid("interactions[].item_id: the item is not in the catalog")
+        }
+        "interactions_project_user_id_fkey" => invalid("interactions[].user_id: unknown user"),
+        "feedback_request_id_fkey" => invalid("request_id: no logged rerank has this id"),
+        "feedback_request_id_item_id_kind_key" => {
+            conflict("this outcome (request_id, item_id, kind) is already recorded")
+        }
+        "api_keys_scope_check" => invalid("scope: must be read, rerank or admin"),
+        "prompts_name_check" => {
+            invalid("name: not a prompt (p_sum, p_gen, p_rank, p_fb, p_agg, p_opt)")
+        }
+        c if c.ends_with("_project_fkey") => invalid("project: no such project"),
+        _ if code == "23505" => conflict("the request conflicts with data already stored"),
+        _ => invalid("the request breaks a rule of the stored data"),
     }
 }
 
@@ -337,6 +365,27 @@ mod tests {
         );
         // An escaped backslash followed by "u0000" is text, not a NUL.
         assert_eq!(nul_field(br#"{"a": "\\u0000"}"#), None);
+    }
+
+    #[test]
+    fn constraint_violations_name_the_field_never_the_constraint() {
+        let msg = |code, c| {
+            let e = on_constraint(code, Some(c));
+            let (status, kind) = e.status_and_type();
+            (status.as_u16(), kind, e.to_string())
+        };
+        let (s, k, m) = msg("23505", "prompt_versions_pkey");
+        assert_eq!((s, k), (409, "conflict"));
+        assert!(m.starts_with("version:") && !m.contains("pkey"), "{m}");
+        let (s, _, m) = msg("23503", "interactions_project_item_id_fkey");
+        assert!(s == 422 && m.starts_with("interactions[].item_id"), "{m}");
+        let (s, _, m) = msg("23503", "api_keys_project_fkey");
+        assert!(s == 422 && m.starts_with("project:"), "{m}");
+        for (code, status) in [("23505", 409), ("23514", 422), ("23503", 422)] {
+            let (s, _, m) = msg(code, "some_secret_internal_name_check");
+            assert_eq!(s, status);
+            assert!(!m.contains("secret"), "{m}");
+        }
     }
 
     #[test]

@@ -10,6 +10,7 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::error::{AppError, ErrorBody, Json, Path};
+use crate::agp::prompt::PromptName;
 use crate::app::AppState;
 use crate::auth::Principal;
 use crate::eval::params::EvalParams;
@@ -168,7 +169,7 @@ pub async fn create_optimization(
 ) -> Result<(StatusCode, Json<Created>), AppError> {
     body.validate().map_err(AppError::Validation)?;
     if let Some(v) = body.base_version
-        && crate::store::prompts::version(&state.pool, &who.project, "p_gen", v)
+        && crate::store::prompts::version(&state.pool, &who.project, PromptName::PGen.as_str(), v)
             .await?
             .is_none()
     {
@@ -240,7 +241,7 @@ pub async fn create_evaluation(
     let existing = crate::store::prompts::existing_versions(
         &state.pool,
         &who.project,
-        "p_gen",
+        PromptName::PGen.as_str(),
         &body.versions,
     )
     .await?;

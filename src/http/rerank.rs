@@ -9,10 +9,11 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::error::{AppError, ErrorBody, Json, Path, Query};
+use crate::agp::prompt::PromptName;
 use crate::app::AppState;
 use crate::auth::Principal;
 use crate::llm::usage::TallySnapshot;
-use crate::serving::{ItemRef, PromptSelector, RerankError, RerankRequest};
+use crate::serving::{Fallback, ItemRef, PromptSelector, RerankError, RerankRequest};
 use crate::store::prompts::PRODUCTION;
 use crate::store::rerank as db;
 
@@ -107,7 +108,7 @@ pub struct RerankResult {
 /// A prompt reference.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct PromptRef {
-    pub name: String,
+    pub name: PromptName,
     pub version: i32,
 }
 
@@ -145,9 +146,8 @@ pub struct RerankMeta {
     pub profile_id: Option<uuid::Uuid>,
     /// The ranking model.
     pub model: Option<String>,
-    /// Null, or why the fallback order was returned: `cold_start`, `llm_timeout`,
-    /// `llm_error`, `unusable_output`.
-    pub fallback: Option<String>,
+    /// Null, or why the fallback order was returned.
+    pub fallback: Option<Fallback>,
     /// Human-readable reason for the fallback.
     pub fallback_detail: Option<String>,
     /// The LLM's ranking needed ids dropped or appended.
@@ -221,6 +221,43 @@ pub async fn rerank(
     Extension(who): Extension<Principal>,
     Json(body): Json<RerankBody>,
 ) -> Result<Json<RerankResponse>, AppError> {
+    let req = request(&state, &who, body)?;
+    let out = state.reranker.rerank(&req).await.map_err(|e| match e {
+        RerankError::Invalid(m) => AppError::Validation(m),
+        RerankError::StrictTimeout(m) => AppError::UpstreamTimeout(m),
+        RerankError::StrictUpstream(m) => AppError::Upstream(m),
+        RerankError::Db(e) => AppError::from(e),
+    })?;
+    Ok(Json(RerankResponse {
+        id: req.request_id,
+        results: out
+            .results
+            .into_iter()
+            .map(|r| RerankResult {
+                index: r.index,
+                id: r.id,
+                score: r.score,
+            })
+            .collect(),
+        meta: RerankMeta {
+            prompt: PromptRef {
+                name: PromptName::PGen,
+                version: out.prompt_version,
+            },
+            prompt_versions: serde_json::to_value(&out.prompt_versions).unwrap_or_default(),
+            profile_id: out.profile_id,
+            model: out.model,
+            fallback: out.fallback,
+            fallback_detail: out.fallback_detail,
+            repaired: out.repaired,
+            usage: out.usage.into(),
+            latency_ms: out.latency_ms,
+        },
+    }))
+}
+
+/// The checked request: sizes, ids, `top_n`, the prompt selector.
+fn request(state: &AppState, who: &Principal, body: RerankBody) -> Result<RerankRequest, AppError> {
     let max = state.reranker.settings.max_candidates;
     crate::catalog::check_id("user_id", &body.user_id, state.config.limits.max_id_len)?;
     if body.candidates.is_empty() {
@@ -241,8 +278,7 @@ pub async fn rerank(
             "top_n must be between 1 and {MAX_TOP_N}, got {top_n}"
         )));
     }
-    let top_n = top_n.min(n);
-    let candidates = to_refs("candidates", &body.candidates, &state)?;
+    let candidates = to_refs("candidates", &body.candidates, state)?;
     let history = match &body.history {
         Some(h) if h.len() > 1000 => {
             return Err(AppError::Validation(format!(
@@ -250,82 +286,47 @@ pub async fn rerank(
                 h.len()
             )));
         }
-        Some(h) => Some(to_refs("history", h, &state)?),
+        Some(h) => Some(to_refs("history", h, state)?),
         None => None,
     };
-    let prompt = match body.prompt {
-        None => PromptSelector::Label(PRODUCTION.into()),
-        Some(PromptBody {
-            label: Some(_),
-            version: Some(_),
-        }) => {
-            return Err(AppError::Validation(
-                "prompt takes either label or version, not both".into(),
-            ));
-        }
-        Some(PromptBody {
-            version: Some(v), ..
-        }) if v < 1 => {
-            return Err(AppError::Validation(format!(
-                "prompt.version must be at least 1, got {v}"
-            )));
-        }
-        Some(PromptBody {
-            version: Some(v), ..
-        }) => PromptSelector::Version(v),
-        Some(PromptBody { label: Some(l), .. }) => {
-            crate::agp::prompt::check_label("prompt.label", &l).map_err(AppError::Validation)?;
-            PromptSelector::Label(l)
-        }
-        Some(PromptBody { .. }) => {
-            return Err(AppError::Validation(
-                "prompt needs a label or a version (leave prompt out for the production label)"
-                    .into(),
-            ));
-        }
-    };
-    let req = RerankRequest {
+    Ok(RerankRequest {
         project: who.project.clone(),
         request_id: format!("rr_{}", uuid::Uuid::new_v4().simple()),
         user_id: body.user_id,
         candidates,
-        top_n,
-        prompt,
+        top_n: top_n.min(n),
+        prompt: selector(body.prompt)?,
         history,
         strict: body.strict,
-    };
-    let out = state.reranker.rerank(&req).await.map_err(|e| match e {
-        RerankError::Invalid(m) => AppError::Validation(m),
-        RerankError::StrictTimeout(m) => AppError::UpstreamTimeout(m),
-        RerankError::StrictUpstream(m) => AppError::Upstream(m),
-        RerankError::Db(e) => AppError::from(e),
-    })?;
-    Ok(Json(RerankResponse {
-        id: req.request_id,
-        results: out
-            .results
-            .into_iter()
-            .map(|r| RerankResult {
-                index: r.index,
-                id: r.id,
-                score: r.score,
-            })
-            .collect(),
-        meta: RerankMeta {
-            prompt: PromptRef {
-                name: "p_gen".into(),
-                version: out.prompt_version,
-            },
-            prompt_versions: serde_json::to_value(&out.prompt_versions).unwrap_or_default(),
-            profile_id: out.profile_id,
-            model: out.model,
-            fallback: out.fallback.map(|f| f.as_str().to_string()),
-            fallback_detail: out.fallback_detail,
-            repaired: out.repaired,
-            usage: out.usage.into(),
-            latency_ms: out.latency_ms,
-        },
-    }))
+    })
+}
+
+/// Which `p_gen` the request asks for (default: the production label).
+fn selector(prompt: Option<PromptBody>) -> Result<PromptSelector, AppError> {
+    match prompt {
+        None => Ok(PromptSelector::Label(PRODUCTION.into())),
+        Some(PromptBody {
+            label: Some(_),
+            version: Some(_),
+        }) => Err(AppError::Validation(
+            "prompt takes either label or version, not both".into(),
+        )),
+        Some(PromptBody {
+            version: Some(v), ..
+        }) if v < 1 => Err(AppError::Validation(format!(
+            "prompt.version must be at least 1, got {v}"
+        ))),
+        Some(PromptBody {
+            version: Some(v), ..
+        }) => Ok(PromptSelector::Version(v)),
+        Some(PromptBody { label: Some(l), .. }) => {
+            crate::agp::prompt::check_label("prompt.label", &l).map_err(AppError::Validation)?;
+            Ok(PromptSelector::Label(l))
+        }
+        Some(PromptBody { .. }) => Err(AppError::Validation(
+            "prompt needs a label or a version (leave prompt out for the production label)".into(),
+        )),
+    }
 }
 
 /// Body of `POST /v1/feedback`.
@@ -455,7 +456,7 @@ pub async fn profile(
         profile_id: row.id,
         profile: row.profile,
         prompt: PromptRef {
-            name: "p_gen".into(),
+            name: PromptName::PGen,
             version: row.prompt_version,
         },
         model: row.model,

@@ -15,8 +15,8 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 
 use super::{
-    Csv, Dataset, Dedupe, Histories, ImportError, display_list, duplicate_note, file_name,
-    list_dir, percent,
+    Csv, Dataset, Dedupe, Finished, Histories, ImportError, display_list, duplicate_note,
+    file_name, list_dir, percent,
 };
 use crate::catalog::{NewInteraction, NewItem};
 
@@ -51,143 +51,22 @@ pub(crate) fn item_id(title: &str) -> String {
 }
 
 pub(super) fn read(paths: &[PathBuf]) -> Result<Dataset, ImportError> {
-    let mut notes = Vec::new();
-    let mut rating_files: Vec<PathBuf> = Vec::new();
-    let mut books: Option<(PathBuf, BookColumns)> = None;
-    let mut add_books = |path: PathBuf, cols: BookColumns| match &books {
-        Some((first, _)) => Err(ImportError::paths(format!(
-            "goodreads: two goodbooks files given: {} and {}",
-            first.display(),
-            path.display()
-        ))),
-        None => {
-            books = Some((path, cols));
-            Ok(())
-        }
-    };
-    for p in paths {
-        if p.is_dir() {
-            for f in list_dir(p)? {
-                let name = file_name(&f);
-                if !name.to_ascii_lowercase().ends_with(".csv") {
-                    continue;
-                }
-                if name.starts_with("user_rating_") {
-                    rating_files.push(f);
-                    continue;
-                }
-                match sniff(&f) {
-                    Ok(Kind::Books(cols)) => add_books(f, cols)?,
-                    Ok(Kind::Ratings) => rating_files.push(f),
-                    Err(ImportError::Parse { .. }) => notes.push(format!(
-                        "ignored {} (not a ratings or goodbooks file)",
-                        f.display()
-                    )),
-                    Err(e) => return Err(e),
-                }
-            }
-        } else {
-            match sniff(p)? {
-                Kind::Ratings => rating_files.push(p.clone()),
-                Kind::Books(cols) => add_books(p.clone(), cols)?,
-            }
-        }
-    }
-    if rating_files.is_empty() {
-        return Err(ImportError::paths(format!(
-            "goodreads: no user_rating_*.csv file among {}",
-            display_list(paths)
-        )));
-    }
-    rating_files.sort_by(|a, b| natural_cmp(file_name(a), file_name(b)).then_with(|| a.cmp(b)));
-    rating_files.dedup();
+    let Inputs {
+        rating_files,
+        books,
+        mut notes,
+    } = Inputs::find(paths)?;
 
-    // Titles -> item slot; ids must not collide.
-    let mut by_title: HashMap<String, usize> = HashMap::new();
-    let mut by_id: HashMap<String, usize> = HashMap::new();
-    let mut items: Vec<NewItem> = Vec::new();
-    let mut histories = Histories::default();
-    let mut sentinels = 0usize;
-    let mut rows = 0usize;
+    let mut ratings = Ratings::default();
     for path in &rating_files {
-        let mut csv = Csv::open(path)?;
-        check_ratings_header(&mut csv)?;
-        while let Some(line) = csv.next_record()? {
-            if csv.len() == 1 && csv.field(0).is_empty() {
-                continue; // blank line
-            }
-            if csv.len() != 3 {
-                return Err(ImportError::parse(
-                    path,
-                    line,
-                    format!("expected 3 columns (ID,Name,Rating), found {}", csv.len()),
-                ));
-            }
-            let (user, title, label) = (csv.field(0).trim(), csv.field(1), csv.field(2).trim());
-            if user.parse::<u64>().is_err() {
-                return Err(ImportError::parse(
-                    path,
-                    line,
-                    format!("ID: {user:?} is not an integer"),
-                ));
-            }
-            if title == "Rating" || label == SENTINEL_LABEL {
-                sentinels += 1;
-                continue;
-            }
-            let Some(&(_, value)) = LABELS.iter().find(|(l, _)| *l == label) else {
-                return Err(ImportError::parse(
-                    path,
-                    line,
-                    format!(
-                        "Rating: unknown label {label:?} (expected one of {})",
-                        LABELS
-                            .iter()
-                            .map(|(l, _)| format!("{l:?}"))
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    ),
-                ));
-            };
-            if title.trim().is_empty() {
-                return Err(ImportError::parse(path, line, "empty Name (book title)"));
-            }
-            let slot = match by_title.get(title) {
-                Some(&slot) => slot,
-                None => {
-                    let id = item_id(title);
-                    if let Some(&other) = by_id.get(&id) {
-                        return Err(ImportError::parse(
-                            path,
-                            line,
-                            format!(
-                                "item id {id} of {title:?} collides with that of {:?}",
-                                items[other].title
-                            ),
-                        ));
-                    }
-                    let slot = items.len();
-                    by_id.insert(id.clone(), slot);
-                    by_title.insert(title.to_owned(), slot);
-                    items.push(NewItem {
-                        id,
-                        title: title.to_owned(),
-                        text: None,
-                        attributes: None,
-                    });
-                    slot
-                }
-            };
-            rows += 1;
-            histories.push(NewInteraction {
-                user_id: user.to_owned(),
-                item_id: items[slot].id.clone(),
-                kind: Some("rating".to_owned()),
-                value: Some(value),
-                timestamp: None,
-            });
-        }
+        ratings.read_file(path)?;
     }
+    let Ratings {
+        mut titles,
+        histories,
+        sentinels,
+        rows,
+    } = ratings;
     let finished = histories.finish(Dedupe::Item);
 
     notes.insert(
@@ -196,7 +75,7 @@ pub(super) fn read(paths: &[PathBuf]) -> Result<Dataset, ImportError> {
             "goodreads: {} users, {} ratings, {} distinct titles from {} rating files ({})",
             finished.users,
             finished.interactions.len(),
-            items.len(),
+            titles.items.len(),
             rating_files.len(),
             rating_files
                 .iter()
@@ -219,57 +98,279 @@ pub(super) fn read(paths: &[PathBuf]) -> Result<Dataset, ImportError> {
 
     match books {
         None => notes.push("no goodbooks10k_books.csv given: items carry titles only".into()),
-        Some((path, cols)) => {
-            let (catalog, repeated) = read_books(&path, &cols)?;
-            let mut matched = vec![false; items.len()];
-            for (slot, item) in items.iter_mut().enumerate() {
-                if let Some(book) = catalog.get(item.title.as_str()) {
-                    matched[slot] = true;
-                    let mut parts = Vec::with_capacity(2);
-                    if !book.authors.is_empty() {
-                        parts.push(format!("by {}", book.authors));
-                    }
-                    if let Some(year) = book.year {
-                        parts.push(year.to_string());
-                    }
-                    item.text = (!parts.is_empty()).then(|| parts.join(", "));
-                    let mut attrs = serde_json::Map::new();
-                    attrs.insert("authors".into(), book.authors.clone().into());
-                    if let Some(year) = book.year {
-                        attrs.insert("year".into(), year.into());
-                    }
-                    attrs.insert("goodreads_book_id".into(), book.goodreads_book_id.into());
-                    item.attributes = Some(serde_json::Value::Object(attrs));
-                }
-            }
-            let matched_titles = matched.iter().filter(|m| **m).count();
-            let matched_rows = finished
-                .interactions
-                .iter()
-                .filter(|it| by_id.get(it.item_id.as_str()).is_some_and(|&s| matched[s]))
-                .count();
-            notes.push(format!(
-                "goodbooks enrichment from {}: {matched_titles} of {} titles matched exactly ({:.1}%), \
-                 covering {matched_rows} of {} ratings ({:.1}%)",
-                file_name(&path),
-                items.len(),
-                percent(matched_titles, items.len()),
-                finished.interactions.len(),
-                percent(matched_rows, finished.interactions.len()),
-            ));
-            if repeated > 0 {
-                notes.push(format!(
-                    "{} has {repeated} rows whose title repeats an earlier row's; the first (lowest book_id) is used",
-                    file_name(&path)
-                ));
-            }
-        }
+        Some((path, cols)) => notes.extend(enrich(&mut titles, &finished, &path, &cols)?),
     }
     Ok(Dataset {
-        items,
+        items: titles.items,
         interactions: finished.interactions,
         notes,
     })
+}
+
+/// The files to read, sorted out from the given paths.
+struct Inputs {
+    /// In natural file-name order, without repeats.
+    rating_files: Vec<PathBuf>,
+    books: Option<(PathBuf, BookColumns)>,
+    /// Remarks on directory entries that were skipped.
+    notes: Vec<String>,
+}
+
+impl Inputs {
+    /// Sorts `paths` (files and directories) into rating files and at most one goodbooks file.
+    fn find(paths: &[PathBuf]) -> Result<Self, ImportError> {
+        let mut inputs = Inputs {
+            rating_files: Vec::new(),
+            books: None,
+            notes: Vec::new(),
+        };
+        for p in paths {
+            if p.is_dir() {
+                for f in list_dir(p)? {
+                    inputs.add_listed(f)?;
+                }
+            } else {
+                match sniff(p)? {
+                    Kind::Ratings => inputs.rating_files.push(p.clone()),
+                    Kind::Books(cols) => inputs.add_books(p.clone(), cols)?,
+                }
+            }
+        }
+        if inputs.rating_files.is_empty() {
+            return Err(ImportError::paths(format!(
+                "goodreads: no user_rating_*.csv file among {}",
+                display_list(paths)
+            )));
+        }
+        inputs
+            .rating_files
+            .sort_by(|a, b| natural_cmp(file_name(a), file_name(b)).then_with(|| a.cmp(b)));
+        inputs.rating_files.dedup();
+        Ok(inputs)
+    }
+
+    /// Takes a file found in a directory: a directory may hold other files, so an unrecognised
+    /// CSV file is noted and skipped rather than refused.
+    fn add_listed(&mut self, f: PathBuf) -> Result<(), ImportError> {
+        let name = file_name(&f);
+        if !name.to_ascii_lowercase().ends_with(".csv") {
+            return Ok(());
+        }
+        if name.starts_with("user_rating_") {
+            self.rating_files.push(f);
+            return Ok(());
+        }
+        match sniff(&f) {
+            Ok(Kind::Books(cols)) => self.add_books(f, cols)?,
+            Ok(Kind::Ratings) => self.rating_files.push(f),
+            Err(ImportError::Parse { .. }) => self.notes.push(format!(
+                "ignored {} (not a ratings or goodbooks file)",
+                f.display()
+            )),
+            Err(e) => return Err(e),
+        }
+        Ok(())
+    }
+
+    /// Records the goodbooks file; a second one is an error rather than a silent choice.
+    fn add_books(&mut self, path: PathBuf, cols: BookColumns) -> Result<(), ImportError> {
+        match &self.books {
+            Some((first, _)) => Err(ImportError::paths(format!(
+                "goodreads: two goodbooks files given: {} and {}",
+                first.display(),
+                path.display()
+            ))),
+            None => {
+                self.books = Some((path, cols));
+                Ok(())
+            }
+        }
+    }
+}
+
+/// The distinct titles seen so far, one item each.
+#[derive(Default)]
+struct Titles {
+    by_title: HashMap<String, usize>,
+    /// Item id -> slot, to catch two titles whose hashed ids collide.
+    by_id: HashMap<String, usize>,
+    items: Vec<NewItem>,
+}
+
+impl Titles {
+    /// The item slot of `title`, creating the item on first sight.
+    fn slot(&mut self, path: &Path, line: usize, title: &str) -> Result<usize, ImportError> {
+        if let Some(&slot) = self.by_title.get(title) {
+            return Ok(slot);
+        }
+        let id = item_id(title);
+        if let Some(&other) = self.by_id.get(&id) {
+            return Err(ImportError::parse(
+                path,
+                line,
+                format!(
+                    "item id {id} of {title:?} collides with that of {:?}",
+                    self.items[other].title
+                ),
+            ));
+        }
+        let slot = self.items.len();
+        self.by_id.insert(id.clone(), slot);
+        self.by_title.insert(title.to_owned(), slot);
+        self.items.push(NewItem {
+            id,
+            title: title.to_owned(),
+            text: None,
+            attributes: None,
+        });
+        Ok(slot)
+    }
+}
+
+/// What the rating files hold, gathered file by file.
+#[derive(Default)]
+struct Ratings {
+    titles: Titles,
+    histories: Histories,
+    sentinels: usize,
+    /// Rating rows kept before deduplication (a consistency check on `histories`).
+    rows: usize,
+}
+
+impl Ratings {
+    /// Reads one `user_rating_*.csv` file.
+    fn read_file(&mut self, path: &Path) -> Result<(), ImportError> {
+        let mut csv = Csv::open(path)?;
+        check_ratings_header(&mut csv)?;
+        while let Some(line) = csv.next_record()? {
+            if csv.len() == 1 && csv.field(0).is_empty() {
+                continue; // blank line
+            }
+            self.add_row(&csv, path, line)?;
+        }
+        Ok(())
+    }
+
+    /// Takes the current record of `csv`: a rating, or a sentinel row to count and drop.
+    fn add_row(&mut self, csv: &Csv, path: &Path, line: usize) -> Result<(), ImportError> {
+        if csv.len() != 3 {
+            return Err(ImportError::parse(
+                path,
+                line,
+                format!("expected 3 columns (ID,Name,Rating), found {}", csv.len()),
+            ));
+        }
+        let (user, title, label) = (csv.field(0).trim(), csv.field(1), csv.field(2).trim());
+        if user.parse::<u64>().is_err() {
+            return Err(ImportError::parse(
+                path,
+                line,
+                format!("ID: {user:?} is not an integer"),
+            ));
+        }
+        if title == "Rating" || label == SENTINEL_LABEL {
+            self.sentinels += 1;
+            return Ok(());
+        }
+        let value = label_value(path, line, label)?;
+        if title.trim().is_empty() {
+            return Err(ImportError::parse(path, line, "empty Name (book title)"));
+        }
+        let slot = self.titles.slot(path, line, title)?;
+        self.rows += 1;
+        self.histories.push(NewInteraction {
+            user_id: user.to_owned(),
+            item_id: self.titles.items[slot].id.clone(),
+            kind: Some("rating".to_owned()),
+            value: Some(value),
+            timestamp: None,
+        });
+        Ok(())
+    }
+}
+
+/// The rating value of a Goodreads label.
+fn label_value(path: &Path, line: usize, label: &str) -> Result<f64, ImportError> {
+    let Some(&(_, value)) = LABELS.iter().find(|(l, _)| *l == label) else {
+        return Err(ImportError::parse(
+            path,
+            line,
+            format!(
+                "Rating: unknown label {label:?} (expected one of {})",
+                LABELS
+                    .iter()
+                    .map(|(l, _)| format!("{l:?}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        ));
+    };
+    Ok(value)
+}
+
+/// Adds goodbooks text and attributes to the items whose title matches exactly; returns the
+/// coverage notes.
+fn enrich(
+    titles: &mut Titles,
+    finished: &Finished,
+    path: &Path,
+    cols: &BookColumns,
+) -> Result<Vec<String>, ImportError> {
+    let (catalog, repeated) = read_books(path, cols)?;
+    let items = &mut titles.items;
+    let mut matched = vec![false; items.len()];
+    for (slot, item) in items.iter_mut().enumerate() {
+        if let Some(book) = catalog.get(item.title.as_str()) {
+            matched[slot] = true;
+            describe(item, book);
+        }
+    }
+    let matched_titles = matched.iter().filter(|m| **m).count();
+    let matched_rows = finished
+        .interactions
+        .iter()
+        .filter(|it| {
+            titles
+                .by_id
+                .get(it.item_id.as_str())
+                .is_some_and(|&s| matched[s])
+        })
+        .count();
+    let mut notes = vec![format!(
+        "goodbooks enrichment from {}: {matched_titles} of {} titles matched exactly ({:.1}%), \
+         covering {matched_rows} of {} ratings ({:.1}%)",
+        file_name(path),
+        titles.items.len(),
+        percent(matched_titles, titles.items.len()),
+        finished.interactions.len(),
+        percent(matched_rows, finished.interactions.len()),
+    )];
+    if repeated > 0 {
+        notes.push(format!(
+            "{} has {repeated} rows whose title repeats an earlier row's; the first (lowest book_id) is used",
+            file_name(path)
+        ));
+    }
+    Ok(notes)
+}
+
+/// Sets an item's text and attributes from its goodbooks row.
+fn describe(item: &mut NewItem, book: &Book) {
+    let mut parts = Vec::with_capacity(2);
+    if !book.authors.is_empty() {
+        parts.push(format!("by {}", book.authors));
+    }
+    if let Some(year) = book.year {
+        parts.push(year.to_string());
+    }
+    item.text = (!parts.is_empty()).then(|| parts.join(", "));
+    let mut attrs = serde_json::Map::new();
+    attrs.insert("authors".into(), book.authors.clone().into());
+    if let Some(year) = book.year {
+        attrs.insert("year".into(), year.into());
+    }
+    attrs.insert("goodreads_book_id".into(), book.goodreads_book_id.into());
+    item.attributes = Some(serde_json::Value::Object(attrs));
 }
 
 /// Classifies a CSV file by its header.

@@ -10,11 +10,13 @@
 //! timestamp) are dropped, keeping the first.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use super::{Dataset, Dedupe, Histories, ImportError, Lines, display_list, file_name, list_dir};
+use super::{
+    Dataset, Dedupe, Finished, Histories, ImportError, Lines, display_list, file_name, list_dir,
+};
 use crate::catalog::{NewInteraction, NewItem};
 
 /// One line: exactly one of the two keys. (A struct of options rather than an externally
@@ -43,121 +45,19 @@ fn serde_message(e: &serde_json::Error) -> String {
 }
 
 pub(super) fn read(paths: &[PathBuf]) -> Result<Dataset, ImportError> {
-    let mut files: Vec<PathBuf> = Vec::new();
-    for p in paths {
-        if p.is_dir() {
-            files.extend(
-                list_dir(p)?
-                    .into_iter()
-                    .filter(|f| file_name(f).ends_with(".jsonl")),
-            );
-        } else {
-            files.push(p.clone());
-        }
-    }
-    if files.is_empty() {
-        return Err(ImportError::paths(format!(
-            "jsonl: no .jsonl files among {}",
-            display_list(paths)
-        )));
-    }
-
-    let mut items: Vec<NewItem> = Vec::new();
-    // id -> (slot, file, line) of its definition.
-    let mut defined: HashMap<String, (usize, usize, usize)> = HashMap::new();
-    let mut repeated_items = 0usize;
-    let mut interactions: Vec<NewInteraction> = Vec::new();
-    let mut origins: Vec<(usize, usize)> = Vec::new();
+    let files = list_files(paths)?;
+    let mut gathered = Gathered::default();
     for (f, path) in files.iter().enumerate() {
-        let mut lines = Lines::open(path)?;
-        while let Some((line, text)) = lines.next_line()? {
-            if text.trim().is_empty() {
-                continue;
-            }
-            let shape = "expected {\"item\": {...}} or {\"interaction\": {...}}";
-            if !text.trim_start().starts_with('{') {
-                // (serde would read a JSON array positionally into `Line`.)
-                return Err(ImportError::parse(
-                    path,
-                    line,
-                    format!("{shape}: the line is not a JSON object"),
-                ));
-            }
-            let parsed: Line = serde_json::from_str(text).map_err(|e| {
-                ImportError::parse(path, line, format!("{shape}: {}", serde_message(&e)))
-            })?;
-            let entry = match parsed {
-                Line {
-                    item: Some(item),
-                    interaction: None,
-                } => Entry::Item(item),
-                Line {
-                    item: None,
-                    interaction: Some(it),
-                } => Entry::Interaction(it),
-                Line {
-                    item: None,
-                    interaction: None,
-                } => {
-                    return Err(ImportError::parse(
-                        path,
-                        line,
-                        format!("{shape}: neither key is set"),
-                    ));
-                }
-                Line {
-                    item: Some(_),
-                    interaction: Some(_),
-                } => {
-                    return Err(ImportError::parse(
-                        path,
-                        line,
-                        format!("{shape}: both keys are set; put each on its own line"),
-                    ));
-                }
-            };
-            match entry {
-                Entry::Item(item) => match defined.get(&item.id) {
-                    Some(&(slot, df, dl)) => {
-                        if items[slot] == item {
-                            repeated_items += 1;
-                        } else {
-                            return Err(ImportError::parse(
-                                path,
-                                line,
-                                format!(
-                                    "item {:?} is already defined differently at {}:{dl}",
-                                    item.id,
-                                    files[df].display()
-                                ),
-                            ));
-                        }
-                    }
-                    None => {
-                        defined.insert(item.id.clone(), (items.len(), f, line));
-                        items.push(item);
-                    }
-                },
-                Entry::Interaction(it) => {
-                    interactions.push(it);
-                    origins.push((f, line));
-                }
-            }
-        }
+        gathered.read_file(&files, f, path)?;
     }
-
-    for (it, &(f, line)) in interactions.iter().zip(&origins) {
-        if !defined.contains_key(it.item_id.as_str()) {
-            return Err(ImportError::parse(
-                &files[f],
-                line,
-                format!(
-                    "interaction refers to item {:?}, which no {{\"item\": ...}} line defines",
-                    it.item_id
-                ),
-            ));
-        }
-    }
+    gathered.check_references(&files)?;
+    let Gathered {
+        items,
+        defined,
+        repeated_items,
+        interactions,
+        ..
+    } = gathered;
 
     let total = interactions.len();
     let untimed = interactions
@@ -181,19 +81,7 @@ pub(super) fn read(paths: &[PathBuf]) -> Result<Dataset, ImportError> {
             .collect::<Vec<_>>()
             .join(", "),
     )];
-    if total > 0 {
-        if untimed == total {
-            notes.push("no timestamps: history order is file order".into());
-        } else if untimed == 0 {
-            notes.push("history order: each user's events sorted by timestamp".into());
-        } else {
-            notes.push(format!(
-                "{untimed} of {total} interactions have no timestamp (the writer assigns ordered ones); \
-                 {} users with all events timestamped were sorted by time",
-                finished.sorted_users
-            ));
-        }
-    }
+    notes.extend(order_note(total, untimed, &finished));
     if finished.mixed_users > 0 {
         notes.push(format!(
             "{} users mix timestamped and untimestamped events; their events stay in file order",
@@ -211,6 +99,183 @@ pub(super) fn read(paths: &[PathBuf]) -> Result<Dataset, ImportError> {
             finished.duplicates
         ));
     }
+    notes.extend(unused_note(&items, &defined, &finished));
+    Ok(Dataset {
+        items,
+        interactions: finished.interactions,
+        notes,
+    })
+}
+
+/// The files to read: explicit files as given, directories' `*.jsonl` files in name order.
+fn list_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, ImportError> {
+    let mut files: Vec<PathBuf> = Vec::new();
+    for p in paths {
+        if p.is_dir() {
+            files.extend(
+                list_dir(p)?
+                    .into_iter()
+                    .filter(|f| file_name(f).ends_with(".jsonl")),
+            );
+        } else {
+            files.push(p.clone());
+        }
+    }
+    if files.is_empty() {
+        return Err(ImportError::paths(format!(
+            "jsonl: no .jsonl files among {}",
+            display_list(paths)
+        )));
+    }
+    Ok(files)
+}
+
+/// Items and interactions of all files, with where each came from.
+#[derive(Default)]
+struct Gathered {
+    items: Vec<NewItem>,
+    /// id -> (slot, file, line) of its definition.
+    defined: HashMap<String, (usize, usize, usize)>,
+    repeated_items: usize,
+    interactions: Vec<NewInteraction>,
+    /// (file, line) of each interaction, for reporting dangling references.
+    origins: Vec<(usize, usize)>,
+}
+
+impl Gathered {
+    /// Reads `path`, the `f`-th of `files`.
+    fn read_file(&mut self, files: &[PathBuf], f: usize, path: &Path) -> Result<(), ImportError> {
+        let mut lines = Lines::open(path)?;
+        while let Some((line, text)) = lines.next_line()? {
+            if text.trim().is_empty() {
+                continue;
+            }
+            match parse_line(path, line, text)? {
+                Entry::Item(item) => self.add_item(files, (f, line), item)?,
+                Entry::Interaction(it) => {
+                    self.interactions.push(it);
+                    self.origins.push((f, line));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds an item defined at `(file, line)`; an exact repeat is counted, a different
+    /// definition of the same id is an error.
+    fn add_item(
+        &mut self,
+        files: &[PathBuf],
+        (f, line): (usize, usize),
+        item: NewItem,
+    ) -> Result<(), ImportError> {
+        match self.defined.get(&item.id) {
+            Some(&(slot, df, dl)) => {
+                if self.items[slot] == item {
+                    self.repeated_items += 1;
+                } else {
+                    return Err(ImportError::parse(
+                        &files[f],
+                        line,
+                        format!(
+                            "item {:?} is already defined differently at {}:{dl}",
+                            item.id,
+                            files[df].display()
+                        ),
+                    ));
+                }
+            }
+            None => {
+                self.defined
+                    .insert(item.id.clone(), (self.items.len(), f, line));
+                self.items.push(item);
+            }
+        }
+        Ok(())
+    }
+
+    /// Fails on the first interaction (in file order) whose item no line defines.
+    fn check_references(&self, files: &[PathBuf]) -> Result<(), ImportError> {
+        for (it, &(f, line)) in self.interactions.iter().zip(&self.origins) {
+            if !self.defined.contains_key(it.item_id.as_str()) {
+                return Err(ImportError::parse(
+                    &files[f],
+                    line,
+                    format!(
+                        "interaction refers to item {:?}, which no {{\"item\": ...}} line defines",
+                        it.item_id
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Parses one non-blank line into an item or an interaction.
+fn parse_line(path: &Path, line: usize, text: &str) -> Result<Entry, ImportError> {
+    let shape = "expected {\"item\": {...}} or {\"interaction\": {...}}";
+    if !text.trim_start().starts_with('{') {
+        // (serde would read a JSON array positionally into `Line`.)
+        return Err(ImportError::parse(
+            path,
+            line,
+            format!("{shape}: the line is not a JSON object"),
+        ));
+    }
+    let parsed: Line = serde_json::from_str(text)
+        .map_err(|e| ImportError::parse(path, line, format!("{shape}: {}", serde_message(&e))))?;
+    match parsed {
+        Line {
+            item: Some(item),
+            interaction: None,
+        } => Ok(Entry::Item(item)),
+        Line {
+            item: None,
+            interaction: Some(it),
+        } => Ok(Entry::Interaction(it)),
+        Line {
+            item: None,
+            interaction: None,
+        } => Err(ImportError::parse(
+            path,
+            line,
+            format!("{shape}: neither key is set"),
+        )),
+        Line {
+            item: Some(_),
+            interaction: Some(_),
+        } => Err(ImportError::parse(
+            path,
+            line,
+            format!("{shape}: both keys are set; put each on its own line"),
+        )),
+    }
+}
+
+/// How histories are ordered, given how many of `total` interactions lack a timestamp.
+fn order_note(total: usize, untimed: usize, finished: &Finished) -> Option<String> {
+    if total == 0 {
+        None
+    } else if untimed == total {
+        Some("no timestamps: history order is file order".into())
+    } else if untimed == 0 {
+        Some("history order: each user's events sorted by timestamp".into())
+    } else {
+        Some(format!(
+            "{untimed} of {total} interactions have no timestamp (the writer assigns ordered ones); \
+             {} users with all events timestamped were sorted by time",
+            finished.sorted_users
+        ))
+    }
+}
+
+/// Counts the items no kept interaction uses (they are kept, but worth knowing).
+fn unused_note(
+    items: &[NewItem],
+    defined: &HashMap<String, (usize, usize, usize)>,
+    finished: &Finished,
+) -> Option<String> {
     let mut used = vec![false; items.len()];
     for it in &finished.interactions {
         if let Some(&(slot, _, _)) = defined.get(it.item_id.as_str()) {
@@ -218,16 +283,11 @@ pub(super) fn read(paths: &[PathBuf]) -> Result<Dataset, ImportError> {
         }
     }
     let unused = used.iter().filter(|u| !**u).count();
-    if unused > 0 {
-        notes.push(format!(
+    (unused > 0).then(|| {
+        format!(
             "{unused} of {} items have no interactions (kept)",
             items.len()
-        ));
-    }
-    Ok(Dataset {
-        items,
-        interactions: finished.interactions,
-        notes,
+        )
     })
 }
 

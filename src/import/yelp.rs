@@ -8,11 +8,11 @@
 //! rating as value. Businesses rated but absent from `items.txt` get an item without text.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use super::{
-    Dataset, Dedupe, Histories, ImportError, Lines, display_list, duplicate_note, file_name,
-    list_dir, parse_f64, split_into,
+    Dataset, Dedupe, Finished, Histories, ImportError, Lines, display_list, duplicate_note,
+    file_name, list_dir, parse_f64, split_into,
 };
 use crate::catalog::{NewInteraction, NewItem};
 
@@ -20,132 +20,23 @@ pub(super) fn read(paths: &[PathBuf]) -> Result<Dataset, ImportError> {
     let (items_path, ratings_path) = pick_files(paths)?;
     let mut notes = Vec::new();
 
-    // Business -> categories, in first-appearance order.
-    let mut index: HashMap<String, usize> = HashMap::new();
-    let mut businesses: Vec<(String, Option<Vec<String>>)> = Vec::new();
-    let mut category_lines = 0usize;
-    let mut repeated_pairs = 0usize;
+    let mut businesses = Businesses::default();
     if let Some(path) = &items_path {
-        let mut lines = Lines::open(path)?;
-        while let Some((line, text)) = lines.next_line()? {
-            if text.is_empty() {
-                continue;
-            }
-            // Stack array borrowing this line (no per-row allocation).
-            let mut cols = [""; 3];
-            let n = split_into(text, '\t', &mut cols);
-            if n != 2 {
-                return Err(ImportError::parse(
-                    path,
-                    line,
-                    format!("expected 2 tab-separated columns (itemid, category), found {n}"),
-                ));
-            }
-            let (id, category) = (cols[0].trim(), cols[1].trim());
-            if id.is_empty() {
-                return Err(ImportError::parse(path, line, "empty itemid"));
-            }
-            if category.is_empty() {
-                return Err(ImportError::parse(path, line, "empty category"));
-            }
-            category_lines += 1;
-            let slot = match index.get(id) {
-                Some(&slot) => slot,
-                None => {
-                    index.insert(id.to_owned(), businesses.len());
-                    businesses.push((id.to_owned(), Some(Vec::new())));
-                    businesses.len() - 1
-                }
-            };
-            let cats = businesses[slot].1.get_or_insert_with(Vec::new);
-            if cats.iter().any(|c| c == category) {
-                repeated_pairs += 1;
-            } else {
-                cats.push(category.to_owned());
-            }
-        }
+        businesses.read_items(path)?;
     }
-    let described = businesses.len();
-
-    let mut histories = Histories::default();
-    let mut missing = 0usize;
-    let mut lines = Lines::open(&ratings_path)?;
-    while let Some((line, text)) = lines.next_line()? {
-        if text.is_empty() {
-            continue;
-        }
-        // Stack array borrowing this line (no per-row allocation).
-        let mut cols = [""; 4];
-        let n = split_into(text, '\t', &mut cols);
-        if n != 3 {
-            return Err(ImportError::parse(
-                &ratings_path,
-                line,
-                format!("expected 3 tab-separated columns (userid, businessid, rating), found {n}"),
-            ));
-        }
-        let (user, business) = (cols[0].trim(), cols[1].trim());
-        if user.is_empty() || business.is_empty() {
-            return Err(ImportError::parse(
-                &ratings_path,
-                line,
-                "empty userid or businessid",
-            ));
-        }
-        let value = parse_f64(&ratings_path, line, "rating", cols[2]).map_err(|e| match e {
-            ImportError::Parse {
-                path,
-                line: 1,
-                message,
-            } => ImportError::Parse {
-                path,
-                line: 1,
-                message: format!("{message} (ratings.txt has no header line)"),
-            },
-            other => other,
-        })?;
-        if !index.contains_key(business) {
-            index.insert(business.to_owned(), businesses.len());
-            businesses.push((business.to_owned(), None));
-            missing += 1;
-        }
-        histories.push(NewInteraction {
-            user_id: user.to_owned(),
-            item_id: business.to_owned(),
-            kind: Some("rating".to_owned()),
-            value: Some(value),
-            timestamp: None,
-        });
-    }
+    let described = businesses.list.len();
+    let (histories, missing) = businesses.read_ratings(&ratings_path)?;
     let finished = histories.finish(Dedupe::Item);
-
-    let mut rated = vec![false; businesses.len()];
-    for it in &finished.interactions {
-        if let Some(&i) = index.get(it.item_id.as_str()) {
-            rated[i] = true;
-        }
-    }
-    let unrated = rated.iter().filter(|r| !**r).count();
-
-    let items: Vec<NewItem> = businesses
+    let unrated = businesses.unrated(&finished);
+    let Businesses {
+        list,
+        category_lines,
+        repeated_pairs,
+        ..
+    } = businesses;
+    let items: Vec<NewItem> = list
         .into_iter()
-        .map(|(id, cats)| {
-            let title = format!("Yelp business {id}");
-            match cats {
-                Some(cats) if !cats.is_empty() => NewItem {
-                    id,
-                    title,
-                    text: Some(format!("Categories: {}", cats.join(", "))),
-                    attributes: Some(serde_json::json!({ "categories": cats })),
-                },
-                _ => NewItem {
-                    id,
-                    title,
-                    text: None,
-                    attributes: None,
-                },
-            }
-        })
+        .map(|(id, cats)| business_item(id, cats))
         .collect();
 
     notes.push(format!(
@@ -182,6 +73,159 @@ pub(super) fn read(paths: &[PathBuf]) -> Result<Dataset, ImportError> {
         interactions: finished.interactions,
         notes,
     })
+}
+
+/// Businesses in first-appearance order, with their categories in file order (`None` for a
+/// business absent from `items.txt`).
+#[derive(Default)]
+struct Businesses {
+    index: HashMap<String, usize>,
+    list: Vec<(String, Option<Vec<String>>)>,
+    category_lines: usize,
+    repeated_pairs: usize,
+}
+
+impl Businesses {
+    /// Reads `items.txt`.
+    fn read_items(&mut self, path: &Path) -> Result<(), ImportError> {
+        let mut lines = Lines::open(path)?;
+        while let Some((line, text)) = lines.next_line()? {
+            if text.is_empty() {
+                continue;
+            }
+            // Stack array borrowing this line (no per-row allocation).
+            let mut cols = [""; 3];
+            let n = split_into(text, '\t', &mut cols);
+            if n != 2 {
+                return Err(ImportError::parse(
+                    path,
+                    line,
+                    format!("expected 2 tab-separated columns (itemid, category), found {n}"),
+                ));
+            }
+            let (id, category) = (cols[0].trim(), cols[1].trim());
+            if id.is_empty() {
+                return Err(ImportError::parse(path, line, "empty itemid"));
+            }
+            if category.is_empty() {
+                return Err(ImportError::parse(path, line, "empty category"));
+            }
+            self.add_category(id, category);
+        }
+        Ok(())
+    }
+
+    /// Records one (business, category) line; a repeated pair is counted, not added twice.
+    fn add_category(&mut self, id: &str, category: &str) {
+        self.category_lines += 1;
+        let slot = match self.index.get(id) {
+            Some(&slot) => slot,
+            None => {
+                self.index.insert(id.to_owned(), self.list.len());
+                self.list.push((id.to_owned(), Some(Vec::new())));
+                self.list.len() - 1
+            }
+        };
+        let cats = self.list[slot].1.get_or_insert_with(Vec::new);
+        if cats.iter().any(|c| c == category) {
+            self.repeated_pairs += 1;
+        } else {
+            cats.push(category.to_owned());
+        }
+    }
+
+    /// Reads `ratings.txt`, adding the rated businesses absent from `items.txt`; returns the
+    /// histories and the number of businesses added.
+    fn read_ratings(&mut self, path: &Path) -> Result<(Histories, usize), ImportError> {
+        let mut histories = Histories::default();
+        let mut missing = 0usize;
+        let mut lines = Lines::open(path)?;
+        while let Some((line, text)) = lines.next_line()? {
+            if text.is_empty() {
+                continue;
+            }
+            let (user, business, value) = parse_rating_line(path, line, text)?;
+            if !self.index.contains_key(business) {
+                self.index.insert(business.to_owned(), self.list.len());
+                self.list.push((business.to_owned(), None));
+                missing += 1;
+            }
+            histories.push(NewInteraction {
+                user_id: user.to_owned(),
+                item_id: business.to_owned(),
+                kind: Some("rating".to_owned()),
+                value: Some(value),
+                timestamp: None,
+            });
+        }
+        Ok((histories, missing))
+    }
+
+    /// How many businesses no kept rating refers to.
+    fn unrated(&self, finished: &Finished) -> usize {
+        let mut rated = vec![false; self.list.len()];
+        for it in &finished.interactions {
+            if let Some(&i) = self.index.get(it.item_id.as_str()) {
+                rated[i] = true;
+            }
+        }
+        rated.iter().filter(|r| !**r).count()
+    }
+}
+
+/// Splits a non-empty `ratings.txt` line into user, business and rating.
+fn parse_rating_line<'a>(
+    path: &Path,
+    line: usize,
+    text: &'a str,
+) -> Result<(&'a str, &'a str, f64), ImportError> {
+    // Stack array borrowing this line (no per-row allocation).
+    let mut cols = [""; 4];
+    let n = split_into(text, '\t', &mut cols);
+    if n != 3 {
+        return Err(ImportError::parse(
+            path,
+            line,
+            format!("expected 3 tab-separated columns (userid, businessid, rating), found {n}"),
+        ));
+    }
+    let (user, business) = (cols[0].trim(), cols[1].trim());
+    if user.is_empty() || business.is_empty() {
+        return Err(ImportError::parse(path, line, "empty userid or businessid"));
+    }
+    // A bad rating on line 1 is most likely a header someone added.
+    let value = parse_f64(path, line, "rating", cols[2]).map_err(|e| match e {
+        ImportError::Parse {
+            path,
+            line: 1,
+            message,
+        } => ImportError::Parse {
+            path,
+            line: 1,
+            message: format!("{message} (ratings.txt has no header line)"),
+        },
+        other => other,
+    })?;
+    Ok((user, business, value))
+}
+
+/// The item of a business: categories, when known, become its text and attributes.
+fn business_item(id: String, cats: Option<Vec<String>>) -> NewItem {
+    let title = format!("Yelp business {id}");
+    match cats {
+        Some(cats) if !cats.is_empty() => NewItem {
+            id,
+            title,
+            text: Some(format!("Categories: {}", cats.join(", "))),
+            attributes: Some(serde_json::json!({ "categories": cats })),
+        },
+        _ => NewItem {
+            id,
+            title,
+            text: None,
+            attributes: None,
+        },
+    }
 }
 
 /// `ratings.txt` (required) and `items.txt` (optional), from a directory or explicit files

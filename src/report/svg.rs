@@ -67,15 +67,82 @@ fn steps_panel(
     points: &[&StepRow],
     y0: f64,
 ) -> Result<f64, fmt::Error> {
-    let (left, right) = (80.0, WIDTH - 40.0);
-    let (top, bottom) = (y0 + 40.0, y0 + 230.0);
+    let scale = StepScale::new(all, points, y0);
     writeln!(out, "<g class=\"steps\">")?;
     writeln!(
         out,
         "<text x=\"20\" y=\"{:.1}\" font-size=\"14\" font-weight=\"bold\" fill=\"#222\">Validation NDCG@10 per step</text>",
         y0 + 18.0
     )?;
-    // Legend (only the kinds present), right-aligned on the title line.
+    steps_legend(out, all, points, y0, scale.right)?;
+    steps_axes(out, &scale)?;
+    // The line through all points, then the dots (and their values when few).
+    steps_line(out, points, &scale)?;
+    missing_marks(out, all, &scale)?;
+    step_dots(out, points, &scale)?;
+    writeln!(out, "</g>")?;
+    Ok(scale.bottom + 50.0)
+}
+
+/// The plot area of the steps panel and where a step (x) and a value (y) fall in it.
+struct StepScale {
+    left: f64,
+    right: f64,
+    top: f64,
+    bottom: f64,
+    /// Value ticks; the first and last bound the y range.
+    yticks: Vec<f64>,
+    /// Decimals of the value tick labels.
+    yd: usize,
+    smin: i32,
+    smax: i32,
+}
+
+impl StepScale {
+    /// Fits the values of `points` and the step range of `all` into the panel below `y0`.
+    fn new(all: &[StepRow], points: &[&StepRow], y0: f64) -> Self {
+        let values: Vec<f64> = points.iter().filter_map(|s| s.validation_ndcg_10).collect();
+        let lo = values.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let (yticks, ystep) = nice_ticks(lo, hi);
+        StepScale {
+            left: 80.0,
+            right: WIDTH - 40.0,
+            top: y0 + 40.0,
+            bottom: y0 + 230.0,
+            yticks,
+            yd: decimals(ystep),
+            smin: all.iter().map(|s| s.step).min().unwrap_or(0),
+            smax: all.iter().map(|s| s.step).max().unwrap_or(0),
+        }
+    }
+
+    /// The x of a step; a padding keeps the first and last dots off the axes.
+    fn x(&self, step: i32) -> f64 {
+        let (left, right, smin, smax) = (self.left, self.right, self.smin, self.smax);
+        let pad = 20.0;
+        if smax == smin {
+            (left + right) / 2.0
+        } else {
+            left + pad + (step - smin) as f64 / (smax - smin) as f64 * (right - left - 2.0 * pad)
+        }
+    }
+
+    /// The y of a validation value.
+    fn y(&self, v: f64) -> f64 {
+        let (ymin, ymax) = (self.yticks[0], self.yticks[self.yticks.len() - 1]);
+        self.bottom - (v - ymin) / (ymax - ymin) * (self.bottom - self.top)
+    }
+}
+
+/// The steps legend (only the kinds present), right-aligned on the title line ending at `right`.
+fn steps_legend(
+    out: &mut String,
+    all: &[StepRow],
+    points: &[&StepRow],
+    y0: f64,
+    right: f64,
+) -> Result<(), fmt::Error> {
     let mut legend: Vec<(&str, &str)> = Vec::new();
     if points.iter().any(|s| s.accepted == Some(true)) {
         legend.push((GREEN, "accepted"));
@@ -114,16 +181,21 @@ fn steps_panel(
             xml(label)
         )?;
     }
+    Ok(())
+}
 
-    let values: Vec<f64> = points.iter().filter_map(|s| s.validation_ndcg_10).collect();
-    let lo = values.iter().copied().fold(f64::INFINITY, f64::min);
-    let hi = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    let (yticks, ystep) = nice_ticks(lo, hi);
-    let (ymin, ymax) = (yticks[0], yticks[yticks.len() - 1]);
-    let yd = decimals(ystep);
-    let ypos = |v: f64| bottom - (v - ymin) / (ymax - ymin) * (bottom - top);
-    for t in &yticks {
-        let py = ypos(*t);
+/// Grid lines, tick labels, axes and axis titles of the steps panel.
+fn steps_axes(out: &mut String, scale: &StepScale) -> Result<(), fmt::Error> {
+    let StepScale {
+        left,
+        right,
+        top,
+        bottom,
+        yd,
+        ..
+    } = *scale;
+    for t in &scale.yticks {
+        let py = scale.y(*t);
         writeln!(
             out,
             "<line x1=\"{left:.1}\" y1=\"{py:.1}\" x2=\"{right:.1}\" y2=\"{py:.1}\" stroke=\"#e4e4e4\"/>\
@@ -132,19 +204,8 @@ fn steps_panel(
             py + 4.0
         )?;
     }
-
-    let smin = all.iter().map(|s| s.step).min().unwrap_or(0);
-    let smax = all.iter().map(|s| s.step).max().unwrap_or(0);
-    let pad = 20.0;
-    let xpos = |step: i32| {
-        if smax == smin {
-            (left + right) / 2.0
-        } else {
-            left + pad + (step - smin) as f64 / (smax - smin) as f64 * (right - left - 2.0 * pad)
-        }
-    };
-    for t in int_ticks(smin, smax) {
-        let px = xpos(t);
+    for t in int_ticks(scale.smin, scale.smax) {
+        let px = scale.x(t);
         writeln!(
             out,
             "<line x1=\"{px:.1}\" y1=\"{bottom:.1}\" x2=\"{px:.1}\" y2=\"{:.1}\" stroke=\"#666\"/>\
@@ -153,7 +214,6 @@ fn steps_panel(
             bottom + 17.0
         )?;
     }
-    // Axes and axis titles.
     writeln!(
         out,
         "<path d=\"M{left:.1} {top:.1}V{bottom:.1}H{right:.1}\" fill=\"none\" stroke=\"#666\"/>"
@@ -168,9 +228,11 @@ fn steps_panel(
     writeln!(
         out,
         "<text x=\"{ax:.1}\" y=\"{ay:.1}\" text-anchor=\"middle\" fill=\"#444\" transform=\"rotate(-90 {ax:.1} {ay:.1})\">NDCG@10</text>"
-    )?;
+    )
+}
 
-    // The line through all points, then the dots (and their values when few).
+/// The polyline through the steps with a validation value.
+fn steps_line(out: &mut String, points: &[&StepRow], scale: &StepScale) -> Result<(), fmt::Error> {
     let path: Vec<String> = points
         .iter()
         .enumerate()
@@ -179,8 +241,8 @@ fn steps_panel(
             format!(
                 "{}{:.1} {:.1}",
                 if i == 0 { 'M' } else { 'L' },
-                xpos(s.step),
-                ypos(v)
+                scale.x(s.step),
+                scale.y(v)
             )
         })
         .collect();
@@ -188,20 +250,20 @@ fn steps_panel(
         out,
         "<path d=\"{}\" fill=\"none\" stroke=\"#7a8fa6\" stroke-width=\"1.5\"/>",
         path.join(" ")
-    )?;
+    )
+}
+
+/// A cross on the x axis for each step without a (finite) validation value.
+fn missing_marks(out: &mut String, all: &[StepRow], scale: &StepScale) -> Result<(), fmt::Error> {
     for s in all
         .iter()
         .filter(|s| !s.validation_ndcg_10.is_some_and(f64::is_finite))
     {
-        let (px, py) = (xpos(s.step), bottom - 10.0);
+        let (px, py) = (scale.x(s.step), scale.bottom - 10.0);
         let tip = format!(
             "step {}: no validation value{}",
             s.step,
-            if s.reason.trim().is_empty() {
-                String::new()
-            } else {
-                format!("; {}", one_line(&s.reason))
-            }
+            reason_suffix(&s.reason)
         );
         writeln!(
             out,
@@ -211,6 +273,11 @@ fn steps_panel(
             xml(&tip)
         )?;
     }
+    Ok(())
+}
+
+/// A dot per step with a validation value, coloured by verdict; labelled when there are few.
+fn step_dots(out: &mut String, points: &[&StepRow], scale: &StepScale) -> Result<(), fmt::Error> {
     let label_values = points.len() <= 16;
     for s in points {
         let v = s.validation_ndcg_10.unwrap_or(0.0);
@@ -219,7 +286,7 @@ fn steps_panel(
             Some(false) => GREY,
             None => BLUE,
         };
-        let (px, py) = (xpos(s.step), ypos(v));
+        let (px, py) = (scale.x(s.step), scale.y(v));
         let tip = format!(
             "step {} ({}): validation NDCG@10 {v:.3}{}",
             s.step,
@@ -228,11 +295,7 @@ fn steps_panel(
                 Some(false) => "rejected",
                 None => "baseline / not judged",
             },
-            if s.reason.trim().is_empty() {
-                String::new()
-            } else {
-                format!("; {}", one_line(&s.reason))
-            }
+            reason_suffix(&s.reason)
         );
         writeln!(
             out,
@@ -247,8 +310,16 @@ fn steps_panel(
             )?;
         }
     }
-    writeln!(out, "</g>")?;
-    Ok(bottom + 50.0)
+    Ok(())
+}
+
+/// `"; <reason>"` for a tooltip, or nothing when the step gives no reason.
+fn reason_suffix(reason: &str) -> String {
+    if reason.trim().is_empty() {
+        String::new()
+    } else {
+        format!("; {}", one_line(reason))
+    }
 }
 
 /// Bottom panel: NDCG@10 by method, horizontal bars with ± std whiskers. Returns the y below.
@@ -287,25 +358,67 @@ fn methods_panel(out: &mut String, methods: &[MethodResult], y0: f64) -> Result<
         .fold(60.0, f64::max);
     let left = 20.0 + label_w + 10.0;
     let right = WIDTH - 140.0; // room for the value labels
-    let (row_h, bar_h) = (30.0, 18.0);
+    let row_h = 30.0;
     let top = y0 + 36.0;
     let bottom = top + row_h * methods.len() as f64;
 
-    let fin = |v: f64| if v.is_finite() { v } else { 0.0 };
     // NDCG is at most 1: whiskers past 1 are cut rather than stretching the scale.
     let hi = methods
         .iter()
         .map(|m| {
-            let mu = fin(m.mean.ndcg_10);
-            (mu + fin(m.std.ndcg_10).abs()).min(1.0).max(mu)
+            let mu = finite_or_zero(m.mean.ndcg_10);
+            (mu + finite_or_zero(m.std.ndcg_10).abs()).min(1.0).max(mu)
         })
         .fold(0.0, f64::max);
     let (xticks, xstep) = nice_ticks(0.0, if hi > 0.0 { hi } else { 1.0 });
-    let xmax = xticks[xticks.len() - 1];
-    let xd = decimals(xstep);
-    let xpos = |v: f64| left + (v.clamp(0.0, xmax) / xmax) * (right - left);
-    for t in &xticks {
-        let px = xpos(*t);
+    let bars = BarScale {
+        left,
+        right,
+        top,
+        row_h,
+        bar_h: 18.0,
+        xmax: xticks[xticks.len() - 1],
+        seeds,
+    };
+    methods_axes(out, &bars, &xticks, decimals(xstep), bottom)?;
+    for (i, (m, name)) in methods.iter().zip(&names).enumerate() {
+        method_row(out, &bars, i, m, name)?;
+    }
+    writeln!(out, "</g>")?;
+    Ok(bottom + 50.0)
+}
+
+/// The plot area of the methods panel and where a value falls on its x axis.
+struct BarScale {
+    left: f64,
+    right: f64,
+    top: f64,
+    row_h: f64,
+    bar_h: f64,
+    /// The last x tick: values beyond it are clamped.
+    xmax: f64,
+    /// The largest number of seeds of any method.
+    seeds: usize,
+}
+
+impl BarScale {
+    /// The x of an NDCG value.
+    fn x(&self, v: f64) -> f64 {
+        self.left + (v.clamp(0.0, self.xmax) / self.xmax) * (self.right - self.left)
+    }
+}
+
+/// Grid lines, tick labels (with `xd` decimals), axes and axis title of the methods panel.
+fn methods_axes(
+    out: &mut String,
+    bars: &BarScale,
+    xticks: &[f64],
+    xd: usize,
+    bottom: f64,
+) -> Result<(), fmt::Error> {
+    let (left, right, top) = (bars.left, bars.right, bars.top);
+    for t in xticks {
+        let px = bars.x(*t);
         writeln!(
             out,
             "<line x1=\"{px:.1}\" y1=\"{top:.1}\" x2=\"{px:.1}\" y2=\"{:.1}\" stroke=\"#e4e4e4\"/>\
@@ -323,56 +436,70 @@ fn methods_panel(out: &mut String, methods: &[MethodResult], y0: f64) -> Result<
         "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\" fill=\"#444\">NDCG@10</text>",
         (left + right) / 2.0,
         bottom + 36.0
-    )?;
+    )
+}
 
-    for (i, (m, name)) in methods.iter().zip(&names).enumerate() {
-        let cy = top + row_h * i as f64 + row_h / 2.0;
-        let (mu, sd) = (fin(m.mean.ndcg_10), fin(m.std.ndcg_10).abs());
-        let color = PALETTE[i % PALETTE.len()];
+/// Row `i` of the methods panel: label, bar, whisker and value of method `m`.
+fn method_row(
+    out: &mut String,
+    bars: &BarScale,
+    i: usize,
+    m: &MethodResult,
+    name: &str,
+) -> Result<(), fmt::Error> {
+    let (left, bar_h) = (bars.left, bars.bar_h);
+    let cy = bars.top + bars.row_h * i as f64 + bars.row_h / 2.0;
+    let (mu, sd) = (
+        finite_or_zero(m.mean.ndcg_10),
+        finite_or_zero(m.std.ndcg_10).abs(),
+    );
+    let color = PALETTE[i % PALETTE.len()];
+    writeln!(
+        out,
+        "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\" fill=\"#222\">{}</text>",
+        left - 8.0,
+        cy + 4.0,
+        xml(name)
+    )?;
+    let tip = if m.description.trim().is_empty() {
+        m.method.clone()
+    } else {
+        format!("{}: {}", m.method, one_line(&m.description))
+    };
+    writeln!(
+        out,
+        "<rect x=\"{left:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{bar_h:.1}\" fill=\"{color}\"><title>{}</title></rect>",
+        cy - bar_h / 2.0,
+        bars.x(mu) - left,
+        xml(&tip)
+    )?;
+    let mut end = bars.x(mu);
+    if sd > 0.0 {
+        let (a, b) = (bars.x(mu - sd), bars.x(mu + sd));
+        let (t, u) = (cy - 6.0, cy + 6.0);
         writeln!(
             out,
-            "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\" fill=\"#222\">{}</text>",
-            left - 8.0,
-            cy + 4.0,
-            xml(name)
+            "<path d=\"M{a:.1} {cy:.1}H{b:.1}M{a:.1} {t:.1}V{u:.1}M{b:.1} {t:.1}V{u:.1}\" fill=\"none\" stroke=\"#222\" stroke-width=\"1.2\"/>"
         )?;
-        let tip = if m.description.trim().is_empty() {
-            m.method.clone()
-        } else {
-            format!("{}: {}", m.method, one_line(&m.description))
-        };
-        writeln!(
-            out,
-            "<rect x=\"{left:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{bar_h:.1}\" fill=\"{color}\"><title>{}</title></rect>",
-            cy - bar_h / 2.0,
-            xpos(mu) - left,
-            xml(&tip)
-        )?;
-        let mut end = xpos(mu);
-        if sd > 0.0 {
-            let (a, b) = (xpos(mu - sd), xpos(mu + sd));
-            let (t, u) = (cy - 6.0, cy + 6.0);
-            writeln!(
-                out,
-                "<path d=\"M{a:.1} {cy:.1}H{b:.1}M{a:.1} {t:.1}V{u:.1}M{b:.1} {t:.1}V{u:.1}\" fill=\"none\" stroke=\"#222\" stroke-width=\"1.2\"/>"
-            )?;
-            end = end.max(b);
-        }
-        let value = if seeds > 1 || sd > 0.0 {
-            format!("{:.3} ± {:.3}", m.mean.ndcg_10, m.std.ndcg_10)
-        } else {
-            format!("{:.3}", m.mean.ndcg_10)
-        };
-        writeln!(
-            out,
-            "<text x=\"{:.1}\" y=\"{:.1}\" fill=\"#222\">{}</text>",
-            end + 6.0,
-            cy + 4.0,
-            xml(&value)
-        )?;
+        end = end.max(b);
     }
-    writeln!(out, "</g>")?;
-    Ok(bottom + 50.0)
+    let value = if bars.seeds > 1 || sd > 0.0 {
+        format!("{:.3} ± {:.3}", m.mean.ndcg_10, m.std.ndcg_10)
+    } else {
+        format!("{:.3}", m.mean.ndcg_10)
+    };
+    writeln!(
+        out,
+        "<text x=\"{:.1}\" y=\"{:.1}\" fill=\"#222\">{}</text>",
+        end + 6.0,
+        cy + 4.0,
+        xml(&value)
+    )
+}
+
+/// `v`, or 0 for NaN and infinities, so that coordinates stay finite.
+fn finite_or_zero(v: f64) -> f64 {
+    if v.is_finite() { v } else { 0.0 }
 }
 
 /// 3–5 evenly spaced "nice" ticks (steps 1, 2, 2.5, 5 × 10^k) covering `[lo, hi]`; returns
