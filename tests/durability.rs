@@ -11,20 +11,11 @@ use agp_rerank::app::AppState;
 use agp_rerank::config::AppConfig;
 use agp_rerank::llm::LlmClient;
 use agp_rerank::llm::config::LlmSettings;
-use agp_rerank::llm::test_server::{Reply, Seen, TestLlm};
+use agp_rerank::llm::test_server::TestLlm;
 use common::proc::{free_port, postmaster, start_on, wait_ready};
 use common::proxy::PgProxy;
 use serde_json::{Value, json};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-
-fn working(s: &Seen) -> Reply {
-    let n = s.last_user().lines().filter(|l| l.starts_with('[')).count();
-    if n > 0 {
-        Reply::json(json!({"ranking": (1..=n).rev().collect::<Vec<_>>()}))
-    } else {
-        Reply::text("a profile or summary")
-    }
-}
 
 async fn seed(client: &reqwest::Client, base: &str, users: usize) {
     let items: Vec<Value> = (0..30)
@@ -90,7 +81,7 @@ async fn missing(pool: &sqlx::PgPool, ids: &[String]) -> Vec<String> {
 async fn every_answered_rerank_survives_kill_9_of_the_server() {
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().join("data");
-    let llm = TestLlm::start(working).await;
+    let llm = TestLlm::start(common::reversing_llm).await;
     let client = reqwest::Client::new();
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
@@ -191,7 +182,7 @@ async fn reranks_answer_while_postgres_is_away_and_their_rows_arrive_after() {
         .connect_with(opts.clone().port(proxy.port))
         .await
         .unwrap();
-    let llm = TestLlm::start(working).await;
+    let llm = TestLlm::start(common::reversing_llm).await;
     let client = LlmClient::new(
         LlmSettings::single(llm.base_url.clone(), "test-model"),
         Some(via_proxy.clone()),

@@ -9,21 +9,12 @@ use std::time::{Duration, Instant};
 use agp_rerank::config::AppConfig;
 use agp_rerank::http::server::ServerLimits;
 use agp_rerank::llm::config::LlmSettings;
-use agp_rerank::llm::test_server::{Reply, Seen, TestLlm};
+use agp_rerank::llm::test_server::{Reply, TestLlm};
 use common::{TestApp, error_message};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Answers every role: summaries and profiles echo, rankings keep the incoming order.
-fn working(s: &Seen) -> Reply {
-    let n = s.last_user().lines().filter(|l| l.starts_with('[')).count();
-    if n > 0 {
-        Reply::json(json!({"ranking": (1..=n).collect::<Vec<_>>()}))
-    } else {
-        Reply::text("a profile or summary")
-    }
-}
-
 async fn seed(app: &TestApp) {
     let items: Vec<Value> = (0..10)
         .map(|i| json!({"id": format!("i{i}"), "title": format!("Item {i}")}))
@@ -44,7 +35,7 @@ fn rerank_body(strict: bool) -> Value {
 
 #[tokio::test]
 async fn a_hung_llm_under_default_settings_gets_the_fallback_then_the_circuit_opens() {
-    let llm = TestLlm::start(working).await;
+    let llm = TestLlm::start(common::reversing_llm).await;
     // Every setting at its default: request timeout 30 s, rerank deadline 5 s, LLM attempt
     // timeout 30 s with retries. Before the fix both timeouts were 30 s and reranks got 503.
     let config = AppConfig::default();
@@ -99,7 +90,7 @@ async fn a_hung_llm_under_default_settings_gets_the_fallback_then_the_circuit_op
     );
 
     // The upstream comes back: after the cooldown a probe goes through and closes the circuit.
-    llm.set_script(working);
+    llm.set_script(common::reversing_llm);
     let back = Instant::now();
     loop {
         let (_, b) = app.post("/v1/rerank", rerank_body(false)).await;
@@ -133,7 +124,7 @@ async fn upstream_error_bodies_never_reach_clients() {
                 retry_after: None,
             }
         } else {
-            working(s)
+            common::reversing_llm(s)
         }
     })
     .await;

@@ -7,18 +7,9 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use agp_rerank::llm::test_server::{Reply, Seen, TestLlm};
+use agp_rerank::llm::test_server::TestLlm;
 use common::proc::{Proc, alive, exits, free_port, postmaster, start_on, terminate, wait_ready};
 use serde_json::{Value, json};
-
-fn working(s: &Seen) -> Reply {
-    let n = s.last_user().lines().filter(|l| l.starts_with('[')).count();
-    if n > 0 {
-        Reply::json(json!({"ranking": (1..=n).rev().collect::<Vec<_>>()}))
-    } else {
-        Reply::text("a profile or summary")
-    }
-}
 
 struct Server {
     child: Proc,
@@ -124,7 +115,7 @@ async fn healed(client: &reqwest::Client, bases: &[&str], since: Instant) -> Dur
 async fn a_killed_postmaster_is_restarted_by_the_server_itself() {
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().join("data");
-    let llm = TestLlm::start(working).await;
+    let llm = TestLlm::start(common::reversing_llm).await;
     let client = reqwest::Client::new();
     let a = serve(&data_dir, &llm, &client).await;
     seed(&client, &a.base).await;
@@ -166,7 +157,7 @@ async fn a_killed_postmaster_is_restarted_by_the_server_itself() {
 async fn servers_on_one_data_dir_share_the_cluster_and_the_last_one_stops_it() {
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().join("data");
-    let llm = TestLlm::start(working).await;
+    let llm = TestLlm::start(common::reversing_llm).await;
     let client = reqwest::Client::new();
     let a = serve(&data_dir, &llm, &client).await;
     let b = serve(&data_dir, &llm, &client).await;

@@ -94,23 +94,28 @@ pub fn fit_base(kind: BaseRecommender, seqs: &[Vec<String>]) -> Box<dyn Recommen
     }
 }
 
+/// Small sequences with hand-computed counts, for the rankers' tests.
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn strings(v: &[&str]) -> Vec<String> {
+pub(crate) mod testdata {
+    pub fn strings(v: &[&str]) -> Vec<String> {
         v.iter().map(|s| s.to_string()).collect()
     }
 
     /// [a,b,c], [a,b], [b,d]: pop a=2, b=3, c=1, d=1;
     /// window 5: cooc(a,b)=2, cooc(a,c)=1, cooc(b,c)=1, cooc(b,d)=1, cooc(a,d)=cooc(c,d)=0.
-    fn data() -> Vec<Vec<String>> {
+    pub fn data() -> Vec<Vec<String>> {
         vec![
             strings(&["a", "b", "c"]),
             strings(&["a", "b"]),
             strings(&["b", "d"]),
         ]
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testdata::*;
+    use super::*;
 
     #[test]
     fn fit_base_dispatches() {

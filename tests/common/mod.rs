@@ -218,6 +218,20 @@ pub fn error_message(body: &serde_json::Value, expected_type: &str) -> String {
         .to_string()
 }
 
+/// A working upstream: rankings reverse the list (the last candidate first), every other
+/// role answers a short text.
+pub fn reversing_llm(
+    s: &agp_rerank::llm::test_server::Seen,
+) -> agp_rerank::llm::test_server::Reply {
+    use agp_rerank::llm::test_server::Reply;
+    let n = s.last_user().lines().filter(|l| l.starts_with('[')).count();
+    if n > 0 {
+        Reply::json(serde_json::json!({"ranking": (1..=n).rev().collect::<Vec<_>>()}))
+    } else {
+        Reply::text("a profile or summary")
+    }
+}
+
 /// Which pipeline step a test-server call is, from the role the client named (never from
 /// prompt wording, which may change).
 pub fn llm_step(s: &agp_rerank::llm::test_server::Seen) -> &'static str {
