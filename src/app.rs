@@ -1,57 +1,17 @@
-//! `AppState` and `build_app()`: the one router that the binary and the tests run.
-
-use std::sync::Arc;
+//! `build_app()`: the one router that the binary and the tests run, and the database set-up
+//! every command runs first. (`AppState` lives with the handlers, in `http::state`.)
 
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderName, Request};
 use axum::{Router, middleware};
-use metrics_exporter_prometheus::PrometheusHandle;
 use sqlx::PgPool;
 use tower::ServiceBuilder;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
-use crate::config::AppConfig;
 use crate::http::{self, middleware as mw};
-use crate::llm::LlmClient;
-use crate::serving::Reranker;
 
-/// Shared state of every handler.
-#[derive(Clone)]
-pub struct AppState {
-    pub pool: PgPool,
-    pub config: Arc<AppConfig>,
-    pub metrics: PrometheusHandle,
-    /// The LLM handle (may be unconfigured: reranks then fall back).
-    pub llm: LlmClient,
-    /// The rerank service (caches, request log).
-    pub reranker: Arc<Reranker>,
-    /// Health of the managed local llama-server, when `--llm local` runs one.
-    pub local_llm_healthy: Option<Arc<std::sync::atomic::AtomicBool>>,
-    /// Health of the embedded Postgres, when this process supervises one.
-    pub pg_health: Option<Arc<crate::store::embedded::PgHealth>>,
-}
-
-impl AppState {
-    /// State over a migrated pool, with no LLM configured.
-    pub fn new(pool: PgPool, config: AppConfig) -> Self {
-        AppState::with_llm(pool, config, LlmClient::disabled())
-    }
-
-    /// State over a migrated pool and this LLM client.
-    pub fn with_llm(pool: PgPool, config: AppConfig, llm: LlmClient) -> Self {
-        let reranker = Reranker::new(pool.clone(), llm.clone(), config.rerank.clone());
-        AppState {
-            pool,
-            config: Arc::new(config),
-            metrics: crate::telemetry::prometheus(),
-            llm,
-            reranker,
-            local_llm_healthy: None,
-            pg_health: None,
-        }
-    }
-}
+pub use crate::http::state::AppState;
 
 /// Migrates the database and seeds the default project: what every command and test runs
 /// before using a pool.

@@ -1,47 +1,13 @@
 //! Typed settings, read from flags or `AGP_*` environment variables (see `agp serve --help`).
 
-use std::fmt;
 use std::path::PathBuf;
-use std::str::FromStr;
 use std::time::Duration;
 
 use clap::Args;
 
 use crate::catalog::Limits;
 
-/// A secret string (API key, database URL with password): never printed by `Debug`/`Display`.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    /// Wraps a secret.
-    pub fn new(s: impl Into<String>) -> Self {
-        Secret(s.into())
-    }
-    /// The secret itself; call only where it is used.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret([redacted])")
-    }
-}
-
-impl fmt::Display for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("[redacted]")
-    }
-}
-
-impl FromStr for Secret {
-    type Err = std::convert::Infallible;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Ok(Secret(s.to_string()))
-    }
-}
+pub use crate::secret::Secret;
 
 /// Where the data lives: an external server (`DATABASE_URL`) or the embedded cluster.
 #[derive(Debug, Clone, Args)]
@@ -376,12 +342,5 @@ mod tests {
                 }
             }
         }
-    }
-
-    #[test]
-    fn secrets_do_not_print() {
-        let s = Secret::new("hunter2");
-        assert_eq!(format!("{s:?} {s}"), "Secret([redacted]) [redacted]");
-        assert_eq!(s.expose(), "hunter2");
     }
 }

@@ -21,6 +21,7 @@ pub mod jobs;
 pub mod llm;
 pub mod rankers;
 pub mod report;
+pub mod secret;
 pub mod serving;
 pub mod store;
 pub mod telemetry;

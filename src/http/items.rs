@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::error::{AppError, ErrorBody, Json, Path};
-use crate::app::AppState;
+use super::state::AppState;
 use crate::auth::Principal;
 use crate::catalog::{self, NewInteraction, NewItem};
 use crate::store::Invalidation;

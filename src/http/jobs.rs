@@ -10,8 +10,8 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::error::{AppError, ErrorBody, Json, Path};
+use super::state::AppState;
 use crate::agp::prompt::PromptName;
-use crate::app::AppState;
 use crate::auth::Principal;
 use crate::eval::params::EvalParams;
 use crate::jobs::optimize::OptParams;

@@ -8,7 +8,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use super::error::AppError;
-use crate::app::AppState;
+use super::state::AppState;
 use crate::auth::{self, Principal};
 use crate::store;
 

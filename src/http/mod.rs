@@ -10,4 +10,5 @@ pub mod prompts;
 pub mod rerank;
 pub mod server;
 pub mod service;
+pub mod state;
 pub mod users;

@@ -9,8 +9,8 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::error::{AppError, ErrorBody, Json, Path};
+use super::state::AppState;
 use crate::agp::prompt::{self, PromptName};
-use crate::app::AppState;
 use crate::auth::Principal;
 use crate::store::Invalidation;
 use crate::store::prompts::{self as db, LabelRow, NewVersion, SplitArm, VersionRow};

@@ -9,8 +9,8 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::error::{AppError, ErrorBody, Json, Path, Query};
+use super::state::AppState;
 use crate::agp::prompt::PromptName;
-use crate::app::AppState;
 use crate::auth::Principal;
 use crate::llm::usage::TallySnapshot;
 use crate::serving::{Fallback, ItemRef, PromptSelector, RerankError, RerankRequest};

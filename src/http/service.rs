@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::error::{ErrorBody, Json};
-use crate::app::AppState;
+use super::state::AppState;
 
 /// Routes of this area (no auth: probes and docs must work without a key).
 pub fn router() -> Router<AppState> {

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::error::{AppError, ErrorBody, Json, Path, Query};
-use crate::app::AppState;
+use super::state::AppState;
 use crate::auth::Principal;
 use crate::store::catalog::{self as db, HistoryEntry};
 

@@ -9,7 +9,7 @@ use clap::Args;
 
 use super::Role;
 use super::retry::RetryPolicy;
-use crate::config::Secret;
+use crate::secret::Secret;
 
 /// Which LLM `serve` uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

@@ -1,0 +1,47 @@
+//! `AppState`: what every handler shares (pool, config, LLM client, rerank service, health).
+
+use std::sync::Arc;
+
+use metrics_exporter_prometheus::PrometheusHandle;
+use sqlx::PgPool;
+
+use crate::config::AppConfig;
+use crate::llm::LlmClient;
+use crate::serving::Reranker;
+
+/// Shared state of every handler.
+#[derive(Clone)]
+pub struct AppState {
+    pub pool: PgPool,
+    pub config: Arc<AppConfig>,
+    pub metrics: PrometheusHandle,
+    /// The LLM handle (may be unconfigured: reranks then fall back).
+    pub llm: LlmClient,
+    /// The rerank service (caches, request log).
+    pub reranker: Arc<Reranker>,
+    /// Health of the managed local llama-server, when `--llm local` runs one.
+    pub local_llm_healthy: Option<Arc<std::sync::atomic::AtomicBool>>,
+    /// Health of the embedded Postgres, when this process supervises one.
+    pub pg_health: Option<Arc<crate::store::embedded::PgHealth>>,
+}
+
+impl AppState {
+    /// State over a migrated pool, with no LLM configured.
+    pub fn new(pool: PgPool, config: AppConfig) -> Self {
+        AppState::with_llm(pool, config, LlmClient::disabled())
+    }
+
+    /// State over a migrated pool and this LLM client.
+    pub fn with_llm(pool: PgPool, config: AppConfig, llm: LlmClient) -> Self {
+        let reranker = Reranker::new(pool.clone(), llm.clone(), config.rerank.clone());
+        AppState {
+            pool,
+            config: Arc::new(config),
+            metrics: crate::telemetry::prometheus(),
+            llm,
+            reranker,
+            local_llm_healthy: None,
+            pg_health: None,
+        }
+    }
+}
