@@ -240,13 +240,33 @@ impl RerankArgs {
     }
 }
 
+/// Connection limits of the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServerLimits {
+    pub header_read_timeout: Duration,
+    pub keep_alive_timeout: Duration,
+    pub max_connections: usize,
+    pub max_header_bytes: usize,
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        ServerLimits {
+            header_read_timeout: Duration::from_secs(10),
+            keep_alive_timeout: Duration::from_secs(75),
+            max_connections: 4096,
+            max_header_bytes: 64 * 1024,
+        }
+    }
+}
+
 /// The resolved configuration the app runs with (what `AppState` carries).
 #[derive(Debug, Clone)]
 pub struct AppConfig {
     pub master_key: Option<Secret>,
     pub request_timeout: Duration,
     /// Connection limits of the HTTP server.
-    pub server: crate::http::server::ServerLimits,
+    pub server: ServerLimits,
     pub max_body_bytes: usize,
     pub limits: Limits,
     pub rerank: crate::serving::RerankSettings,
@@ -279,7 +299,7 @@ impl AppConfig {
         Ok(AppConfig {
             master_key,
             request_timeout,
-            server: crate::http::server::ServerLimits {
+            server: ServerLimits {
                 header_read_timeout: Duration::from_millis(args.header_read_timeout_ms.max(1)),
                 keep_alive_timeout: Duration::from_millis(args.keep_alive_timeout_ms.max(1)),
                 max_connections: args.max_connections,

@@ -31,25 +31,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, Semaphore, mpsc, watch};
 use tower::ServiceExt;
 
-/// Connection limits of the server.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ServerLimits {
-    pub header_read_timeout: Duration,
-    pub keep_alive_timeout: Duration,
-    pub max_connections: usize,
-    pub max_header_bytes: usize,
-}
-
-impl Default for ServerLimits {
-    fn default() -> Self {
-        ServerLimits {
-            header_read_timeout: Duration::from_secs(10),
-            keep_alive_timeout: Duration::from_secs(75),
-            max_connections: 4096,
-            max_header_bytes: 64 * 1024,
-        }
-    }
-}
+pub use crate::config::ServerLimits;
 
 /// Raises the soft open-file limit to the hard one and returns the connection cap that fits
 /// under it (a few hundred descriptors stay free for the database pool, the LLM client and
