@@ -711,3 +711,69 @@ async fn catalog_summaries_job_fills_the_cache_once() {
     let out = r.reranker.rerank(&req).await.unwrap();
     assert_eq!(out.usage.llm_calls, 2, "{out:?}");
 }
+
+/// A small model ignores length instructions: an over-long update answer is cut at sentence
+/// boundaries (keeping `{{history}}`) and scored on validation, not thrown away; one that
+/// still cannot be used (it leaks) is rejected with its reason and never scored.
+#[tokio::test]
+async fn over_long_candidates_are_shortened_and_scored_unusable_ones_rejected() {
+    let padding = "Also describe the platforms, genres, eras and moods they return to. ".repeat(40);
+    let long: &'static str = Box::leak(
+        format!("Recent items:\n{{{{history}}}}\nWrite a GOOD profile. {padding}").into_boxed_str(),
+    );
+    let r = rig(long).await;
+    let mut params = opt_params("validation");
+    params["max_prompt_words"] = json!(60);
+    let (status, job) = r
+        .run(jobs::JobKind::Optimization.as_str(), params.clone())
+        .await;
+    assert_eq!(status, "succeeded", "{:?}", job.error);
+    let steps = jobs_db::steps(&r.pool, job.id).await.unwrap();
+    let scored = steps
+        .iter()
+        .find(|s| s.kind == "candidate" && s.scores["validation_ndcg_10"].is_f64())
+        .unwrap_or_else(|| panic!("a candidate scored on validation: {steps:#?}"));
+    let reason = scored.reason.as_deref().unwrap_or_default();
+    assert!(
+        reason.contains("shortened from 447 to 51 words"),
+        "{reason}"
+    );
+    assert_eq!(scored.scores["shortened"], true);
+    assert_eq!(scored.accepted, Some(true), "{reason}");
+    let text: String = sqlx::query_scalar(
+        "SELECT template FROM prompt_versions WHERE name = 'p_gen' AND version = $1",
+    )
+    .bind(scored.prompt_version)
+    .fetch_one(&r.pool)
+    .await
+    .unwrap();
+    assert!(
+        text.split_whitespace().count() <= 60 && text.contains("{{history}}"),
+        "{text}"
+    );
+
+    let leaky: &'static str = Box::leak(
+        format!("Recent items:\n{{{{history}}}}\nPut the ground truth item first. {padding}")
+            .into_boxed_str(),
+    );
+    let r = rig(leaky).await;
+    let (status, job) = r.run(jobs::JobKind::Optimization.as_str(), params).await;
+    assert_eq!(status, "succeeded", "{:?}", job.error);
+    let steps = jobs_db::steps(&r.pool, job.id).await.unwrap();
+    let cands: Vec<_> = steps.iter().filter(|s| s.kind == "candidate").collect();
+    assert!(!cands.is_empty());
+    for s in cands {
+        let reason = s.reason.as_deref().unwrap_or_default();
+        assert!(
+            s.accepted == Some(false)
+                && reason.starts_with("leak")
+                && reason.contains("shortened from"),
+            "{reason}"
+        );
+        assert!(
+            s.scores.get("validation_ndcg_10").is_none(),
+            "never scored: {:?}",
+            s.scores
+        );
+    }
+}

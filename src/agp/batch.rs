@@ -346,6 +346,11 @@ async fn try_candidate(
         }
     };
     let (answer, repaired) = update::ensure_history_placeholder(answer);
+    let (answer, shortened) = update::fit_candidate(answer, spec.settings.max_prompt_words);
+    let noted = |why: String| match &shortened {
+        Some(n) => format!("{why} ({n})"),
+        None => why,
+    };
     if answer.trim() == current.template.trim() {
         let why = "identical to the current prompt".to_string();
         return Ok(rejected(
@@ -358,6 +363,7 @@ async fn try_candidate(
     let known = spec.known;
     let max_words = spec.settings.max_prompt_words;
     if let Some(why) = screen(&answer, max_words, &known.title_list, &known.users) {
+        let why = noted(why);
         let version = lab.store_candidate(&answer, current.version, &why).await?;
         return Ok(rejected(
             version,
@@ -392,11 +398,13 @@ async fn try_candidate(
     } else {
         reason
     };
+    let reason = noted(reason);
     Ok(Step {
         kind: StepKind::Candidate,
         version: Some(version),
         scores: json!({"batch_mean_rank": cand_mean, "current_batch_mean_rank": current_mean,
-                       "validation_ndcg_10": validation, "placeholder_added": repaired}),
+                       "validation_ndcg_10": validation, "placeholder_added": repaired,
+                       "shortened": shortened.is_some()}),
         accepted: Some(accepted),
         reason,
         cost: meter.cost(),

@@ -80,7 +80,13 @@ pub async fn critique(
     llm.chat(Role::Feedback, &req)
         .await
         .ok()
-        .map(|r| r.content.trim().to_string())
+        .map(|r| {
+            if r.truncated() {
+                super::length::complete_sentences(&r.content)
+            } else {
+                r.content.trim().to_string()
+            }
+        })
         .filter(|c| !c.is_empty())
 }
 

@@ -6,6 +6,7 @@
 //! - `case`: a user with a held-out item and a list to rank, and what scoring it gave
 //! - `feedback`, `update`: steps 3-5 (`p_fb` per user, `p_agg` per batch, `p_opt` candidates,
 //!   the update strength)
+//! - `length`: brings over-long answers under their limits at sentence boundaries
 //! - `screen`: rejects candidates that leak, run long or lost their placeholder
 //! - `accept`: the acceptance decision (paper or validation)
 //! - `batch`: one AGP batch from scoring to the accepted candidate, over a `Lab`
@@ -14,6 +15,7 @@ pub mod accept;
 pub mod batch;
 pub mod case;
 pub mod feedback;
+pub mod length;
 pub mod profile;
 pub mod prompt;
 pub mod rank;

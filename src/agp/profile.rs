@@ -46,7 +46,12 @@ pub async fn generate(llm: &impl Chat, template: &str, items: &[&str]) -> Result
     ]);
     req.max_tokens = Some(160);
     let resp = llm.chat(Role::Profile, &req).await?;
-    let profile = resp.content.trim().to_string();
+    // Cut off by the token limit: end at the last whole sentence.
+    let profile = if resp.truncated() {
+        super::length::complete_sentences(&resp.content)
+    } else {
+        resp.content.trim().to_string()
+    };
     if profile.is_empty() {
         return Err(LlmError::Garbage("empty profile".into()));
     }

@@ -39,7 +39,12 @@ pub async fn summarize(llm: &impl Chat, template: &str, item: &str) -> Result<St
     ]);
     req.max_tokens = Some(96);
     let resp = llm.chat(Role::Summarize, &req).await?;
-    let s = resp.content.trim().to_string();
+    // Cut off by the token limit: end at the last whole sentence.
+    let s = if resp.truncated() {
+        super::length::complete_sentences(&resp.content)
+    } else {
+        resp.content.trim().to_string()
+    };
     if s.is_empty() {
         return Err(LlmError::Garbage("empty summary".into()));
     }

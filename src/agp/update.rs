@@ -4,8 +4,8 @@
 
 use std::collections::BTreeMap;
 
-use super::Chat;
 use super::prompt::{self, PromptName, render};
+use super::{Chat, length};
 use crate::llm::{ChatRequest, LlmError, Message, Role};
 
 /// The update strength (1..=10) from the batch's mean true-item rank among `k` candidates:
@@ -60,6 +60,7 @@ pub async fn aggregate(
         ])
     };
     match llm.chat(Role::Aggregate, &req).await {
+        Ok(r) if r.truncated() => length::complete_sentences(&r.content),
         Ok(r) if !r.content.trim().is_empty() => r.content.trim().to_string(),
         _ => critiques.join("\n"),
     }
@@ -99,7 +100,9 @@ pub fn update_request(template: &str, input: &UpdateInput<'_>, seed: u64) -> Cha
         temperature: Some(input.temperature as f32),
         seed: Some(seed),
         cache_seeded: true,
-        max_tokens: Some((input.max_words as u32) * 2 + 64),
+        // Room for about the word limit: a small model that ignores the limit is cut off
+        // near it (and `fit_candidate` cuts the rest at sentence boundaries).
+        max_tokens: Some(length::tokens_for_words(input.max_words)),
         ..ChatRequest::new(vec![
             Message::system(PromptName::POpt.system()),
             Message::user(render(template, &vars)),
@@ -135,6 +138,27 @@ pub fn clean_candidate(answer: &str) -> String {
     let s = s.trim();
     let s = s.strip_prefix("New instructions:").unwrap_or(s).trim();
     s.trim_matches('"').trim().to_string()
+}
+
+/// Brings a candidate under `max_words` by cutting it at sentence or line boundaries, keeping
+/// its `{{history}}` placeholder; says what was done (`None`: it already fit). A candidate
+/// that cannot be cut so (the placeholder's own sentence is too long) is left as it is, for
+/// the screen to reject.
+pub fn fit_candidate(candidate: String, max_words: usize) -> (String, Option<String>) {
+    let before = length::words(&candidate);
+    if before <= max_words {
+        return (candidate, None);
+    }
+    match length::cut_to(&candidate, max_words, &["{{history}}"]) {
+        Some(cut) => {
+            let note = format!(
+                "shortened from {before} to {} words at sentence boundaries",
+                length::words(&cut)
+            );
+            (cut, Some(note))
+        }
+        None => (candidate, None),
+    }
 }
 
 /// Appends the history block when a candidate lost its `{{history}}` placeholder; says whether
@@ -214,7 +238,7 @@ mod tests {
         assert!(text.contains("strength: 8") && text.contains("under 120 words"));
         assert_eq!(
             (r.seed, r.cache_seeded, r.max_tokens),
-            (Some(99), true, Some(304))
+            (Some(99), true, Some(212))
         );
         input.mean_rank = None;
         assert!(
@@ -222,6 +246,28 @@ mod tests {
                 .content
                 .contains("not shown")
         );
+    }
+
+    #[test]
+    fn a_long_candidate_is_cut_under_the_limit_and_says_so() {
+        let long = format!(
+            "Describe the user's tastes. {}\n\nRecent items, oldest first:\n{{{{history}}}}\n\n{}",
+            "Mention genres and platforms they like. ".repeat(20),
+            "Say what they avoid. ".repeat(20)
+        );
+        let n = length::words(&long);
+        let (cut, note) = fit_candidate(long, 60);
+        assert!(length::words(&cut) <= 60, "{cut}");
+        assert!(cut.contains("{{history}}") && cut.starts_with("Describe the user's tastes."));
+        assert_eq!(
+            note.unwrap(),
+            format!(
+                "shortened from {n} to {} words at sentence boundaries",
+                length::words(&cut)
+            )
+        );
+        let (same, note) = fit_candidate("Short {{history}}.".into(), 60);
+        assert_eq!((same.as_str(), note), ("Short {{history}}.", None));
     }
 
     #[test]
