@@ -21,9 +21,13 @@ pub async fn prepare_database(pool: &PgPool) -> Result<(), sqlx::migrate::Migrat
     Ok(())
 }
 
-/// Creates a project (if new) with the default prompts. Idempotent.
+/// Creates a project (if new) with the default prompts and blend. Idempotent.
 pub async fn ensure_project(pool: &PgPool, project: &str) -> Result<(), sqlx::Error> {
-    crate::store::prompts::ensure_project(pool, project, &crate::agp::prompt::seeds()).await
+    use crate::store::blends;
+    let blend = blends::encode(&crate::rankers::BlendWeights::DEFAULT);
+    let mut seeds = crate::agp::prompt::seeds();
+    seeds.push((blends::BLEND, &blend));
+    crate::store::prompts::ensure_project(pool, project, &seeds).await
 }
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -37,6 +41,7 @@ pub fn build_app(state: AppState) -> Router {
         .merge(http::users::router())
         .merge(http::rerank::router())
         .merge(http::prompts::router())
+        .merge(http::blends::router())
         .merge(http::jobs::router())
         .route_layer(middleware::from_fn_with_state(
             state.clone(),

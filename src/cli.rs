@@ -491,7 +491,19 @@ async fn run_import(db_args: &DbArgs, args: ImportArgs) -> anyhow::Result<()> {
         import::Format::YelpCore40 | import::Format::Goodreads => "unordered",
         import::Format::Recbole | import::Format::Jsonl => "chronological",
     };
-    store::catalog::set_history_order(&db.pool, &args.project, order).await?;
+    let dataset = format!(
+        "{} ({})",
+        args.paths
+            .iter()
+            .map(|p| match import::file_name(p) {
+                "" => p.display().to_string(),
+                name => name.to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join(", "),
+        args.format
+    );
+    store::catalog::set_source(&db.pool, &args.project, order, &dataset).await?;
     let (items, users, interactions) = store::catalog::counts(&db.pool, &args.project).await?;
     db.close().await;
     println!(

@@ -572,7 +572,7 @@ async fn evaluation_metrics_match_hand_computed_values() {
 #[tokio::test]
 async fn unordered_data_holds_out_a_random_item_and_base_topk_reports_misses() {
     let r = rig("unused {{history}}").await;
-    store::catalog::set_history_order(&r.pool, "default", "unordered")
+    store::catalog::set_source(&r.pool, "default", "unordered", "scripted")
         .await
         .unwrap();
     let params = json!({"protocol": "base-topk", "base": "popularity", "train_users": 0, "validation_users": 0,
@@ -634,9 +634,14 @@ async fn http_api_enqueues_reports_and_validates() {
         (json!({"candidates": 1}), "candidates"),
         (
             json!({"methods": ["magic"]}),
-            "methods[0]: unknown variant `magic`, expected one of `base`, `random`, `popularity`, `llm_no_profile`, `llm_manual`",
+            "methods[0]: unknown variant `magic`, expected one of `base`, `random`, `popularity`, `item_knn`, `item_knn_all`, `llm_no_profile`, `llm_manual`, `fused`",
         ),
         (json!({"versions": [99]}), "no version 99"),
+        (
+            json!({"methods": ["base"], "promote_blend": "production"}),
+            "promote_blend needs the fused method",
+        ),
+        (json!({"promote_blend": "bad label!"}), "promote_blend"),
         (json!({"surprise": true}), "surprise"),
     ] {
         let (s, b) = app.post("/v1/evaluations", body.clone()).await;
@@ -776,4 +781,96 @@ async fn over_long_candidates_are_shortened_and_scored_unusable_ones_rejected() 
             s.scores
         );
     }
+}
+
+/// The fused method's report row, its test NDCG@10 and the best non-LLM method's.
+fn fused_and_best_non_llm(report: &Value) -> (f64, f64) {
+    let ndcg = |name: &str| {
+        report["methods"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["method"] == name)
+            .unwrap_or_else(|| panic!("{name} in {report}"))["mean"]["ndcg_10"]
+            .as_f64()
+            .unwrap()
+    };
+    let best = ["base", "popularity", "item_knn"]
+        .into_iter()
+        .map(ndcg)
+        .fold(0.0, f64::max);
+    (ndcg("fused"), best)
+}
+
+#[tokio::test]
+async fn fused_weights_are_tuned_on_validation_users_against_scripted_upstreams() {
+    let r = rig("unused {{history}}").await;
+    // Informative: a p_gen with GOOD makes the ranker put the held-out (highest) item first.
+    let v2 = store::prompts::create_version(
+        &r.pool,
+        "default",
+        "p_gen",
+        "GOOD. Recent items:\n{{history}}\nProfile:",
+        &Default::default(),
+    )
+    .await
+    .unwrap();
+    let base = json!({"train_users": 0, "validation_users": 20, "test_users": 30, "candidates": 10,
+                      "summaries": false});
+    let mut informative = base.clone();
+    informative["methods"] = json!(["base", "popularity", "item_knn", "fused"]);
+    informative["versions"] = json!([v2]);
+    informative["promote_blend"] = json!("production");
+    let (status, job) = r.run(jobs::JobKind::Evaluation.as_str(), informative).await;
+    assert_eq!(status, "succeeded", "{:?}", job.error);
+    let report = job.result.unwrap();
+    let (fused, best) = fused_and_best_non_llm(&report);
+    assert!(
+        fused > best + 0.2,
+        "informative LLM: fused {fused} vs best non-LLM {best}"
+    );
+    let blends = store::blends::versions(&r.pool, "default").await.unwrap();
+    let tuned = blends.last().unwrap();
+    assert_eq!(tuned.source, "evaluation");
+    assert_eq!(tuned.run_id, Some(job.id));
+    assert!(tuned.weights.llm > 0.0, "{:?}", tuned.weights);
+    assert_eq!(tuned.scores["llm_method"], format!("llm_pgen_v{v2}"));
+    let label = store::prompts::label(&r.pool, "default", "blend", "production")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(label.version, Some(tuned.version), "promoted");
+    let notes = report["data_notes"].to_string();
+    assert!(notes.contains("fused (LLM = llm_pgen_v"), "{notes}");
+    assert!(notes.contains("now labelled \\\"production\\\""), "{notes}");
+
+    // Misleading: the manual p_gen makes the ranker put the held-out item last.
+    let mut misleading = base.clone();
+    misleading["methods"] = json!(["base", "popularity", "item_knn", "llm_manual", "fused"]);
+    let (status, job) = r.run(jobs::JobKind::Evaluation.as_str(), misleading).await;
+    assert_eq!(status, "succeeded", "{:?}", job.error);
+    let report = job.result.unwrap();
+    let (fused, best) = fused_and_best_non_llm(&report);
+    assert!(
+        fused >= best - 0.01,
+        "misleading LLM: fused {fused} vs best non-LLM {best}"
+    );
+    let blends = store::blends::versions(&r.pool, "default").await.unwrap();
+    let tuned = blends.last().unwrap();
+    assert_eq!(tuned.run_id, Some(job.id));
+    assert_eq!(tuned.weights.llm, 0.0, "{:?}", tuned.weights);
+    // Not promoted: production still points at the informative blend.
+    let label = store::prompts::label(&r.pool, "default", "blend", "production")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_ne!(label.version, Some(tuned.version));
+
+    // No validation users: a clear failure, not a silent default.
+    let mut none = base.clone();
+    none["validation_users"] = json!(0);
+    none["methods"] = json!(["base", "fused"]);
+    let (status, job) = r.run(jobs::JobKind::Evaluation.as_str(), none).await;
+    assert_eq!(status, "failed");
+    assert!(job.error.unwrap().contains("validation_users"));
 }

@@ -72,8 +72,24 @@ async fn rig() -> Rig {
     rig_with(AppConfig::default(), default_reply).await
 }
 
-/// Items i0..i119 titled "Item N"; user u1 with 6 interactions, u2 with 2.
+/// Items i0..i119 titled "Item N"; user u1 with 6 interactions, u2 with 2; the production
+/// blend is the LLM alone (these tests follow the LLM's order; `tests/fusion.rs` covers the
+/// fused answers and the default blend).
 async fn seed(app: &TestApp) {
+    let (s, b) = app
+        .post(
+            "/v1/blends/versions",
+            json!({"weights": {"llm": 1}, "message": "LLM only"}),
+        )
+        .await;
+    assert_eq!(s, 201, "{b}");
+    let (s, b) = app
+        .put(
+            "/v1/blends/labels/production",
+            json!({"version": b["version"]}),
+        )
+        .await;
+    assert_eq!(s, 200, "{b}");
     let items: Vec<Value> = (0..120)
         .map(|i| json!({"id": format!("i{i}"), "title": format!("Item {i}")}))
         .collect();

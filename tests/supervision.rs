@@ -62,7 +62,8 @@ async fn rerank_ok(client: &reqwest::Client, base: &str) {
     let (s, b) = post(
         client,
         format!("{base}/v1/rerank"),
-        json!({"user_id": "u1", "candidates": [{"id": "i3"}, {"id": "i4"}, {"id": "i5"}]}),
+        json!({"user_id": "u1", "candidates": [{"id": "i3"}, {"id": "i4"}, {"id": "i5"}],
+               "blend": {"weights": {"llm": 1}}}),
     )
     .await;
     assert_eq!((s, &b["meta"]["fallback"]), (200, &Value::Null), "{b}");

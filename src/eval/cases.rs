@@ -1,9 +1,11 @@
-//! The cases of one seed: split the users, hold out each one's item, fit the base
-//! recommenders on what is left, and build every user's candidate list.
+//! The cases of one seed: split the users, hold out every user's item (leave-one-out), fit
+//! the base recommenders and the negative pool on what is left, and build the evaluated
+//! users' candidate lists.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, OnceLock};
 
-use super::params::DataParams;
+use super::params::{DataParams, EvalSplit};
 use super::{BaseRecommender, Holdout, Protocol, UserSeq, protocol, split};
 use crate::agp::case::Case;
 use crate::rankers::{Cooc, Popularity, Recommend};
@@ -14,10 +16,55 @@ pub struct Prepared {
     pub validation: Vec<Case>,
     pub test: Vec<Case>,
     pub popularity: Popularity,
+    /// Per split (train, validation, test): users whose held-out item fell outside the
+    /// base-topk list and who therefore have no case (always 0 under llmrank).
+    pub outside: [usize; 3],
     pub notes: Vec<String>,
+    /// Every user's sequence without its held-out item: what the models are fit on.
+    training: Vec<Vec<String>>,
+    knn: OnceLock<Arc<Cooc>>,
+}
+
+impl Prepared {
+    /// The cases of a split.
+    pub fn cases(&self, split: EvalSplit) -> &[Case] {
+        match split {
+            EvalSplit::Train => &self.train,
+            EvalSplit::Validation => &self.validation,
+            EvalSplit::Test => &self.test,
+        }
+    }
+
+    /// Users of the split left without a case (target outside the base-topk list).
+    pub fn outside(&self, split: EvalSplit) -> usize {
+        self.outside[match split {
+            EvalSplit::Train => 0,
+            EvalSplit::Validation => 1,
+            EvalSplit::Test => 2,
+        }]
+    }
+
+    /// The co-occurrence model (window and recent items at their defaults), fit on first use
+    /// on the same leave-one-out sequences as the popularity counts.
+    pub fn knn(&self) -> Arc<Cooc> {
+        self.knn
+            .get_or_init(|| {
+                Arc::new(Cooc::fit(
+                    &self.training,
+                    Cooc::DEFAULT_WINDOW,
+                    Cooc::DEFAULT_RECENT,
+                ))
+            })
+            .clone()
+    }
 }
 
 /// `prepare` over given sequences (pure).
+///
+/// Leave-one-out: every user with at least 2 items has an item held out (the same rule as for
+/// evaluated users), and popularity, the co-occurrence model and the pool of llmrank
+/// negatives are fit on the sequences without it, so no user's held-out item ever counts,
+/// whichever users are evaluated and however many.
 pub fn prepare_from(seqs: &[UserSeq], holdout: Holdout, p: &DataParams, seed: u64) -> Prepared {
     let mut notes = Vec::new();
     match holdout {
@@ -28,6 +75,11 @@ pub fn prepare_from(seqs: &[UserSeq], holdout: Holdout, p: &DataParams, seed: u6
                 .into(),
         ),
     }
+    notes.push(
+        "leave-one-out: every user's held-out item is removed before popularity, the co-occurrence model and \
+         the negative pool are fit"
+            .into(),
+    );
     let s = split::split_users(
         seqs,
         p.train_users,
@@ -51,17 +103,17 @@ pub fn prepare_from(seqs: &[UserSeq], holdout: Holdout, p: &DataParams, seed: u6
     {
         notes.push("fewer users than asked for: the splits hold what there is".into());
     }
-    // Base recommenders learn from every sequence with the evaluated users' targets removed.
-    let mut held: HashMap<String, (Vec<String>, String)> = HashMap::new();
-    for u in s.train.iter().chain(&s.validation).chain(&s.test) {
+    // Every user's item is held out before anything is fit.
+    let mut held: HashMap<&str, (Vec<String>, String)> = HashMap::with_capacity(seqs.len());
+    for u in seqs {
         if let Some(h) = protocol::hold_out(u, holdout, seed) {
-            held.insert(u.user_id.clone(), h);
+            held.insert(u.user_id.as_str(), h);
         }
     }
     let training: Vec<Vec<String>> = seqs
         .iter()
         .map(|u| {
-            held.get(&u.user_id)
+            held.get(u.user_id.as_str())
                 .map(|(h, _)| h.clone())
                 .unwrap_or_else(|| u.items.clone())
         })
@@ -75,14 +127,23 @@ pub fn prepare_from(seqs: &[UserSeq], holdout: Holdout, p: &DataParams, seed: u6
         .into_iter()
         .collect();
     pool.sort();
-    let cooc = (p.protocol == Protocol::BaseTopk && p.base == BaseRecommender::Cooc)
-        .then(|| Cooc::fit(&training, 5, 5));
-    let mut missing = 0usize;
-    let mut total = 0usize;
-    let mut build = |users: &[UserSeq]| -> Vec<Case> {
+    let mut prep = Prepared {
+        train: Vec::new(),
+        validation: Vec::new(),
+        test: Vec::new(),
+        popularity,
+        outside: [0; 3],
+        notes,
+        training,
+        knn: OnceLock::new(),
+    };
+    let base: Option<Arc<Cooc>> =
+        (p.protocol == Protocol::BaseTopk && p.base == BaseRecommender::Cooc).then(|| prep.knn());
+    let build = |users: &[UserSeq]| -> (Vec<Case>, usize) {
         let mut out = Vec::new();
+        let mut missing = 0;
         for u in users {
-            let Some((history, target)) = held.get(&u.user_id).cloned() else {
+            let Some((history, target)) = held.get(u.user_id.as_str()).cloned() else {
                 continue;
             };
             match p.protocol {
@@ -95,13 +156,12 @@ pub fn prepare_from(seqs: &[UserSeq], holdout: Holdout, p: &DataParams, seed: u6
                     seed,
                 )),
                 Protocol::BaseTopk => {
-                    let rec: &dyn Recommend = match &cooc {
-                        Some(c) => c,
-                        None => &popularity,
+                    let rec: &dyn Recommend = match &base {
+                        Some(c) => c.as_ref(),
+                        None => &prep.popularity,
                     };
                     let (case, inside) =
                         protocol::base_topk_case(&u.user_id, history, target, rec, p.candidates);
-                    total += 1;
                     if inside {
                         out.push(case);
                     } else {
@@ -110,27 +170,89 @@ pub fn prepare_from(seqs: &[UserSeq], holdout: Holdout, p: &DataParams, seed: u6
                 }
             }
         }
-        out
+        (out, missing)
     };
-    let train = build(&s.train);
-    let validation = build(&s.validation);
-    let test = build(&s.test);
-    match p.protocol {
-        Protocol::Llmrank => notes.push(format!(
+    let (train, m0) = build(&s.train);
+    let (validation, m1) = build(&s.validation);
+    let (test, m2) = build(&s.test);
+    let note = match p.protocol {
+        Protocol::Llmrank => format!(
             "candidates (llmrank): the held-out item + {} random items the user never interacted with, shuffled (seed {seed})",
             p.candidates.saturating_sub(1)
-        )),
-        Protocol::BaseTopk => notes.push(format!(
-            "candidates (base-topk): the top {} of the {:?} base recommender; {missing} of {total} users had the held-out \
-             item outside the list and are not scored (reported, not hidden)",
+        ),
+        Protocol::BaseTopk => format!(
+            "candidates (base-topk): the top {} of the {:?} base recommender; users whose held-out item is outside \
+             the list have no case: the in-list figures leave them out, the all-users figures count them as misses",
             p.candidates, p.base
-        )),
+        ),
+    };
+    prep.notes.push(note);
+    (prep.train, prep.validation, prep.test, prep.outside) =
+        (train, validation, test, [m0, m1, m2]);
+    prep
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seqs() -> Vec<UserSeq> {
+        (0..30)
+            .map(|u| UserSeq {
+                user_id: format!("u{u}"),
+                // shared items, then a last item only this user ever has
+                items: vec!["common".into(), format!("g{}", u % 3), format!("only-{u}")],
+            })
+            .collect()
     }
-    Prepared {
-        train,
-        validation,
-        test,
-        popularity,
-        notes,
+
+    fn params(test_users: usize, protocol: Protocol) -> DataParams {
+        DataParams {
+            protocol,
+            train_users: 2,
+            validation_users: 2,
+            test_users,
+            candidates: 5,
+            ..DataParams::default()
+        }
+    }
+
+    #[test]
+    fn no_held_out_item_is_ever_fit_whichever_users_are_evaluated() {
+        let data = seqs();
+        for test_users in [1, 5, 26] {
+            let prep = prepare_from(
+                &data,
+                Holdout::Last,
+                &params(test_users, Protocol::Llmrank),
+                3,
+            );
+            assert_eq!(prep.test.len(), test_users);
+            // every user's last item is held out, evaluated or not: none is counted or sampled
+            for u in 0..30 {
+                let held = format!("only-{u}");
+                assert_eq!(
+                    prep.popularity.score(&held),
+                    0,
+                    "{held} with {test_users} test users"
+                );
+                assert_eq!(prep.knn().popularity(&held), 0);
+            }
+            assert_eq!(prep.popularity.score("common"), 30);
+            // negatives come from the fitted items only
+            for c in prep.test.iter().flat_map(|c| c.candidates.iter()) {
+                assert!(!c.starts_with("only-") || prep.test.iter().any(|t| &t.target == c));
+            }
+        }
+    }
+
+    #[test]
+    fn base_topk_counts_misses_per_split() {
+        let prep = prepare_from(&seqs(), Holdout::Last, &params(10, Protocol::BaseTopk), 3);
+        // the held-out items were never fit, so no base list can contain them
+        assert_eq!(prep.test.len(), 0);
+        assert_eq!(prep.outside(EvalSplit::Test), 10);
+        assert_eq!(prep.outside(EvalSplit::Validation), 2);
+        assert_eq!(prep.outside(EvalSplit::Train), 2);
     }
 }

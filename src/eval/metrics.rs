@@ -78,6 +78,22 @@ impl Metrics {
     }
 }
 
+impl Metrics {
+    /// The same figures over `self.n + misses` users, where each of the `misses` users never
+    /// saw the item (it was outside the list): NDCG, HR and MRR count 0 for them and their
+    /// rank counts as `miss_rank` (the list length + 1).
+    pub fn with_misses(&self, misses: usize, miss_rank: usize) -> Metrics {
+        let all = self.n + misses;
+        if misses == 0 || all == 0 {
+            return *self;
+        }
+        let keep = self.n as f64 / all as f64;
+        let mut f = self.fields().map(|v| v * keep);
+        f[7] += (misses * miss_rank) as f64 / all as f64;
+        Metrics::from_fields(f, all)
+    }
+}
+
 /// Mean and sample standard deviation of per-seed metrics (std is 0 for one seed); `n` of
 /// both is the number of seeds.
 pub fn mean_and_std(per_seed: &[Metrics]) -> (Metrics, Metrics) {
@@ -127,6 +143,18 @@ mod tests {
         // Rank 2: 1/log2(3) = 0.6309...
         assert!(close(ndcg_at(2, 5), 0.630_929_753_571_457_4));
         assert_eq!(ndcg_at(6, 5), 0.0);
+    }
+
+    #[test]
+    fn misses_count_as_zero_and_as_the_rank_after_the_list() {
+        // 2 users in the list at ranks 1 and 3, 2 users outside a 20-item list.
+        let m = from_ranks(&[1, 3]).with_misses(2, 21);
+        let expected = from_ranks(&[1, 3, 21, 21]);
+        assert!(close(m.ndcg_10, expected.ndcg_10) && close(m.ndcg_10, 1.5 / 4.0));
+        assert!(close(m.hr_5, 0.5) && close(m.mrr, (1.0 + 1.0 / 3.0) / 4.0));
+        assert!(close(m.mean_rank, expected.mean_rank));
+        assert_eq!(m.n, 4);
+        assert_eq!(from_ranks(&[2]).with_misses(0, 21), from_ranks(&[2]));
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Offline evaluation over plain data: user splits, held-out items and candidate lists
 //! (protocols), the cases of a seed, metrics, the request parameters and methods, and the
-//! scorer that ranks cases with the rerank path's own code. The jobs in `jobs/` run it.
+//! scorer that ranks cases with the rerank path's own code, and the tuning of a blend on
+//! validation users. The jobs in `jobs/` run it.
 
 pub mod cases;
 pub mod metrics;
@@ -8,6 +9,7 @@ pub mod params;
 pub mod protocol;
 pub mod score;
 pub mod split;
+pub mod tune;
 
 use serde::{Deserialize, Serialize};
 

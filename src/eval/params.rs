@@ -95,6 +95,23 @@ impl DataParams {
     }
 }
 
+/// Removes from a report's settings (`DataParams` fields, possibly flattened into a larger
+/// object) those that do not apply: the base recommender under llmrank, and the profile and
+/// ranking settings when no LLM method runs.
+pub fn drop_inapplicable(settings: &mut serde_json::Value, data: &DataParams, uses_llm: bool) {
+    let Some(map) = settings.as_object_mut() else {
+        return;
+    };
+    if data.protocol == Protocol::Llmrank {
+        map.remove("base");
+    }
+    if !uses_llm {
+        for key in ["summaries", "history_len", "rank_repeats"] {
+            map.remove(key);
+        }
+    }
+}
+
 /// A method an evaluation can run on the same candidate lists.
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema, clap::ValueEnum,
@@ -107,20 +124,30 @@ pub enum Method {
     Random,
     /// Most-interacted items first.
     Popularity,
+    /// Co-occurrence item-kNN from the user's last 5 items (popularity breaks ties).
+    ItemKnn,
+    /// Co-occurrence item-kNN from the user's whole history (popularity breaks ties).
+    ItemKnnAll,
     /// LLM listwise ranking given the raw recent items (no written profile).
     LlmNoProfile,
     /// LLM ranking with a profile from the manual `p_gen` (version 1).
     LlmManual,
+    /// The evaluation's last LLM method fused with the incoming order, popularity and
+    /// item-kNN, weights tuned on the validation users (stored as a blend version).
+    Fused,
 }
 
 impl Method {
     /// Every method, in report order.
-    pub const ALL: [Method; 5] = [
+    pub const ALL: [Method; 8] = [
         Method::Base,
         Method::Random,
         Method::Popularity,
+        Method::ItemKnn,
+        Method::ItemKnnAll,
         Method::LlmNoProfile,
         Method::LlmManual,
+        Method::Fused,
     ];
 
     /// The method's name in requests and reports.
@@ -129,8 +156,11 @@ impl Method {
             Method::Base => "base",
             Method::Random => "random",
             Method::Popularity => "popularity",
+            Method::ItemKnn => "item_knn",
+            Method::ItemKnnAll => "item_knn_all",
             Method::LlmNoProfile => "llm_no_profile",
             Method::LlmManual => "llm_manual",
+            Method::Fused => "fused",
         }
     }
 }
@@ -151,12 +181,27 @@ impl Scored {
         }
     }
 
+    /// Whether it calls the LLM.
+    pub fn uses_llm(self) -> bool {
+        matches!(
+            self,
+            Scored::Method(Method::LlmNoProfile | Method::LlmManual) | Scored::PGen(_)
+        )
+    }
+
     /// One line saying what it is.
     pub fn describe(self) -> String {
         match self {
             Scored::Method(Method::Base) => "the candidate list in its incoming order".into(),
             Scored::Method(Method::Random) => "a seeded random order".into(),
             Scored::Method(Method::Popularity) => "most-interacted items first".into(),
+            Scored::Method(Method::ItemKnn) => format!(
+                "co-occurrence item-kNN from the user's last {} items, popularity breaking ties",
+                crate::rankers::Cooc::DEFAULT_RECENT
+            ),
+            Scored::Method(Method::ItemKnnAll) => {
+                "co-occurrence item-kNN from the user's whole history, popularity breaking ties".into()
+            }
             Scored::Method(Method::LlmNoProfile) => {
                 "LLM listwise ranking given the raw recent items (no written profile)".into()
             }
@@ -164,6 +209,11 @@ impl Scored {
                 "LLM ranking with a profile from the manual p_gen (version 1)".into()
             }
             Scored::PGen(v) => format!("LLM ranking with a profile from p_gen v{v}"),
+            Scored::Method(Method::Fused) => {
+                "the last LLM method fused with the incoming order, popularity and item-kNN (weighted Borda), \
+                 weights tuned on the validation users"
+                    .into()
+            }
         }
     }
 }
@@ -202,6 +252,10 @@ pub struct EvalParams {
     /// Which split's users to evaluate on.
     #[arg(long, value_enum, default_value_t = EvalSplit::Test)]
     pub split: EvalSplit,
+    /// With the `fused` method: point this blend label (e.g. `production`) at the tuned blend.
+    #[arg(long)]
+    #[schema(pattern = "LABEL")]
+    pub promote_blend: Option<String>,
 }
 
 impl Default for EvalParams {
@@ -212,6 +266,7 @@ impl Default for EvalParams {
             methods: None,
             versions: Vec::new(),
             split: EvalSplit::Test,
+            promote_blend: None,
         }
     }
 }
@@ -232,6 +287,12 @@ impl EvalParams {
         }
         if self.versions.len() > 10 || self.versions.iter().any(|v| *v < 1) {
             return Err("versions must list up to 10 p_gen versions (numbers from 1)".into());
+        }
+        if let Some(label) = &self.promote_blend {
+            crate::agp::prompt::check_label("promote_blend", label)?;
+            if !self.scored().contains(&Scored::Method(Method::Fused)) {
+                return Err("promote_blend needs the fused method".into());
+            }
         }
         Ok(())
     }
@@ -281,6 +342,22 @@ fn int_schema(min: i64, max: i64) -> utoipa::openapi::RefOr<utoipa::openapi::sch
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn settings_that_do_not_apply_are_left_out() {
+        let data = DataParams::default();
+        let mut v = serde_json::to_value(&data).unwrap();
+        drop_inapplicable(&mut v, &data, true);
+        assert!(v.get("base").is_none() && v.get("summaries").is_some());
+        let topk = DataParams {
+            protocol: Protocol::BaseTopk,
+            ..DataParams::default()
+        };
+        let mut v = serde_json::to_value(&topk).unwrap();
+        drop_inapplicable(&mut v, &topk, false);
+        assert!(v.get("base").is_some());
+        assert!(v.get("summaries").is_none() && v.get("history_len").is_none());
+    }
 
     #[test]
     fn an_unknown_method_is_refused_naming_the_valid_ones() {

@@ -4,7 +4,7 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{error, items, jobs, prompts, rerank, service, users};
+use super::{blends, error, items, jobs, prompts, rerank, service, users};
 use crate::catalog;
 use crate::store::catalog as store;
 
@@ -18,6 +18,7 @@ use crate::store::catalog as store;
         items::upsert_items, items::get_item, items::post_interactions, users::history,
         rerank::rerank, rerank::feedback, rerank::profile,
         prompts::list, prompts::versions, prompts::version, prompts::create_version, prompts::set_label,
+        blends::list, blends::version, blends::create_version, blends::set_label,
         jobs::create_optimization, jobs::get_optimization, jobs::optimization_steps, jobs::cancel_optimization,
         jobs::create_evaluation, jobs::get_evaluation, jobs::cancel_evaluation,
         jobs::create_summaries, jobs::get_summaries,
@@ -32,6 +33,7 @@ use crate::store::catalog as store;
         (name = "catalog", description = "Items, interactions and user histories"),
         (name = "rerank", description = "Personalized reranking, feedback and profiles"),
         (name = "prompts", description = "The prompt registry: versions, labels, A/B splits"),
+        (name = "blends", description = "How the LLM ranking is fused with the incoming order and built-in rankers: versions, labels, A/B splits"),
         (name = "jobs", description = "AGP optimization and offline evaluation as durable background jobs"),
         (name = "service", description = "Health, readiness, metrics and this document"),
     )

@@ -56,6 +56,8 @@ pub async fn list(
     let rows = db::list(&state.pool, &who.project).await?;
     Ok(Json(
         rows.into_iter()
+            // the registry also holds the blend (`/v1/blends`)
+            .filter(|(n, _, _)| PromptName::parse(n).is_some())
             .map(|(n, latest, labels)| {
                 let p = PromptName::parse(&n);
                 PromptSummary {
@@ -173,7 +175,7 @@ pub struct LabelBody {
 #[derive(ToSchema)]
 #[schema(as = LabelBody, example = json!({"split": [{"version": 1, "weight": 0.9}, {"version": 2, "weight": 0.1}]}))]
 #[allow(dead_code)]
-enum LabelBodyDoc {
+pub(super) enum LabelBodyDoc {
     /// Point the label at one version (promote, roll back).
     #[schema(title = "version")]
     Version {
@@ -200,7 +202,21 @@ pub async fn set_label(
     Json(body): Json<LabelBody>,
 ) -> Result<Json<LabelRow>, AppError> {
     let n = name(&n)?;
-    prompt::check_label("label", &label).map_err(AppError::Validation)?;
+    Ok(Json(
+        move_label(&state, &who.project, n.as_str(), &label, body).await?,
+    ))
+}
+
+/// Points a registry label (a prompt's or the blend's) at a version or a split, after
+/// checking the label, the arms and that every version exists.
+pub(super) async fn move_label(
+    state: &AppState,
+    project: &str,
+    name: &str,
+    label: &str,
+    body: LabelBody,
+) -> Result<LabelRow, AppError> {
+    prompt::check_label("label", label).map_err(AppError::Validation)?;
     let wanted: Vec<i32> = match (&body.version, &body.split) {
         (Some(v), None) => vec![*v],
         (None, Some(arms)) => {
@@ -228,17 +244,17 @@ pub async fn set_label(
             ));
         }
     };
-    let existing = db::existing_versions(&state.pool, &who.project, n.as_str(), &wanted).await?;
+    let existing = db::existing_versions(&state.pool, project, name, &wanted).await?;
     if let Some(missing) = wanted.iter().find(|v| !existing.contains(v)) {
         return Err(AppError::Validation(format!(
-            "{n} has no version {missing}"
+            "{name} has no version {missing}"
         )));
     }
     let row = db::set_label(
         &state.pool,
-        &who.project,
-        n.as_str(),
-        &label,
+        project,
+        name,
+        label,
         body.version,
         body.split.as_deref(),
     )
@@ -246,6 +262,6 @@ pub async fn set_label(
     state
         .reranker
         .caches
-        .invalidate(&Invalidation::Labels(who.project.clone()));
-    Ok(Json(row))
+        .invalidate(&Invalidation::Labels(project.to_string()));
+    Ok(row)
 }

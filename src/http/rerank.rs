@@ -13,7 +13,10 @@ use super::state::AppState;
 use crate::agp::prompt::PromptName;
 use crate::auth::Principal;
 use crate::llm::usage::TallySnapshot;
-use crate::serving::{Fallback, ItemRef, PromptSelector, RerankError, RerankRequest};
+use crate::rankers::BlendWeights;
+use crate::serving::{
+    BlendSelector, BlendUsed, Fallback, ItemRef, PromptSelector, RerankError, RerankRequest,
+};
 use crate::store::prompts::PRODUCTION;
 use crate::store::rerank as db;
 
@@ -92,6 +95,45 @@ pub struct RerankBody {
     /// Turn LLM faults into 502/504 instead of a fallback order.
     #[serde(default)]
     pub strict: bool,
+    /// How the LLM's order is fused with the incoming order and the built-in rankers
+    /// (default: the blend labelled `production`).
+    #[serde(default)]
+    #[schema(value_type = Option<BlendBodyDoc>)]
+    pub blend: Option<BlendBody>,
+}
+
+/// Which blend to use: a label, a version, or weights; one of them.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BlendBody {
+    #[serde(default)]
+    pub label: Option<String>,
+    #[serde(default)]
+    pub version: Option<i32>,
+    #[serde(default)]
+    pub weights: Option<BlendWeights>,
+}
+
+/// How `BlendBody` is documented.
+#[derive(ToSchema)]
+#[schema(as = BlendBody)]
+#[allow(dead_code)]
+enum BlendBodyDoc {
+    /// A label (an A/B split label picks by a stable hash of the user).
+    #[schema(title = "by label")]
+    Label {
+        #[schema(pattern = "LABEL")]
+        label: String,
+    },
+    /// An exact version.
+    #[schema(title = "by version")]
+    Version {
+        #[schema(minimum = 1, maximum = 2147483647)]
+        version: i32,
+    },
+    /// Weights for this request only (`{"llm": 0, "incoming": 1}` makes no LLM call).
+    #[schema(title = "by weights")]
+    Weights { weights: BlendWeights },
 }
 
 /// One result, pointing back into the request by `index`.
@@ -152,6 +194,9 @@ pub struct RerankMeta {
     pub fallback_detail: Option<String>,
     /// The LLM's ranking needed ids dropped or appended.
     pub repaired: bool,
+    /// The blend that fused the answer: its version (null for request weights), weights, and
+    /// any component that could not take part.
+    pub blend: BlendUsed,
     pub usage: Usage,
     pub latency_ms: u64,
 }
@@ -250,6 +295,7 @@ pub async fn rerank(
             fallback: out.fallback,
             fallback_detail: out.fallback_detail,
             repaired: out.repaired,
+            blend: out.blend,
             usage: out.usage.into(),
             latency_ms: out.latency_ms,
         },
@@ -298,7 +344,54 @@ fn request(state: &AppState, who: &Principal, body: RerankBody) -> Result<Rerank
         prompt: selector(body.prompt)?,
         history,
         strict: body.strict,
+        blend: blend_selector(body.blend)?,
     })
+}
+
+/// Which blend the request asks for (default: the production label).
+fn blend_selector(blend: Option<BlendBody>) -> Result<BlendSelector, AppError> {
+    let Some(b) = blend else {
+        return Ok(BlendSelector::Stored(PromptSelector::Label(
+            PRODUCTION.into(),
+        )));
+    };
+    let given = [b.label.is_some(), b.version.is_some(), b.weights.is_some()];
+    match (given.iter().filter(|g| **g).count(), b) {
+        (0, _) => Err(AppError::Validation(
+            "blend needs a label, a version or weights (leave blend out for the production label)"
+                .into(),
+        )),
+        (
+            1,
+            BlendBody {
+                weights: Some(w), ..
+            },
+        ) => {
+            w.validate("blend.weights").map_err(AppError::Validation)?;
+            Ok(BlendSelector::Weights(w))
+        }
+        (
+            1,
+            BlendBody {
+                version: Some(v), ..
+            },
+        ) if v < 1 => Err(AppError::Validation(format!(
+            "blend.version must be at least 1, got {v}"
+        ))),
+        (
+            1,
+            BlendBody {
+                version: Some(v), ..
+            },
+        ) => Ok(BlendSelector::Stored(PromptSelector::Version(v))),
+        (1, BlendBody { label: Some(l), .. }) => {
+            crate::agp::prompt::check_label("blend.label", &l).map_err(AppError::Validation)?;
+            Ok(BlendSelector::Stored(PromptSelector::Label(l)))
+        }
+        _ => Err(AppError::Validation(
+            "blend takes one of label, version or weights".into(),
+        )),
+    }
 }
 
 /// Which `p_gen` the request asks for (default: the production label).

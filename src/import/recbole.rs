@@ -1,9 +1,12 @@
 //! RecBole atomic files (`.item` + `.inter`, tab separated, typed `name:type` header on line 1),
 //! as used by LLMRank's Amazon Games-6k.
 //!
-//! `.item`: `item_id:token` and `title:token_seq` (or `title:token`) are required; further
-//! columns become `attributes` (`float` as numbers, `float_seq` as arrays, the rest as text).
-//! HTML entities in titles are decoded.
+//! `.item`: `item_id:token` and a title column are required; further columns become
+//! `attributes` (`float` as numbers, `float_seq` as arrays, the rest as text). The title is
+//! the first of [`TITLE_COLUMNS`] the header has (`title`, then the names RecBole's own dataset
+//! collection uses: `movie_title` in MovieLens, `book_title` in Book-Crossing, `app_name` in
+//! Steam, `item_name`, `name` in Yelp and Anime), typed `token_seq` or `token`. HTML entities
+//! in titles are decoded.
 //!
 //! `.inter` comes in two layouts:
 //! - sequence: `user_id:token  item_id_list:token_seq  item_id:token`, one row per user; the
@@ -243,6 +246,16 @@ impl Header {
     }
 }
 
+/// Title columns, in order of preference.
+pub const TITLE_COLUMNS: [&str; 6] = [
+    "title",
+    "movie_title",
+    "book_title",
+    "app_name",
+    "item_name",
+    "name",
+];
+
 fn column_count_error(path: &Path, line: usize, want: usize, got: usize) -> ImportError {
     ImportError::parse(
         path,
@@ -263,7 +276,20 @@ impl ItemTable {
         let mut lines = Lines::open(path)?;
         let header = Header::read(&mut lines, path, "item_id:token<TAB>title:token_seq")?;
         let id_col = header.require(path, "item_id", &["token"])?;
-        let title_col = header.require(path, "title", &["token_seq", "token"])?;
+        let title_name = TITLE_COLUMNS
+            .iter()
+            .find(|n| header.find(n).is_some())
+            .ok_or_else(|| {
+                ImportError::parse(
+                    path,
+                    1,
+                    format!(
+                        "header lacks a title column (one of {}, typed token_seq or token)",
+                        TITLE_COLUMNS.join(", ")
+                    ),
+                )
+            })?;
+        let title_col = header.require(path, title_name, &["token_seq", "token"])?;
         let extras: Vec<(usize, &str, &str)> = header
             .columns
             .iter()
@@ -760,7 +786,7 @@ mod tests {
         let inter = write(dir.path(), "G.test.inter", SEQ.as_bytes());
         let cases: [(&[u8], &str); 4] = [
             (b"0\tFire Emblem\n", "missing RecBole header"),
-            (b"item_id:token\tname:token_seq\n", "lacks a title"),
+            (b"item_id:token\tgenre:token_seq\n", "lacks a title"),
             (b"", "empty file"),
             (
                 b"item_id:float\ttitle:token_seq\n",
@@ -817,6 +843,42 @@ mod tests {
             err.contains("G.item:3:") && err.contains("already appeared on line 2"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn recbole_collection_title_columns_are_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let inter = write(
+            dir.path(),
+            "ml.inter",
+            b"user_id:token\titem_id:token\trating:float\ttimestamp:float\n1\t50\t5\t881250949\n",
+        );
+        for (header, title) in [
+            (
+                "item_id:token\tmovie_title:token_seq\trelease_year:token\tclass:token_seq",
+                "Star Wars",
+            ),
+            (
+                "item_id:token\tname:token_seq\tgenre:token_seq",
+                "Star Wars",
+            ),
+            ("item_id:token\tname:token\ttitle:token_seq", "Star Wars"),
+        ] {
+            let row = if header.ends_with("title:token_seq") {
+                "50\tignored\tStar Wars"
+            } else if header.contains("release_year") {
+                "50\tStar Wars\t1977\tAction"
+            } else {
+                "50\tStar Wars\tx"
+            };
+            let item = write(
+                dir.path(),
+                "ml.item",
+                format!("{header}\n{row}\n").as_bytes(),
+            );
+            let ds = read(Format::Recbole, &[item, inter.clone()]).unwrap();
+            assert_eq!(ds.items[0].title, title, "{header}");
+        }
     }
 
     #[test]

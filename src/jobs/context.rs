@@ -202,6 +202,28 @@ impl JobContext {
         self.template(name, v).await
     }
 
+    /// What a report is about: "project P, dataset D (format), protocol X".
+    pub async fn subject(&self, data: &DataParams) -> Result<String, JobError> {
+        let dataset = crate::store::catalog::dataset(&self.pool, self.project()).await?;
+        let protocol = match data.protocol {
+            crate::eval::Protocol::Llmrank => "llmrank".to_string(),
+            crate::eval::Protocol::BaseTopk => format!(
+                "base-topk ({})",
+                serde_json::to_value(data.base)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default()
+            ),
+        };
+        Ok(match dataset {
+            Some(d) => format!(
+                "project {}, dataset {d}, protocol {protocol}",
+                self.project()
+            ),
+            None => format!("project {}, protocol {protocol}", self.project()),
+        })
+    }
+
     /// The cases of one seed from the project's stored interactions.
     pub async fn prepare(&self, p: &DataParams, seed: u64) -> Result<Prepared, JobError> {
         let rows = crate::store::catalog::user_sequences(&self.pool, self.project()).await?;

@@ -6,13 +6,16 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::context::{JobContext, JobError, failed};
+use super::fused;
+use crate::agp::case::{Case, CaseOutcome};
 use crate::agp::prompt::PromptName;
+use crate::eval::Protocol;
 use crate::eval::cases::Prepared;
 use crate::eval::metrics::{self, Metrics};
-use crate::eval::params::{EvalParams, EvalSplit, Method, Scored};
+use crate::eval::params::{EvalParams, EvalSplit, Method, Scored, drop_inapplicable};
 use crate::eval::score::{ProfileMode, Scorer};
 use crate::llm::usage::{Cost, cost_between};
-use crate::rankers::{Incoming, Random, Ranker};
+use crate::rankers::{Cooc, Incoming, ItemKnn, Random, Ranker};
 use crate::report::{MethodResult, PromptShown, Report, SeedMetrics};
 
 /// One finished (seed, method): the resumable state is the list of them.
@@ -22,6 +25,12 @@ struct Done(u64, String, Metrics, Cost);
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct State {
     done: Vec<Done>,
+    /// Per seed: evaluated users whose held-out item was outside the base-topk list.
+    #[serde(default)]
+    outside: Vec<(u64, usize)>,
+    /// The blend version the `fused` method stored.
+    #[serde(default)]
+    blend_version: Option<i32>,
 }
 
 /// Runs an evaluation job.
@@ -31,8 +40,7 @@ pub async fn run(ctx: &JobContext) -> Result<Report, JobError> {
     let seeds = params.seeds();
     let scored = params.scored();
     let mut st: State = ctx.saved_state().unwrap_or_default();
-    let mut notes = Vec::new();
-    let mut prompts: Vec<PromptShown> = Vec::new();
+    let mut shown = Shown::default();
     for (si, &seed) in seeds.iter().enumerate() {
         ctx.check_cancel()?;
         ctx.tick(|p| {
@@ -41,15 +49,25 @@ pub async fn run(ctx: &JobContext) -> Result<Report, JobError> {
         });
         let prep = ctx.prepare(&params.data, seed).await?;
         if si == 0 {
-            notes = prep.notes.clone();
+            shown.notes = prep.notes.clone();
         }
-        let cases = match params.split {
-            EvalSplit::Train => &prep.train,
-            EvalSplit::Validation => &prep.validation,
-            EvalSplit::Test => &prep.test,
-        };
-        let total = (seeds.len() * scored.len() * cases.len()) as u64;
-        let needs_llm = scored.iter().any(|s| ranker_for(*s, &prep, seed).is_none());
+        let cases = prep.cases(params.split);
+        if params.data.protocol == Protocol::BaseTopk {
+            let outside = prep.outside(params.split);
+            shown.notes.push(format!(
+                "seed {seed}: {outside} of {} {} users had the held-out item outside the list",
+                outside + cases.len(),
+                split_name(params.split)
+            ));
+            st.outside.retain(|o| o.0 != seed);
+            st.outside.push((seed, outside));
+        }
+        let mut total = (seeds.len() * scored.len() * cases.len()) as u64;
+        if scored.contains(&Scored::Method(Method::Fused)) && scored.iter().any(|s| s.uses_llm()) {
+            // the fused method ranks the validation users, then the evaluated ones again
+            total += (seeds.len() * (prep.validation.len() + cases.len())) as u64;
+        }
+        let needs_llm = scored.iter().any(|s| s.uses_llm());
         let scorer = if needs_llm {
             Some(
                 Scorer::new(
@@ -87,9 +105,20 @@ pub async fn run(ctx: &JobContext) -> Result<Report, JobError> {
                         })
                         .collect()
                 }
+                None if what == Scored::Method(Method::Fused) => {
+                    let llm = scored.iter().rev().copied().find(|s| s.uses_llm());
+                    let seed_run = fused::SeedRun {
+                        params: &params,
+                        prep: &prep,
+                        seed,
+                        llm: llm.zip(scorer.as_ref()),
+                        store_blend: si == 0,
+                    };
+                    fused::ranks(ctx, &seed_run, &mut shown, &mut st.blend_version).await?
+                }
                 None => {
                     let scorer = scorer.as_ref().ok_or_else(|| failed("no scorer"))?;
-                    llm_ranks(ctx, scorer, cases, what, seed, &mut prompts, &mut notes).await?
+                    llm_ranks(ctx, scorer, cases, what, seed, &mut shown).await?
                 }
             };
             let m = metrics::from_ranks(&ranks);
@@ -102,16 +131,33 @@ pub async fn run(ctx: &JobContext) -> Result<Report, JobError> {
             ctx.save(&st).await?;
         }
     }
-    report(ctx, &params, &scored, &st, notes, prompts).await
+    report(ctx, &params, &scored, &st, shown).await
 }
 
 /// The non-LLM method's ranker, or `None` for an LLM method.
-fn ranker_for<'a>(what: Scored, prep: &'a Prepared, seed: u64) -> Option<Box<dyn Ranker + 'a>> {
+pub(super) fn ranker_for<'a>(
+    what: Scored,
+    prep: &'a Prepared,
+    seed: u64,
+) -> Option<Box<dyn Ranker + 'a>> {
     match what {
         Scored::Method(Method::Base) => Some(Box::new(Incoming)),
         Scored::Method(Method::Random) => Some(Box::new(Random { seed })),
         Scored::Method(Method::Popularity) => Some(Box::new(&prep.popularity)),
-        _ => None,
+        Scored::Method(Method::ItemKnn) => {
+            Some(Box::new(ItemKnn::last(prep.knn(), Cooc::DEFAULT_RECENT)))
+        }
+        Scored::Method(Method::ItemKnnAll) => Some(Box::new(ItemKnn::whole_history(prep.knn()))),
+        Scored::Method(Method::LlmNoProfile | Method::LlmManual | Method::Fused)
+        | Scored::PGen(_) => None,
+    }
+}
+
+fn split_name(split: EvalSplit) -> &'static str {
+    match split {
+        EvalSplit::Train => "train",
+        EvalSplit::Validation => "validation",
+        EvalSplit::Test => "test",
     }
 }
 
@@ -119,12 +165,41 @@ fn ranker_for<'a>(what: Scored, prep: &'a Prepared, seed: u64) -> Option<Box<dyn
 async fn llm_ranks(
     ctx: &JobContext,
     scorer: &Scorer,
-    cases: &[crate::agp::case::Case],
+    cases: &[Case],
     what: Scored,
     seed: u64,
-    prompts: &mut Vec<PromptShown>,
-    notes: &mut Vec<String>,
+    shown: &mut Shown,
 ) -> Result<Vec<usize>, JobError> {
+    let outcomes = llm_outcomes(ctx, scorer, cases, what, seed, shown).await?;
+    Ok(outcomes.iter().map(|o| o.rank).collect())
+}
+
+/// What the report shows besides metrics: notes and the prompts used.
+#[derive(Default)]
+pub(super) struct Shown {
+    pub notes: Vec<String>,
+    pub prompts: Vec<PromptShown>,
+}
+
+impl Shown {
+    /// Adds a note once (the fused method ranks the evaluated users a second time).
+    pub fn note(&mut self, note: String) {
+        if !self.notes.contains(&note) {
+            self.notes.push(note);
+        }
+    }
+}
+
+/// An LLM method's outcome on each case (noting failures and repairs, and the prompts it
+/// used).
+pub(super) async fn llm_outcomes(
+    ctx: &JobContext,
+    scorer: &Scorer,
+    cases: &[Case],
+    what: Scored,
+    seed: u64,
+    shown: &mut Shown,
+) -> Result<Vec<CaseOutcome>, JobError> {
     let version = match what {
         Scored::Method(Method::LlmManual) => Some(1),
         Scored::PGen(v) => Some(v),
@@ -133,8 +208,8 @@ async fn llm_ranks(
     let mode = match version {
         Some(v) => {
             let template = ctx.template(PromptName::PGen, v).await?;
-            if !prompts.iter().any(|p| p.version == v) {
-                prompts.push(PromptShown {
+            if !shown.prompts.iter().any(|p| p.version == v) {
+                shown.prompts.push(PromptShown {
                     label: format!("p_gen v{v}"),
                     version: v,
                     template: template.to_string(),
@@ -153,19 +228,19 @@ async fn llm_ranks(
     let name = what.name();
     let failures = outcomes.iter().filter(|o| o.failure.is_some()).count();
     if failures > 0 {
-        notes.push(format!(
+        shown.note(format!(
             "seed {seed}, {name}: {failures} of {} lists fell back to the incoming order (LLM failure)",
             outcomes.len()
         ));
     }
     let repaired = outcomes.iter().filter(|o| o.repaired).count();
     if repaired > 0 {
-        notes.push(format!(
+        shown.note(format!(
             "seed {seed}, {name}: {repaired} of {} ranking answers needed repair",
             outcomes.len()
         ));
     }
-    Ok(outcomes.iter().map(|o| o.rank).collect())
+    Ok(outcomes)
 }
 
 /// The report: each method's metrics per seed, mean and spread, and costs.
@@ -174,8 +249,7 @@ async fn report(
     params: &EvalParams,
     scored: &[Scored],
     st: &State,
-    notes: Vec<String>,
-    prompts: Vec<PromptShown>,
+    shown: Shown,
 ) -> Result<Report, JobError> {
     let results: Vec<MethodResult> = scored
         .iter()
@@ -191,17 +265,35 @@ async fn report(
                 .collect();
             let ms: Vec<Metrics> = per_seed.iter().map(|s| s.metrics).collect();
             let (mean, std) = metrics::mean_and_std(&ms);
+            let all_users = (params.data.protocol == Protocol::BaseTopk).then(|| {
+                let all: Vec<Metrics> = per_seed
+                    .iter()
+                    .map(|s| {
+                        let misses = st.outside.iter().find(|o| o.0 == s.seed).map_or(0, |o| o.1);
+                        s.metrics.with_misses(misses, params.data.candidates + 1)
+                    })
+                    .collect();
+                Metrics {
+                    // users per seed, not seeds
+                    n: all.iter().map(|m| m.n).max().unwrap_or(0),
+                    ..metrics::mean_and_std(&all).0
+                }
+            });
             MethodResult {
                 method: name,
                 description: what.describe(),
                 per_seed,
                 mean,
                 std,
+                all_users,
                 cost: mine.iter().map(|d| d.3).sum(),
             }
         })
         .collect();
     let (stages, total_cost) = ctx.stage_costs().await?;
+    let mut settings = serde_json::to_value(params).unwrap_or(Value::Null);
+    let uses_llm = scored.iter().any(|s| s.uses_llm());
+    drop_inapplicable(&mut settings, &params.data, uses_llm);
     let mut summary = Vec::new();
     if let Some(best) = results
         .iter()
@@ -223,19 +315,19 @@ async fn report(
         total_cost.llm_calls, total_cost.cache_hits
     ));
     Ok(Report {
-        title: format!("Evaluation of project {}", ctx.project()),
+        title: format!("Evaluation: {}", ctx.subject(&params.data).await?),
         kind: super::JobKind::Evaluation.as_str().into(),
         job_id: ctx.id().to_string(),
         status: "succeeded".into(),
         started_at: ctx.job.started_at.or(Some(chrono::Utc::now())),
         finished_at: Some(chrono::Utc::now()),
-        settings: serde_json::to_value(params).unwrap_or(Value::Null),
-        data_notes: notes,
+        settings,
+        data_notes: shown.notes,
         methods: results,
         steps: Vec::new(),
         stages,
         total_cost,
-        prompts,
+        prompts: shown.prompts,
         summary,
     })
 }

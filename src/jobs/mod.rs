@@ -3,10 +3,12 @@
 //! job kind. The job bodies are the only users of the job context.
 //!
 //! - `context`: what a job body gets (database, LLM, caches, progress, resumable state)
-//! - `optimize`, `evaluate`, `summarize`: the three kinds of job
+//! - `optimize`, `evaluate`, `summarize`: the three kinds of job (`fused`: the evaluation's
+//!   blend-tuning method)
 
 pub mod context;
 pub mod evaluate;
+mod fused;
 pub mod optimize;
 pub mod summarize;
 

@@ -672,13 +672,17 @@ async fn finish(ctx: &JobContext, setup: &Setup, st: &State) -> Result<Report, J
         });
     }
     Ok(Report {
-        title: format!("AGP optimization of p_gen for project {}", ctx.project()),
+        title: format!("AGP optimization of p_gen: {}", ctx.subject(&p.data).await?),
         kind: super::JobKind::Optimization.as_str().into(),
         job_id: ctx.id().to_string(),
         status: "succeeded".into(),
         started_at: ctx.job.started_at,
         finished_at: Some(chrono::Utc::now()),
-        settings: serde_json::to_value(p).unwrap_or_default(),
+        settings: {
+            let mut v = serde_json::to_value(p).unwrap_or_default();
+            crate::eval::params::drop_inapplicable(&mut v, &p.data, true);
+            v
+        },
         data_notes: setup.prep.notes.clone(),
         methods: methods(p, base.version, &scores),
         steps: steps(ctx).await?,
@@ -714,6 +718,7 @@ fn methods(p: &OptParams, base: i32, scores: &[(Option<i32>, Metrics, Cost)]) ->
                     n: 1,
                     ..Default::default()
                 },
+                all_users: None,
                 cost,
             }
         })

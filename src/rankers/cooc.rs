@@ -1,6 +1,7 @@
 //! Item-to-item co-occurrence kNN.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use super::{Ranker, Recommend};
 
@@ -146,14 +147,20 @@ impl Cooc {
         }
     }
 
-    /// The kNN score of `item` for `history` (0 for unknown items; history items are not
-    /// excluded here).
+    /// The kNN score of `item` for `history` from the model's `recent` items (0 for unknown
+    /// items; history items are not excluded here).
     pub fn score(&self, history: &[String], item: &str) -> f32 {
+        self.score_from(history, item, self.recent)
+    }
+
+    /// The kNN score of `item` from the last `recent` distinct known items of `history`
+    /// (`usize::MAX`: the whole history).
+    pub fn score_from(&self, history: &[String], item: &str, recent: usize) -> f32 {
         let Some(&c) = self.index.get(item) else {
             return 0.0;
         };
         let mut s = 0.0f32;
-        for h in self.recent_items(history) {
+        for h in self.recent_items(history, recent) {
             let range = self.offsets[h as usize]..self.offsets[h as usize + 1];
             if let Ok(k) = self.neighbors[range.clone()].binary_search(&c) {
                 s += self.weights[range.start + k];
@@ -163,10 +170,10 @@ impl Cooc {
     }
 
     /// The last `recent` distinct known items of `history`, most recent first.
-    fn recent_items(&self, history: &[String]) -> Vec<u32> {
-        let mut out: Vec<u32> = Vec::with_capacity(self.recent);
+    fn recent_items(&self, history: &[String], recent: usize) -> Vec<u32> {
+        let mut out: Vec<u32> = Vec::with_capacity(recent.min(history.len()));
         for item in history.iter().rev() {
-            if out.len() == self.recent {
+            if out.len() == recent {
                 break;
             }
             if let Some(&i) = self.index.get(item.as_str())
@@ -191,7 +198,7 @@ impl Recommend for Cooc {
         let mut scores = vec![0.0f32; self.ids.len()];
         let mut touched: Vec<u32> = Vec::new();
         // Same summation order as `score` (most recent first), so the values agree exactly.
-        for h in self.recent_items(history) {
+        for h in self.recent_items(history, self.recent) {
             let range = self.offsets[h as usize]..self.offsets[h as usize + 1];
             for (&c, &w) in self.neighbors[range.clone()]
                 .iter()
@@ -230,14 +237,47 @@ impl Recommend for Cooc {
     }
 }
 
-impl Ranker for Cooc {
-    /// Candidates by kNN score for the history, then popularity, then incoming order.
+/// Item-kNN as a ranker: candidates by their co-occurrence score with the user's last
+/// `recent` distinct items (`None`: the whole history), then popularity, then the incoming
+/// order.
+#[derive(Debug, Clone)]
+pub struct ItemKnn {
+    pub model: Arc<Cooc>,
+    pub recent: Option<usize>,
+}
+
+impl ItemKnn {
+    /// Scores from the last `recent` items.
+    pub fn last(model: Arc<Cooc>, recent: usize) -> Self {
+        ItemKnn {
+            model,
+            recent: Some(recent),
+        }
+    }
+
+    /// Scores from the whole history.
+    pub fn whole_history(model: Arc<Cooc>) -> Self {
+        ItemKnn {
+            model,
+            recent: None,
+        }
+    }
+}
+
+impl Ranker for ItemKnn {
     fn rank(&self, _user: &str, history: &[String], candidates: &[String]) -> Vec<usize> {
+        let recent = self.recent.unwrap_or(usize::MAX);
         let scores: Vec<(f32, u64)> = candidates
             .iter()
-            .map(|c| (self.score(history, c), self.popularity(c)))
+            .map(|c| {
+                (
+                    self.model.score_from(history, c, recent),
+                    self.model.popularity(c),
+                )
+            })
             .collect();
         let mut order: Vec<usize> = (0..candidates.len()).collect();
+        // Stable: full ties keep the incoming order.
         order.sort_by(|&a, &b| {
             scores[b]
                 .0
@@ -248,7 +288,10 @@ impl Ranker for Cooc {
     }
 
     fn name(&self) -> &'static str {
-        "cooc"
+        match self.recent {
+            Some(_) => "item_knn",
+            None => "item_knn_all",
+        }
     }
 }
 
@@ -343,10 +386,40 @@ mod tests {
 
     #[test]
     fn as_a_ranker_knn_then_popularity_then_incoming() {
-        let m = Cooc::fit(&data(), 5, 5);
+        let m = Arc::new(Cooc::fit(&data(), 5, 5));
         // history [a]: b 0.816, c 0.707, d 0 (pop 1), z 0 (pop 0)
         let c = strings(&["z", "d", "c", "b"]);
-        assert_eq!(m.rank("u", &strings(&["a"]), &c), vec![3, 2, 1, 0]);
+        let knn = ItemKnn::last(m.clone(), 5);
+        assert_eq!(knn.rank("u", &strings(&["a"]), &c), vec![3, 2, 1, 0]);
+        // z and y: no score, no popularity: incoming order
+        let c = strings(&["z", "y", "b"]);
+        assert_eq!(knn.rank("u", &strings(&["a"]), &c), vec![2, 0, 1]);
+    }
+
+    #[test]
+    fn last_l_and_whole_history_differ_hand_computed() {
+        // [x, y] twice, [z, w]: cooc(x, y) = 2 / sqrt(2 * 2) = 1, cooc(z, w) = 1 / sqrt(1 * 1) = 1
+        let m = Arc::new(Cooc::fit(
+            &[
+                strings(&["x", "y"]),
+                strings(&["x", "y"]),
+                strings(&["z", "w"]),
+            ],
+            5,
+            5,
+        ));
+        let h = strings(&["x", "z"]);
+        let c = strings(&["y", "w"]);
+        let last1 = ItemKnn::last(m.clone(), 1);
+        let all = ItemKnn::whole_history(m.clone());
+        // last 1 = [z]: w 1, y 0
+        assert!(close(m.score_from(&h, "y", 1), 0.0));
+        assert!(close(m.score_from(&h, "w", 1), 1.0));
+        assert_eq!(last1.rank("u", &h, &c), vec![1, 0]);
+        // whole history: y 1, w 1, tie broken by popularity (y 2 > w 1)
+        assert!(close(m.score_from(&h, "y", usize::MAX), 1.0));
+        assert_eq!(all.rank("u", &h, &c), vec![0, 1]);
+        assert_eq!((last1.name(), all.name()), ("item_knn", "item_knn_all"));
     }
 
     /// Timing on the real Amazon Games data:

@@ -2,7 +2,10 @@
 //! evaluation's baselines are them, so both are the same code.
 //!
 //! - `Ranker` orders a given candidate list for a user (ties keep the incoming order):
-//!   `Incoming`, `Random`, `Popularity`, `Cooc` (item-to-item co-occurrence kNN).
+//!   `Incoming`, `Random`, `Popularity`, `ItemKnn` (item-to-item co-occurrence kNN over a
+//!   fitted `Cooc` model, from the last L items or the whole history).
+//! - `fusion` fuses several orders of one list with weights (weighted Borda count): the
+//!   production answer and the evaluation's `fused` method.
 //! - `Recommend` picks the top-n of the whole catalog for a history: the base recommenders
 //!   of the `base-topk` protocol.
 //!
@@ -10,13 +13,15 @@
 //! user's held-out item has been removed.
 
 pub mod cooc;
+pub mod fusion;
 pub mod popularity;
 
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 
-pub use cooc::Cooc;
+pub use cooc::{Cooc, ItemKnn};
+pub use fusion::{BlendWeights, Component, fuse};
 pub use popularity::Popularity;
 
 /// The base recommender of the `base-topk` protocol.

@@ -263,6 +263,8 @@ fn results(out: &mut String, methods: &[MethodResult]) -> fmt::Result {
     }
     writeln!(out)?;
 
+    all_users(out, methods)?;
+
     let described: Vec<&MethodResult> = methods
         .iter()
         .filter(|m| !m.description.trim().is_empty())
@@ -300,6 +302,39 @@ fn results(out: &mut String, methods: &[MethodResult]) -> fmt::Result {
         writeln!(out)?;
     }
     Ok(())
+}
+
+/// base-topk: the same methods over every evaluated user, the users whose held-out item was
+/// outside the list counting as misses.
+fn all_users(out: &mut String, methods: &[MethodResult]) -> fmt::Result {
+    let rows: Vec<(&MethodResult, &Metrics)> = methods
+        .iter()
+        .filter_map(|m| m.all_users.as_ref().map(|a| (m, a)))
+        .collect();
+    if rows.is_empty() {
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "Over all evaluated users (a held-out item outside the list counts as a miss; mean over seeds; \
+         the table above covers only the users whose item was in the list):\n"
+    )?;
+    writeln!(
+        out,
+        "| Method | NDCG@10 | HR@10 | MRR | Users (n) |\n|---|---:|---:|---:|---:|"
+    )?;
+    for (m, a) in rows {
+        writeln!(
+            out,
+            "| {} | {:.4} | {:.4} | {:.4} | {} |",
+            cell(&m.method),
+            a.ndcg_10,
+            a.hr_10,
+            a.mrr,
+            a.n
+        )?;
+    }
+    writeln!(out)
 }
 
 /// Users evaluated per seed: one number, or a range when seeds differ (with no per-seed

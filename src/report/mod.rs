@@ -34,6 +34,10 @@ pub struct MethodResult {
     pub mean: Metrics,
     /// Over seeds (0 with one seed).
     pub std: Metrics,
+    /// base-topk only: the mean over every evaluated user, those whose held-out item was
+    /// outside the list counting as misses (`mean` covers the users inside only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub all_users: Option<Metrics>,
     /// LLM cost of this method.
     pub cost: Cost,
 }
@@ -143,6 +147,7 @@ pub(crate) mod fixtures {
             per_seed,
             mean,
             std,
+            all_users: None,
             cost: Cost {
                 llm_calls: calls,
                 ..Cost::default()

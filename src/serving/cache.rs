@@ -14,7 +14,6 @@ use sqlx::PgPool;
 use sqlx::postgres::PgListener;
 use tokio::sync::OnceCell;
 
-use crate::agp::prompt::PromptName;
 use crate::store::rerank::ItemLite;
 use crate::store::{INVALIDATION_CHANNEL, Invalidation};
 
@@ -132,7 +131,8 @@ impl ItemKey {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct LabelKey {
     pub project: String,
-    pub name: PromptName,
+    /// Registry name: a prompt's, or the blend's.
+    pub name: &'static str,
     pub label: String,
 }
 
@@ -140,7 +140,8 @@ pub struct LabelKey {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct TemplateKey {
     pub project: String,
-    pub name: PromptName,
+    /// Registry name: a prompt's, or the blend's.
+    pub name: &'static str,
     pub version: i32,
 }
 

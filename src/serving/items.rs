@@ -1,7 +1,7 @@
 //! Candidates and histories: catalog items from the cache or one query, inline items as
 //! sent, and the user's recent items.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use super::cache::ItemKey;
@@ -18,22 +18,25 @@ impl Reranker {
         field: &str,
     ) -> Result<Vec<Arc<ItemLite>>, RerankError> {
         let mut found: HashMap<&str, Arc<ItemLite>> = HashMap::new();
-        let mut to_fetch: Vec<&str> = Vec::new();
+        let mut to_fetch: HashSet<&str> = HashSet::new();
         for r in refs.iter().filter(|r| !r.is_inline()) {
             match self.caches.items.get(&ItemKey::new(project, &r.id)) {
                 Some(i) => {
                     found.insert(r.id.as_str(), i);
                 }
-                None => to_fetch.push(r.id.as_str()),
+                None => {
+                    to_fetch.insert(r.id.as_str());
+                }
             }
         }
         if !to_fetch.is_empty() {
-            for item in db::items_by_ids(&self.pool, project, &to_fetch).await? {
+            let ids: Vec<&str> = to_fetch.iter().copied().collect();
+            for item in db::items_by_ids(&self.pool, project, &ids).await? {
                 let item = Arc::new(item);
                 self.caches
                     .items
                     .insert(ItemKey::new(project, &item.id), item.clone());
-                if let Some(k) = to_fetch.iter().find(|k| **k == item.id) {
+                if let Some(k) = to_fetch.get(item.id.as_str()) {
                     found.insert(k, item);
                 }
             }

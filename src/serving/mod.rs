@@ -2,8 +2,12 @@
 //! version), load candidates and history (in-process caches first), write the profile from
 //! the item summaries (cached; one generation per key at a time, finished in the background
 //! when the deadline passes), one listwise ranking call, then the answer and its log row.
-//! Every LLM fault answers the fallback order instead, within a per-request deadline.
+//! The LLM's order is then fused with the caller's order and the built-in rankers by the
+//! request's blend (weights, versioned like prompts); a blend whose LLM weight is 0 makes no
+//! LLM call. Every LLM fault answers the blend without the LLM instead (or the fallback
+//! ranker), within a per-request deadline.
 //!
+//! - `blend`: which weights, the non-LLM orders, the fused answer, the item-kNN models
 //! - `prompts`: which version answers (labels, splits), template cache
 //! - `items`: candidates and histories (catalog cache)
 //! - `profiles`: summaries and profiles (caches, single flight, detached generation)
@@ -11,6 +15,7 @@
 //! - `log`: the request log row, journaled before the answer leaves
 //! - `cache`: the caches, their named keys, cross-replica invalidation
 
+mod blend;
 pub mod cache;
 mod fallback;
 mod items;
@@ -33,6 +38,7 @@ use crate::llm::{CallContext, LlmClient, LlmError, Role, Tally};
 use crate::store::journal::{Journal, JournalOptions};
 use cache::{Caches, ProfileKey, SingleFlight, SummaryKey};
 
+pub use blend::{BlendSelector, BlendUsed, FitError};
 pub use prompts::{Prompts, choose_arm, label_version};
 
 /// The cheap ranker used when the LLM cannot be used.
@@ -43,6 +49,9 @@ pub enum FallbackRanker {
     Incoming,
     /// Most-interacted-with items first (ties keep the incoming order).
     Popularity,
+    /// Co-occurrence item-kNN from the user's recent items (the incoming order until the
+    /// project's model is fit).
+    ItemKnn,
 }
 
 /// Default bound on the LLM part of a rerank: interactive traffic, a hosted model.
@@ -110,6 +119,7 @@ pub struct RerankRequest {
     pub prompt: PromptSelector,
     pub history: Option<Vec<ItemRef>>,
     pub strict: bool,
+    pub blend: BlendSelector,
 }
 
 /// Why the fallback order was returned.
@@ -155,6 +165,7 @@ pub struct RerankOutcome {
     pub fallback: Option<Fallback>,
     pub fallback_detail: Option<String>,
     pub repaired: bool,
+    pub blend: BlendUsed,
     pub usage: TallySnapshot,
     pub latency_ms: u64,
 }
@@ -185,6 +196,7 @@ pub struct Reranker {
     /// Where answered requests are logged (none if no journal could be opened: then the
     /// row is inserted directly).
     journal: Option<Arc<Journal>>,
+    knn: Arc<blend::KnnModels>,
     pub settings: RerankSettings,
 }
 
@@ -196,9 +208,9 @@ impl std::fmt::Debug for Reranker {
     }
 }
 
-/// How the order was made: by the LLM, or the fallback with its reason.
+/// The LLM's part of an answer: its order, or the fallback reason.
 struct Answer {
-    order: Vec<usize>,
+    order: Option<Vec<usize>>,
     fallback: Option<(Fallback, String)>,
     repaired: bool,
     profile_id: Option<Uuid>,
@@ -222,6 +234,7 @@ impl Reranker {
             profile_flights: SingleFlight::default(),
             summary_flights: SingleFlight::default(),
             journal,
+            knn: Arc::default(),
             settings,
         })
     }
@@ -230,22 +243,40 @@ impl Reranker {
     pub async fn rerank(&self, req: &RerankRequest) -> Result<RerankOutcome, RerankError> {
         let started = Instant::now();
         let prompts = self.prompts_for(req).await?;
+        let mut blend = self.blend_for(req).await?;
         let candidates = self
             .load_items(&req.project, &req.candidates, "candidates")
             .await?;
         let history = self.recent_history(req).await?;
         let tally = Arc::new(Tally::default());
-        let answer = match self
-            .ranked_by_llm(req, &prompts, &history, &candidates, &tally)
-            .await
-        {
-            Ok(answer) => answer,
-            Err((reason, detail)) => self.fall_back(req, reason, detail, &candidates).await?,
+        let answer = if blend.weights.llm > 0.0 {
+            match self
+                .ranked_by_llm(req, &prompts, &history, &candidates, &tally)
+                .await
+            {
+                Ok(answer) => answer,
+                Err((reason, detail)) => self.fall_back(req, reason, detail)?,
+            }
+        } else {
+            Answer {
+                order: None,
+                fallback: None,
+                repaired: false,
+                profile_id: None,
+            }
         };
+        let order = self
+            .fused_order(
+                req,
+                &mut blend,
+                answer.order.as_deref(),
+                &candidates,
+                &history,
+            )
+            .await;
         let n = candidates.len();
         let outcome = RerankOutcome {
-            results: answer
-                .order
+            results: order
                 .iter()
                 .take(req.top_n)
                 .enumerate()
@@ -258,13 +289,16 @@ impl Reranker {
             prompt_version: prompts.profile_version(),
             prompt_versions: prompts.versions(),
             profile_id: answer.profile_id,
-            model: self.llm.model(Role::Rank).map(str::to_string),
+            model: (blend.weights.llm > 0.0)
+                .then(|| self.llm.model(Role::Rank).map(str::to_string))
+                .flatten(),
             fallback: answer.fallback.as_ref().map(|f| f.0),
             fallback_detail: answer.fallback.map(|f| f.1),
             repaired: answer.repaired,
+            blend,
             usage: tally.snapshot(),
             latency_ms: started.elapsed().as_millis() as u64,
-            order: answer.order,
+            order,
         };
         self.log(req, &outcome, started).await;
         Ok(outcome)

@@ -96,7 +96,7 @@ impl Reranker {
         .await;
         match ranked {
             Ok(o) => Ok(Answer {
-                order: o.order,
+                order: Some(o.order),
                 fallback: None,
                 repaired: o.repaired,
                 profile_id: Some(profile_id),

@@ -74,6 +74,20 @@ impl Reranker {
         sel: &PromptSelector,
         user: &str,
     ) -> Result<(i32, Arc<String>), RerankError> {
+        self.resolve_entry(project, name.as_str(), "prompt", sel, user)
+            .await
+    }
+
+    /// Resolves a registry entry (a prompt, or the blend: `what` names it in errors) by
+    /// version or label, through the label and template caches.
+    pub(super) async fn resolve_entry(
+        &self,
+        project: &str,
+        name: &'static str,
+        what: &str,
+        sel: &PromptSelector,
+        user: &str,
+    ) -> Result<(i32, Arc<String>), RerankError> {
         let version = match sel {
             PromptSelector::Version(v) => *v,
             PromptSelector::Label(label) => {
@@ -85,14 +99,13 @@ impl Reranker {
                 let row = match self.caches.labels.get(&key) {
                     Some(r) => r,
                     None => {
-                        let r =
-                            crate::store::prompts::label(&self.pool, project, name.as_str(), label)
-                                .await?
-                                .ok_or_else(|| {
-                                    RerankError::Invalid(format!(
-                                        "prompt label {label:?} does not exist for {name}"
-                                    ))
-                                })?;
+                        let r = crate::store::prompts::label(&self.pool, project, name, label)
+                            .await?
+                            .ok_or_else(|| {
+                                RerankError::Invalid(format!(
+                                    "{what} label {label:?} does not exist for {name}"
+                                ))
+                            })?;
                         let r = Arc::new(r);
                         self.caches.labels.insert(key, r.clone());
                         r
@@ -100,7 +113,7 @@ impl Reranker {
                 };
                 label_version(&row, user).ok_or_else(|| {
                     RerankError::Invalid(format!(
-                        "prompt label {label:?} of {name} points at no version"
+                        "{what} label {label:?} of {name} points at no version"
                     ))
                 })?
             }
@@ -113,11 +126,11 @@ impl Reranker {
         if let Some(t) = self.caches.templates.get(&tkey) {
             return Ok((version, t));
         }
-        let row = crate::store::prompts::version(&self.pool, project, name.as_str(), version)
+        let row = crate::store::prompts::version(&self.pool, project, name, version)
             .await?
             .ok_or_else(|| {
                 RerankError::Invalid(format!(
-                    "prompt version {version} does not exist for {name}"
+                    "{what} version {version} does not exist for {name}"
                 ))
             })?;
         let t = Arc::new(row.template);

@@ -237,19 +237,31 @@ pub async fn counts(pool: &PgPool, project: &str) -> Result<(i64, i64, i64), sql
     .await
 }
 
-/// Records whether the project's interaction order is chronological (`chronological`) or
-/// carries no time (`unordered`); evaluation picks its hold-out from it.
-pub async fn set_history_order(
+/// Records where the project's data came from: whether its interaction order is
+/// chronological (`chronological`) or carries no time (`unordered`; evaluation picks its
+/// hold-out from it), and the dataset's name (report titles).
+pub async fn set_source(
     pool: &PgPool,
     project: &str,
     order: &str,
+    dataset: &str,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE projects SET history_order = $2 WHERE id = $1")
+    sqlx::query("UPDATE projects SET history_order = $2, dataset = $3 WHERE id = $1")
         .bind(project)
         .bind(order)
+        .bind(dataset)
         .execute(pool)
         .await
         .map(|_| ())
+}
+
+/// The dataset the project was imported from, if any.
+pub async fn dataset(pool: &PgPool, project: &str) -> Result<Option<String>, sqlx::Error> {
+    sqlx::query_scalar("SELECT dataset FROM projects WHERE id = $1")
+        .bind(project)
+        .fetch_optional(pool)
+        .await
+        .map(Option::flatten)
 }
 
 /// The project's history order (`chronological` or `unordered`).

@@ -111,7 +111,6 @@ pub struct Journal {
     shared: Arc<Shared>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
     drainer: Mutex<Option<tokio::task::JoinHandle<()>>>,
-    temporary: bool,
     _lock: File,
 }
 
@@ -175,7 +174,6 @@ impl Journal {
             shared,
             writer: Mutex::new(Some(writer)),
             drainer: Mutex::new(Some(drainer)),
-            temporary,
             _lock: lock,
         }))
     }
@@ -279,7 +277,8 @@ impl Journal {
         if let Some(d) = drainer {
             let _ = d.await;
         }
-        if self.temporary && self.pending_bytes() == 0 {
+        // Everything is in Postgres: nothing for a later process to recover.
+        if self.pending_bytes() == 0 {
             let _ = fs::remove_dir_all(&self.shared.folder);
         }
     }

@@ -232,6 +232,10 @@ pub struct RerankLogRow {
     pub repaired: bool,
     pub latency_ms: i32,
     pub usage: serde_json::Value,
+    /// The blend that answered (`{"version", "weights", "skipped"}`); absent in rows
+    /// journaled before blends existed.
+    #[serde(default)]
+    pub blend: serde_json::Value,
 }
 
 /// Inserts request log rows in one statement (a row already there is left as it is).
@@ -244,11 +248,13 @@ pub async fn insert_rerank_logs<'e>(
     };
     sqlx::query(
         "INSERT INTO rerank_requests (id, project, user_id, candidates, result_order, prompt_version, prompt_versions,
-                                      profile_id, model, fallback, repaired, latency_ms, usage, created_at)
-         SELECT id, project, user_id, c::jsonb, o::jsonb, v, pv::jsonb, pid, m, f, r, l, u::jsonb, at
+                                      profile_id, model, fallback, repaired, latency_ms, usage, created_at, blend)
+         SELECT id, project, user_id, c::jsonb, o::jsonb, v, pv::jsonb, pid, m, f, r, l, u::jsonb, at,
+                nullif(b, 'null')::jsonb
          FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int4[], $7::text[],
-                     $8::uuid[], $9::text[], $10::text[], $11::bool[], $12::int4[], $13::text[], $14::timestamptz[])
-              AS t(id, project, user_id, c, o, v, pv, pid, m, f, r, l, u, at)
+                     $8::uuid[], $9::text[], $10::text[], $11::bool[], $12::int4[], $13::text[], $14::timestamptz[],
+                     $15::text[])
+              AS t(id, project, user_id, c, o, v, pv, pid, m, f, r, l, u, at, b)
          ON CONFLICT (id) DO NOTHING",
     )
     .bind(rows.iter().map(|r| r.id.as_str()).collect::<Vec<_>>())
@@ -265,6 +271,7 @@ pub async fn insert_rerank_logs<'e>(
     .bind(rows.iter().map(|r| r.latency_ms).collect::<Vec<_>>())
     .bind(j(|r| &r.usage))
     .bind(rows.iter().map(|r| r.created_at).collect::<Vec<_>>())
+    .bind(j(|r| &r.blend))
     .execute(db)
     .await
     .map(|_| ())

@@ -283,5 +283,8 @@ pub fn rerank_request(
         prompt: agp_rerank::serving::PromptSelector::Label("production".into()),
         history: None,
         strict: false,
+        blend: agp_rerank::serving::BlendSelector::Stored(
+            agp_rerank::serving::PromptSelector::Label("production".into()),
+        ),
     }
 }
