@@ -66,20 +66,6 @@ impl Prepared {
 /// negatives are fit on the sequences without it, so no user's held-out item ever counts,
 /// whichever users are evaluated and however many.
 pub fn prepare_from(seqs: &[UserSeq], holdout: Holdout, p: &DataParams, seed: u64) -> Prepared {
-    let mut notes = Vec::new();
-    match holdout {
-        Holdout::Last => notes.push("held-out item: each user's last item; history: the items before it".into()),
-        Holdout::Random => notes.push(
-            "this data has no timestamps: a seeded random item of each user was held out, and the history is the \
-             user's other items in file order"
-                .into(),
-        ),
-    }
-    notes.push(
-        "leave-one-out: every user's held-out item is removed before popularity, the co-occurrence model and \
-         the negative pool are fit"
-            .into(),
-    );
     let s = split::split_users(
         seqs,
         p.train_users,
@@ -88,6 +74,7 @@ pub fn prepare_from(seqs: &[UserSeq], holdout: Holdout, p: &DataParams, seed: u6
         seed,
         2,
     );
+    let mut notes = holdout_notes(holdout);
     let eligible = seqs.iter().filter(|u| u.items.len() >= 2).count();
     notes.push(format!(
         "{} users, {} with at least 2 items; split with seed {seed}: {} train, {} validation, {} test",
@@ -103,13 +90,7 @@ pub fn prepare_from(seqs: &[UserSeq], holdout: Holdout, p: &DataParams, seed: u6
     {
         notes.push("fewer users than asked for: the splits hold what there is".into());
     }
-    // Every user's item is held out before anything is fit.
-    let mut held: HashMap<&str, (Vec<String>, String)> = HashMap::with_capacity(seqs.len());
-    for u in seqs {
-        if let Some(h) = protocol::hold_out(u, holdout, seed) {
-            held.insert(u.user_id.as_str(), h);
-        }
-    }
+    let held = hold_out_everyone(seqs, holdout, seed);
     let training: Vec<Vec<String>> = seqs
         .iter()
         .map(|u| {
@@ -118,7 +99,66 @@ pub fn prepare_from(seqs: &[UserSeq], holdout: Holdout, p: &DataParams, seed: u6
                 .unwrap_or_else(|| u.items.clone())
         })
         .collect();
-    let popularity = Popularity::fit(&training);
+    let pool = negative_pool(&training);
+    let mut prep = Prepared {
+        train: Vec::new(),
+        validation: Vec::new(),
+        test: Vec::new(),
+        popularity: Popularity::fit(&training),
+        outside: [0; 3],
+        notes,
+        training,
+        knn: OnceLock::new(),
+    };
+    let base: Option<Arc<Cooc>> =
+        (p.protocol == Protocol::BaseTopk && p.base == BaseRecommender::Cooc).then(|| prep.knn());
+    let rec: &dyn Recommend = match &base {
+        Some(c) => c.as_ref(),
+        None => &prep.popularity,
+    };
+    let lists = Lists {
+        held: &held,
+        pool: &pool,
+        base: rec,
+        p,
+        seed,
+    };
+    let (train, m0) = lists.build(&s.train);
+    let (validation, m1) = lists.build(&s.validation);
+    let (test, m2) = lists.build(&s.test);
+    prep.notes.push(candidates_note(p, seed));
+    (prep.train, prep.validation, prep.test, prep.outside) =
+        (train, validation, test, [m0, m1, m2]);
+    prep
+}
+
+fn holdout_notes(holdout: Holdout) -> Vec<String> {
+    vec![
+        match holdout {
+            Holdout::Last => "held-out item: each user's last item; history: the items before it".into(),
+            Holdout::Random => "this data has no timestamps: a seeded random item of each user was held out, and \
+                                the history is the user's other items in file order"
+                .into(),
+        },
+        "leave-one-out: every user's held-out item is removed before popularity, the co-occurrence model and \
+         the negative pool are fit"
+            .into(),
+    ]
+}
+
+/// Every user's `(history, held-out item)` (users with at least 2 items).
+fn hold_out_everyone(
+    seqs: &[UserSeq],
+    holdout: Holdout,
+    seed: u64,
+) -> HashMap<&str, (Vec<String>, String)> {
+    seqs.iter()
+        .filter_map(|u| Some((u.user_id.as_str(), protocol::hold_out(u, holdout, seed)?)))
+        .collect()
+}
+
+/// The items llmrank draws negatives from: every item of the training sequences, sorted.
+fn negative_pool(training: &[Vec<String>]) -> Vec<String> {
     let mut pool: Vec<String> = training
         .iter()
         .flatten()
@@ -127,55 +167,11 @@ pub fn prepare_from(seqs: &[UserSeq], holdout: Holdout, p: &DataParams, seed: u6
         .into_iter()
         .collect();
     pool.sort();
-    let mut prep = Prepared {
-        train: Vec::new(),
-        validation: Vec::new(),
-        test: Vec::new(),
-        popularity,
-        outside: [0; 3],
-        notes,
-        training,
-        knn: OnceLock::new(),
-    };
-    let base: Option<Arc<Cooc>> =
-        (p.protocol == Protocol::BaseTopk && p.base == BaseRecommender::Cooc).then(|| prep.knn());
-    let build = |users: &[UserSeq]| -> (Vec<Case>, usize) {
-        let mut out = Vec::new();
-        let mut missing = 0;
-        for u in users {
-            let Some((history, target)) = held.get(u.user_id.as_str()).cloned() else {
-                continue;
-            };
-            match p.protocol {
-                Protocol::Llmrank => out.push(protocol::llmrank_case(
-                    u,
-                    history,
-                    target,
-                    &pool,
-                    p.candidates,
-                    seed,
-                )),
-                Protocol::BaseTopk => {
-                    let rec: &dyn Recommend = match &base {
-                        Some(c) => c.as_ref(),
-                        None => &prep.popularity,
-                    };
-                    let (case, inside) =
-                        protocol::base_topk_case(&u.user_id, history, target, rec, p.candidates);
-                    if inside {
-                        out.push(case);
-                    } else {
-                        missing += 1;
-                    }
-                }
-            }
-        }
-        (out, missing)
-    };
-    let (train, m0) = build(&s.train);
-    let (validation, m1) = build(&s.validation);
-    let (test, m2) = build(&s.test);
-    let note = match p.protocol {
+    pool
+}
+
+fn candidates_note(p: &DataParams, seed: u64) -> String {
+    match p.protocol {
         Protocol::Llmrank => format!(
             "candidates (llmrank): the held-out item + {} random items the user never interacted with, shuffled (seed {seed})",
             p.candidates.saturating_sub(1)
@@ -185,11 +181,54 @@ pub fn prepare_from(seqs: &[UserSeq], holdout: Holdout, p: &DataParams, seed: u6
              the list have no case: the in-list figures leave them out, the all-users figures count them as misses",
             p.candidates, p.base
         ),
-    };
-    prep.notes.push(note);
-    (prep.train, prep.validation, prep.test, prep.outside) =
-        (train, validation, test, [m0, m1, m2]);
-    prep
+    }
+}
+
+/// What building one split's candidate lists needs.
+struct Lists<'a> {
+    held: &'a HashMap<&'a str, (Vec<String>, String)>,
+    pool: &'a [String],
+    base: &'a dyn Recommend,
+    p: &'a DataParams,
+    seed: u64,
+}
+
+impl Lists<'_> {
+    /// The users' cases, and how many users had their item outside a base-topk list.
+    fn build(&self, users: &[UserSeq]) -> (Vec<Case>, usize) {
+        let mut out = Vec::new();
+        let mut missing = 0;
+        for u in users {
+            let Some((history, target)) = self.held.get(u.user_id.as_str()).cloned() else {
+                continue;
+            };
+            match self.p.protocol {
+                Protocol::Llmrank => out.push(protocol::llmrank_case(
+                    u,
+                    history,
+                    target,
+                    self.pool,
+                    self.p.candidates,
+                    self.seed,
+                )),
+                Protocol::BaseTopk => {
+                    let (case, inside) = protocol::base_topk_case(
+                        &u.user_id,
+                        history,
+                        target,
+                        self.base,
+                        self.p.candidates,
+                    );
+                    if inside {
+                        out.push(case);
+                    } else {
+                        missing += 1;
+                    }
+                }
+            }
+        }
+        (out, missing)
+    }
 }
 
 #[cfg(test)]

@@ -117,6 +117,7 @@ pub fn drop_inapplicable(settings: &mut serde_json::Value, data: &DataParams, us
     Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema, clap::ValueEnum,
 )]
 #[serde(rename_all = "snake_case")]
+#[value(rename_all = "snake_case")]
 pub enum Method {
     /// The candidate list in its incoming order.
     Base,

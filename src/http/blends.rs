@@ -111,7 +111,7 @@ pub async fn create_version(
 /// Move a blend label to a version (promote, roll back) or split its traffic across versions
 /// by weight; users are assigned to an arm by a stable hash of their id.
 #[utoipa::path(put, path = "/v1/blends/labels/{label}", tag = "blends", request_body = super::prompts::LabelBodyDoc,
-    params(("label" = String, Path)),
+    params(("label" = String, Path, example = "production")),
     responses((status = 200, body = LabelRow), (status = 422, body = ErrorBody)))]
 pub async fn set_label(
     State(state): State<AppState>,
