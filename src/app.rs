@@ -18,13 +18,36 @@ pub use crate::http::state::AppState;
 pub async fn prepare_database(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
     crate::store::migrate(pool).await?;
     ensure_project(pool, crate::store::DEFAULT_PROJECT).await?;
+    upgrade_seeds(pool).await?;
+    Ok(())
+}
+
+/// Moves projects on an untouched earlier default prompt to the current one (a new version
+/// with the production label; anything someone changed stays as it is).
+async fn upgrade_seeds(pool: &PgPool) -> Result<(), sqlx::Error> {
+    use crate::agp::prompt::{LEGACY_P_RANK, PromptName, default_template};
+    let moved = crate::store::prompts::upgrade_seed(
+        pool,
+        PromptName::PRank.as_str(),
+        LEGACY_P_RANK,
+        default_template(PromptName::PRank),
+        "default for prefix caches: instructions and profile first, candidates last, \
+         the rank mode's answer format ({{format}}) at the end",
+    )
+    .await?;
+    if !moved.is_empty() {
+        tracing::info!(projects = ?moved, "p_rank moved to the prefix-cache layout (version 2)");
+    }
     Ok(())
 }
 
 /// Creates a project (if new) with the default prompts and blend. Idempotent.
 pub async fn ensure_project(pool: &PgPool, project: &str) -> Result<(), sqlx::Error> {
     use crate::store::blends;
-    let blend = blends::encode(&crate::rankers::BlendWeights::DEFAULT);
+    let blend = blends::encode(&blends::BlendSpec {
+        weights: crate::rankers::BlendWeights::DEFAULT,
+        rank_mode: None,
+    });
     let mut seeds = crate::agp::prompt::seeds();
     seeds.push((blends::BLEND, &blend));
     crate::store::prompts::ensure_project(pool, project, &seeds).await

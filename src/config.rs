@@ -153,6 +153,15 @@ pub struct RerankArgs {
     /// Rankings in shuffled orders whose points are summed, against position bias (1 = off).
     #[arg(long, env = "AGP_RANK_REPEATS", default_value_t = 1)]
     pub rank_repeats: usize,
+    /// How the LLM ranks unless the request or the blend says: `generate` (the model writes
+    /// the whole order) or `logprobs` (one output token per window of at most 20, ordered by
+    /// the log-probabilities of the candidates' letters).
+    #[arg(long, env = "AGP_RANK_MODE", value_enum, default_value_t = crate::agp::rank::RankMode::Generate)]
+    pub rank_mode: crate::agp::rank::RankMode,
+    /// Token budget of one candidate's text in a ranking prompt (the title comes first; the
+    /// rest is cut at a word boundary; tokens estimated as one per four characters).
+    #[arg(long, env = "AGP_RANK_ITEM_TOKENS", default_value_t = crate::agp::rank::DEFAULT_ITEM_TOKENS)]
+    pub rank_item_tokens: usize,
     /// Bound on the LLM part of one rerank, in milliseconds (then: fallback `llm_timeout`).
     /// Default 5 000; 60 000 with `--llm local` (a CPU model writes a few tokens a second).
     /// Profiles and summaries still being written at the deadline are finished in the
@@ -226,6 +235,8 @@ impl RerankArgs {
                 window: self.rank_window.max(2),
                 step: self.rank_step.max(1),
                 repeats: self.rank_repeats.max(1),
+                mode: self.rank_mode,
+                max_item_tokens: self.rank_item_tokens.max(1),
                 ..Default::default()
             },
             deadline: Duration::from_millis(

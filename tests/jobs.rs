@@ -75,7 +75,7 @@ fn script(candidate: &'static str) -> impl Fn(&Seen) -> Reply + Send + Sync + 's
             } else {
                 idx.sort_by_key(|&i| v[i]);
             }
-            Reply::json(json!({"ranking": idx.iter().map(|i| i + 1).collect::<Vec<_>>()}))
+            common::ranking_reply(s, &idx)
         }
         "fb" => Reply::text("The profile missed the user's taste for big numbers."),
         "agg" => Reply::text("Profiles should capture the preferred number range."),
@@ -634,7 +634,7 @@ async fn http_api_enqueues_reports_and_validates() {
         (json!({"candidates": 1}), "candidates"),
         (
             json!({"methods": ["magic"]}),
-            "methods[0]: unknown variant `magic`, expected one of `base`, `random`, `popularity`, `item_knn`, `item_knn_all`, `llm_no_profile`, `llm_manual`, `fused`",
+            "methods[0]: unknown variant `magic`, expected one of `base`, `random`, `popularity`, `item_knn`, `item_knn_all`, `llm_no_profile`, `llm_manual`, `llm_no_profile_logprobs`, `llm_manual_logprobs`, `fused`",
         ),
         (json!({"versions": [99]}), "no version 99"),
         (
@@ -873,4 +873,77 @@ async fn fused_weights_are_tuned_on_validation_users_against_scripted_upstreams(
     let (status, job) = r.run(jobs::JobKind::Evaluation.as_str(), none).await;
     assert_eq!(status, "failed");
     assert!(job.error.unwrap().contains("validation_users"));
+}
+
+#[tokio::test]
+async fn both_rank_modes_are_compared_on_the_same_lists_in_an_evaluation() {
+    let r = rig("unused {{history}}").await;
+    let params = json!({"train_users": 0, "validation_users": 0, "test_users": 20, "candidates": 10,
+                        "history_len": 3, "seed": 5, "summaries": false,
+                        "methods": ["base", "llm_manual", "llm_manual_logprobs"]});
+    let (status, job) = r
+        .run(jobs::JobKind::Evaluation.as_str(), params.clone())
+        .await;
+    assert_eq!(status, "succeeded", "{:?}", job.error);
+    let report = job.result.unwrap();
+    let method = |report: &Value, name: &str| {
+        report["methods"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["method"] == name)
+            .unwrap_or_else(|| panic!("{name} in {report}"))
+            .clone()
+    };
+    // The script ranks the same way in both modes, so the metrics agree exactly; the
+    // log-probability calls asked for one token each.
+    let gen_ = method(&report, "llm_manual");
+    let lp = method(&report, "llm_manual_logprobs");
+    assert_eq!(gen_["mean"], lp["mean"]);
+    assert_ne!(gen_["mean"], method(&report, "base")["mean"]);
+    let one_token: Vec<Value> = r
+        .server
+        .requests()
+        .into_iter()
+        .filter(|b| b["max_tokens"] == 1 && b["top_logprobs"] == 10)
+        .collect();
+    assert_eq!(one_token.len(), 20, "one call per list");
+    assert!(
+        lp["cost"]["completion_tokens"].as_u64().unwrap()
+            < gen_["cost"]["completion_tokens"].as_u64().unwrap()
+    );
+    assert!(
+        lp["description"]
+            .as_str()
+            .unwrap()
+            .contains("log-probabilities")
+    );
+
+    // A server that ignores `logprobs` (it answers a letter as text): the lists are ranked
+    // again by generation, the report says so, and the metrics are the same.
+    r.server.set_script(|s: &Seen| {
+        if s.top_logprobs() > 0 {
+            Reply::text("A")
+        } else {
+            script("unused {{history}}")(s)
+        }
+    });
+    // (A new seed: the first run's answers are in the LLM cache.)
+    let mut p2 = params;
+    p2["seed"] = json!(6);
+    p2["methods"] = json!(["llm_manual", "llm_manual_logprobs"]);
+    p2["rank_mode"] = json!("logprobs");
+    let (status, job) = r.run(jobs::JobKind::Evaluation.as_str(), p2).await;
+    assert_eq!(status, "succeeded", "{:?}", job.error);
+    let report = job.result.unwrap();
+    assert_eq!(
+        method(&report, "llm_manual_logprobs")["mean"],
+        method(&report, "llm_manual")["mean"]
+    );
+    assert_eq!(report["settings"]["rank_mode"], "logprobs");
+    let notes = report["data_notes"].to_string();
+    assert!(
+        notes.contains("returned no log-probabilities for 20 of 20 lists"),
+        "{notes}"
+    );
 }

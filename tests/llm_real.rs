@@ -202,7 +202,36 @@ async fn real_llama_server_protocol_and_robustness() {
         "the model wrote a profile"
     );
 
-    // 8. The supervisor restarts a llama-server that dies, and calls work again.
+    // 8. Log-probability mode end to end: one ranking call of one output token whose
+    // alternatives llama-server returns (the profile is cached from step 7), and the
+    // prompt-cache counters it reports.
+    let mut req = common::rerank_request("rr_real_lp", "gamer", &["g3", "g4", "g5"]);
+    req.rank_mode = Some(agp_rerank::agp::rank::RankMode::Logprobs);
+    let out = state.reranker.rerank(&req).await.expect("rerank");
+    let mut idx: Vec<usize> = out.results.iter().map(|r| r.index).collect();
+    idx.sort();
+    assert_eq!(idx, vec![0, 1, 2]);
+    let rank = out.rank.expect("the LLM ranked");
+    assert_eq!(
+        (rank.calls, rank.windows_without_logprobs),
+        (1, 0),
+        "llama-server returns log-probabilities: {out:?}"
+    );
+    assert_eq!(out.usage.llm_calls, 1, "{out:?}");
+    assert_eq!(out.usage.completion_tokens, 1, "{out:?}");
+    assert!(out.fallback.is_none(), "a letter among the alternatives: {out:?}");
+    // The same user's next rerank shares the system message, instructions and profile.
+    let mut req = common::rerank_request("rr_real_lp2", "gamer", &["g5", "g3"]);
+    req.rank_mode = Some(agp_rerank::agp::rank::RankMode::Logprobs);
+    let out = state.reranker.rerank(&req).await.expect("rerank");
+    assert!(
+        out.usage.cached_tokens > 0,
+        "llama-server reused the shared prefix: {:?}",
+        out.usage
+    );
+    eprintln!("real-model log-probability rerank: {:?}", out.usage);
+
+    // 9. The supervisor restarts a llama-server that dies, and calls work again.
     let old = local.pid();
     assert!(old > 0);
     // SAFETY: killing the child process this test started.

@@ -450,6 +450,7 @@ mod tests {
                 finish_reason: Some("stop".into()),
                 prompt_tokens: 1,
                 completion_tokens: 1,
+                cached_tokens: 0,
                 logprobs: None,
                 cached: false,
                 latency_ms: 0,
@@ -490,6 +491,7 @@ mod tests {
                 profile: Some(Arc::new("profile".into())),
                 repaired: false,
                 failure: None,
+                windows_without_logprobs: 0,
             }
         }
         async fn validate(&self, prompt: &Prompt) -> f64 {

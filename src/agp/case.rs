@@ -43,6 +43,8 @@ pub struct CaseOutcome {
     pub repaired: bool,
     /// Why the LLM order could not be had (the incoming order was scored instead).
     pub failure: Option<String>,
+    /// Log-probability windows answered without log-probabilities (ranked by generation).
+    pub windows_without_logprobs: usize,
 }
 
 /// Mean rank of outcomes (0 for none).

@@ -109,6 +109,7 @@ mod tests {
             profile: Some(Arc::new("Likes puzzles.".into())),
             repaired: false,
             failure: None,
+            windows_without_logprobs: 0,
         };
         let titles: Titles = [("a", "Alpha"), ("b", "Beta"), ("c", "Gamma")]
             .into_iter()

@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::{BaseRecommender, Protocol};
+use crate::agp::rank::RankMode;
 
 /// Largest seed: integers above 2^53 - 1 do not survive every JSON parser.
 pub const MAX_SEED: u64 = 9_007_199_254_740_991;
@@ -50,6 +51,10 @@ pub struct DataParams {
     #[arg(long, default_value_t = 1)]
     #[schema(minimum = 1, maximum = 10)]
     pub rank_repeats: usize,
+    /// How the LLM ranks (`generate`: the whole order as JSON; `logprobs`: one token per
+    /// window, ordered by log-probabilities). The `*_logprobs` methods always use `logprobs`.
+    #[arg(long, value_enum, default_value_t = RankMode::Generate)]
+    pub rank_mode: RankMode,
 }
 
 impl Default for DataParams {
@@ -65,6 +70,7 @@ impl Default for DataParams {
             summaries: true,
             base: BaseRecommender::Cooc,
             rank_repeats: 1,
+            rank_mode: RankMode::Generate,
         }
     }
 }
@@ -106,7 +112,7 @@ pub fn drop_inapplicable(settings: &mut serde_json::Value, data: &DataParams, us
         map.remove("base");
     }
     if !uses_llm {
-        for key in ["summaries", "history_len", "rank_repeats"] {
+        for key in ["summaries", "history_len", "rank_repeats", "rank_mode"] {
             map.remove(key);
         }
     }
@@ -133,6 +139,10 @@ pub enum Method {
     LlmNoProfile,
     /// LLM ranking with a profile from the manual `p_gen` (version 1).
     LlmManual,
+    /// `llm_no_profile` in log-probability mode (one output token per window).
+    LlmNoProfileLogprobs,
+    /// `llm_manual` in log-probability mode (one output token per window).
+    LlmManualLogprobs,
     /// The evaluation's last LLM method fused with the incoming order, popularity and
     /// item-kNN, weights tuned on the validation users (stored as a blend version).
     Fused,
@@ -140,7 +150,7 @@ pub enum Method {
 
 impl Method {
     /// Every method, in report order.
-    pub const ALL: [Method; 8] = [
+    pub const ALL: [Method; 10] = [
         Method::Base,
         Method::Random,
         Method::Popularity,
@@ -148,8 +158,19 @@ impl Method {
         Method::ItemKnnAll,
         Method::LlmNoProfile,
         Method::LlmManual,
+        Method::LlmNoProfileLogprobs,
+        Method::LlmManualLogprobs,
         Method::Fused,
     ];
+
+    /// What runs when no methods are named: all but the `*_logprobs` comparisons (set
+    /// `rank_mode` to run the LLM methods in log-probability mode instead).
+    pub fn defaults() -> Vec<Method> {
+        Method::ALL
+            .into_iter()
+            .filter(|m| !matches!(m, Method::LlmNoProfileLogprobs | Method::LlmManualLogprobs))
+            .collect()
+    }
 
     /// The method's name in requests and reports.
     pub fn as_str(self) -> &'static str {
@@ -161,6 +182,8 @@ impl Method {
             Method::ItemKnnAll => "item_knn_all",
             Method::LlmNoProfile => "llm_no_profile",
             Method::LlmManual => "llm_manual",
+            Method::LlmNoProfileLogprobs => "llm_no_profile_logprobs",
+            Method::LlmManualLogprobs => "llm_manual_logprobs",
             Method::Fused => "fused",
         }
     }
@@ -186,8 +209,32 @@ impl Scored {
     pub fn uses_llm(self) -> bool {
         matches!(
             self,
-            Scored::Method(Method::LlmNoProfile | Method::LlmManual) | Scored::PGen(_)
+            Scored::Method(
+                Method::LlmNoProfile
+                    | Method::LlmManual
+                    | Method::LlmNoProfileLogprobs
+                    | Method::LlmManualLogprobs
+            ) | Scored::PGen(_)
         )
+    }
+
+    /// The `p_gen` version whose profiles it ranks with (none: the raw history, or no LLM).
+    pub fn profile_version(self) -> Option<i32> {
+        match self {
+            Scored::Method(Method::LlmManual | Method::LlmManualLogprobs) => Some(1),
+            Scored::PGen(v) => Some(v),
+            _ => None,
+        }
+    }
+
+    /// How its LLM ranks, given the evaluation's `rank_mode`.
+    pub fn rank_mode(self, default: RankMode) -> RankMode {
+        match self {
+            Scored::Method(Method::LlmNoProfileLogprobs | Method::LlmManualLogprobs) => {
+                RankMode::Logprobs
+            }
+            _ => default,
+        }
     }
 
     /// One line saying what it is.
@@ -208,6 +255,12 @@ impl Scored {
             }
             Scored::Method(Method::LlmManual) => {
                 "LLM ranking with a profile from the manual p_gen (version 1)".into()
+            }
+            Scored::Method(Method::LlmNoProfileLogprobs) => {
+                "llm_no_profile ranked from the log-probabilities of one output token per window".into()
+            }
+            Scored::Method(Method::LlmManualLogprobs) => {
+                "llm_manual ranked from the log-probabilities of one output token per window".into()
             }
             Scored::PGen(v) => format!("LLM ranking with a profile from p_gen v{v}"),
             Scored::Method(Method::Fused) => {
@@ -305,7 +358,7 @@ impl EvalParams {
 
     /// What to score, in report order.
     pub fn scored(&self) -> Vec<Scored> {
-        let methods = self.methods.clone().unwrap_or_else(|| Method::ALL.to_vec());
+        let methods = self.methods.clone().unwrap_or_else(Method::defaults);
         let mut m: Vec<Scored> = methods.into_iter().map(Scored::Method).collect();
         m.extend(self.versions.iter().map(|&v| Scored::PGen(v)));
         m

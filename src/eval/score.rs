@@ -7,7 +7,7 @@ use std::sync::Arc;
 use super::params::DataParams;
 use crate::agp::case::{Case, CaseOutcome};
 use crate::agp::profile;
-use crate::agp::rank::{self, RankError, RankOptions};
+use crate::agp::rank::{self, RankError, RankMode, RankOptions};
 use crate::llm::{CallContext, LlmClient};
 use crate::serving::{PromptSelector, RerankError, Reranker};
 use crate::store::prompts::PRODUCTION;
@@ -80,6 +80,7 @@ impl Scorer {
             None
         };
         let rank_opts = RankOptions {
+            mode: data.rank_mode,
             repeats: rank_repeats.max(1),
             no_cache: false,
             ..reranker.settings.rank
@@ -117,7 +118,19 @@ impl Scorer {
     }
 
     /// Scores one case.
-    pub async fn score(&self, case: &Case, mode: &ProfileMode, ctx: &CallContext) -> CaseOutcome {
+    /// The rank mode of the evaluation's settings.
+    pub fn rank_mode(&self) -> RankMode {
+        self.rank_opts.mode
+    }
+
+    /// Ranks one case with profiles of `mode`, the LLM ranking in `rank_mode`.
+    pub async fn score(
+        &self,
+        case: &Case,
+        mode: &ProfileMode,
+        rank_mode: RankMode,
+        ctx: &CallContext,
+    ) -> CaseOutcome {
         let incoming: Vec<usize> = (0..case.candidates.len()).collect();
         let fail = |why: String| CaseOutcome {
             rank: case
@@ -127,6 +140,7 @@ impl Scorer {
             profile: None,
             repaired: false,
             failure: Some(why),
+            windows_without_logprobs: 0,
         };
         let recent = self.recent(case);
         let texts = match self
@@ -178,7 +192,10 @@ impl Scorer {
             Some(&profile_text),
             None,
             &refs,
-            &self.rank_opts,
+            &RankOptions {
+                mode: rank_mode,
+                ..self.rank_opts
+            },
         )
         .await
         {
@@ -190,6 +207,7 @@ impl Scorer {
                 profile,
                 repaired: o.repaired,
                 failure: None,
+                windows_without_logprobs: o.fallback_windows,
             },
             Err(RankError::Unusable) => CaseOutcome {
                 profile,
@@ -222,13 +240,14 @@ impl Scorer {
         &self,
         cases: &[Case],
         mode: &ProfileMode,
+        rank_mode: RankMode,
         ctx: &CallContext,
         tick: &(dyn Fn() + Sync),
     ) -> Vec<CaseOutcome> {
         let mut out = Vec::with_capacity(cases.len());
         for chunk in cases.chunks(self.parallel.max(1)) {
             let done = futures_util::future::join_all(chunk.iter().map(|c| async move {
-                let r = self.score(c, mode, ctx).await;
+                let r = self.score(c, mode, rank_mode, ctx).await;
                 tick();
                 r
             }))

@@ -13,6 +13,7 @@ use utoipa::ToSchema;
 use super::error::{AppError, ErrorBody, Json, Path};
 use super::prompts::{CreatedVersion, LabelBody, move_label};
 use super::state::AppState;
+use crate::agp::rank::RankMode;
 use crate::auth::Principal;
 use crate::rankers::BlendWeights;
 use crate::store::blends::{self as db, BLEND, BlendVersion};
@@ -73,6 +74,10 @@ pub async fn version(
 pub struct NewBlendBody {
     /// Component weights (0 to 1000, at least one positive; only the ratios matter).
     pub weights: BlendWeights,
+    /// How the LLM component ranks (`generate` or `logprobs`; absent: the server's
+    /// `--rank-mode`). A request's `rank_mode` overrides it.
+    #[serde(default)]
+    pub rank_mode: Option<RankMode>,
     /// What changed and why.
     #[serde(default)]
     #[schema(max_length = 2000, pattern = "NO_NUL")]
@@ -104,7 +109,11 @@ pub async fn create_version(
         source: "api",
         ..Default::default()
     };
-    let v = db::create(&state.pool, &who.project, &body.weights, &meta).await?;
+    let spec = db::BlendSpec {
+        weights: body.weights,
+        rank_mode: body.rank_mode,
+    };
+    let v = db::create(&state.pool, &who.project, &spec, &meta).await?;
     Ok((StatusCode::CREATED, Json(CreatedVersion { version: v })))
 }
 

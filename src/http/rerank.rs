@@ -11,11 +11,13 @@ use utoipa::{IntoParams, ToSchema};
 use super::error::{AppError, ErrorBody, Json, Path, Query};
 use super::state::AppState;
 use crate::agp::prompt::PromptName;
+use crate::agp::rank::RankMode;
 use crate::auth::Principal;
 use crate::llm::usage::TallySnapshot;
 use crate::rankers::BlendWeights;
 use crate::serving::{
-    BlendSelector, BlendUsed, Fallback, ItemRef, PromptSelector, RerankError, RerankRequest,
+    BlendSelector, BlendUsed, Fallback, ItemRef, PromptSelector, RankInfo, RerankError,
+    RerankRequest,
 };
 use crate::store::prompts::PRODUCTION;
 use crate::store::rerank as db;
@@ -100,6 +102,11 @@ pub struct RerankBody {
     #[serde(default)]
     #[schema(value_type = Option<BlendBodyDoc>)]
     pub blend: Option<BlendBody>,
+    /// How the LLM ranks: `generate` (the model writes the whole order) or `logprobs` (one
+    /// output token per window of up to 20, ordered by the log-probabilities of the
+    /// candidates' letters). Default: the blend's mode, else the server's `--rank-mode`.
+    #[serde(default)]
+    pub rank_mode: Option<RankMode>,
 }
 
 /// Which blend to use: a label, a version, or weights; one of them.
@@ -160,6 +167,9 @@ pub struct Usage {
     /// Upstream LLM calls made (cache hits excluded).
     pub llm_calls: u64,
     pub prompt_tokens: u64,
+    /// Prompt tokens the LLM server read from its prompt (prefix) cache, when it reports
+    /// them (OpenAI, vLLM, llama.cpp); 0 otherwise.
+    pub cached_tokens: u64,
     pub completion_tokens: u64,
     pub cache_hits: u64,
     /// Time spent waiting for the LLM, in milliseconds (the rest of latency_ms is the service).
@@ -171,6 +181,7 @@ impl From<TallySnapshot> for Usage {
         Usage {
             llm_calls: t.llm_calls,
             prompt_tokens: t.prompt_tokens,
+            cached_tokens: t.cached_tokens,
             completion_tokens: t.completion_tokens,
             cache_hits: t.cache_hits,
             llm_ms: t.llm_micros as f64 / 1000.0,
@@ -197,6 +208,10 @@ pub struct RerankMeta {
     /// The blend that fused the answer: its version (null for request weights), weights, and
     /// any component that could not take part.
     pub blend: BlendUsed,
+    /// How the LLM ranked: the mode, the ranking calls, and the log-probability windows
+    /// answered without log-probabilities (ranked again by generation). Null when the LLM
+    /// was not asked or failed.
+    pub rank: Option<RankInfo>,
     pub usage: Usage,
     pub latency_ms: u64,
 }
@@ -296,6 +311,7 @@ pub async fn rerank(
             fallback_detail: out.fallback_detail,
             repaired: out.repaired,
             blend: out.blend,
+            rank: out.rank,
             usage: out.usage.into(),
             latency_ms: out.latency_ms,
         },
@@ -345,6 +361,7 @@ fn request(state: &AppState, who: &Principal, body: RerankBody) -> Result<Rerank
         history,
         strict: body.strict,
         blend: blend_selector(body.blend)?,
+        rank_mode: body.rank_mode,
     })
 }
 

@@ -148,7 +148,13 @@ pub(super) fn ranker_for<'a>(
             Some(Box::new(ItemKnn::last(prep.knn(), Cooc::DEFAULT_RECENT)))
         }
         Scored::Method(Method::ItemKnnAll) => Some(Box::new(ItemKnn::whole_history(prep.knn()))),
-        Scored::Method(Method::LlmNoProfile | Method::LlmManual | Method::Fused)
+        Scored::Method(
+            Method::LlmNoProfile
+            | Method::LlmManual
+            | Method::LlmNoProfileLogprobs
+            | Method::LlmManualLogprobs
+            | Method::Fused,
+        )
         | Scored::PGen(_) => None,
     }
 }
@@ -200,12 +206,7 @@ pub(super) async fn llm_outcomes(
     seed: u64,
     shown: &mut Shown,
 ) -> Result<Vec<CaseOutcome>, JobError> {
-    let version = match what {
-        Scored::Method(Method::LlmManual) => Some(1),
-        Scored::PGen(v) => Some(v),
-        _ => None,
-    };
-    let mode = match version {
+    let mode = match what.profile_version() {
         Some(v) => {
             let template = ctx.template(PromptName::PGen, v).await?;
             if !shown.prompts.iter().any(|p| p.version == v) {
@@ -224,7 +225,10 @@ pub(super) async fn llm_outcomes(
     };
     let call = ctx.call_ctx();
     let tick = || ctx.tick(|p| p.done += 1);
-    let outcomes = scorer.score_all(cases, &mode, &call, &tick).await;
+    let rank_mode = what.rank_mode(scorer.rank_mode());
+    let outcomes = scorer
+        .score_all(cases, &mode, rank_mode, &call, &tick)
+        .await;
     let name = what.name();
     let failures = outcomes.iter().filter(|o| o.failure.is_some()).count();
     if failures > 0 {
@@ -237,6 +241,17 @@ pub(super) async fn llm_outcomes(
     if repaired > 0 {
         shown.note(format!(
             "seed {seed}, {name}: {repaired} of {} ranking answers needed repair",
+            outcomes.len()
+        ));
+    }
+    let generated = outcomes
+        .iter()
+        .filter(|o| o.windows_without_logprobs > 0)
+        .count();
+    if generated > 0 {
+        shown.note(format!(
+            "seed {seed}, {name}: the LLM server returned no log-probabilities for {generated} of {} \
+             lists; they were ranked in generation mode instead",
             outcomes.len()
         ));
     }

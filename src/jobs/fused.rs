@@ -191,7 +191,18 @@ async fn store(
                 parent_version: None,
                 scores: Some(scores),
             };
-            blends::create(&ctx.pool, project, &t.weights, &meta).await?
+            blends::create(
+                &ctx.pool,
+                project,
+                &blends::BlendSpec {
+                    weights: t.weights,
+                    rank_mode: (t.weights.llm > 0.0)
+                        .then(|| run.llm.map(|(m, _)| m.rank_mode(run.params.data.rank_mode)))
+                        .flatten(),
+                },
+                &meta,
+            )
+            .await?
         }
     };
     if let Some(label) = &run.params.promote_blend {

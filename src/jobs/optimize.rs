@@ -189,7 +189,9 @@ struct JobLab<'a> {
 
 impl Lab for JobLab<'_> {
     async fn score(&self, case: &Case, prompt: &Prompt) -> CaseOutcome {
-        self.scorer.score(case, &mode(prompt), &self.call).await
+        self.scorer
+            .score(case, &mode(prompt), self.scorer.rank_mode(), &self.call)
+            .await
     }
 
     async fn validate(&self, prompt: &Prompt) -> f64 {
@@ -222,7 +224,9 @@ fn mode(p: &Prompt) -> ProfileMode {
 }
 
 async fn validation_ndcg(scorer: &Scorer, cases: &[Case], p: &Prompt, call: &CallContext) -> f64 {
-    let out = scorer.score_all(cases, &mode(p), call, &|| {}).await;
+    let out = scorer
+        .score_all(cases, &mode(p), scorer.rank_mode(), call, &|| {})
+        .await;
     metrics::from_ranks(&out.iter().map(|o| o.rank).collect::<Vec<_>>()).ndcg_10
 }
 
@@ -573,7 +577,10 @@ async fn test_scores(
         let tally = std::sync::Arc::new(crate::llm::Tally::default());
         let call = ctx.call_ctx().with_tally(tally.clone());
         let t0 = std::time::Instant::now();
-        let outcomes = setup.scorer.score_all(test, &mode(p), &call, &|| {}).await;
+        let outcomes = setup
+            .scorer
+            .score_all(test, &mode(p), setup.scorer.rank_mode(), &call, &|| {})
+            .await;
         let m = metrics::from_ranks(&outcomes.iter().map(|o| o.rank).collect::<Vec<_>>());
         let cost = cost_between(
             &Default::default(),

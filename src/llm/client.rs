@@ -211,8 +211,10 @@ impl LlmClient {
             r
         });
         self.account(role, rr, ctx, &result, latency);
+        // A truncated answer is incomplete, except a log-probability call's: it asks for
+        // exactly its few tokens.
         if let (Ok(resp), Some(pool), Some(key)) = (&result, &self.inner.pool, key)
-            && !resp.truncated()
+            && (!resp.truncated() || req.top_logprobs.is_some())
             && !resp.content.trim().is_empty()
             && let Ok(v) = serde_json::to_value(resp)
         {
@@ -430,14 +432,15 @@ impl LlmClient {
         result: &Result<ChatResponse, LlmError>,
         latency: Duration,
     ) {
-        let (pt, ct, hit, outcome) = match result {
+        let (pt, ct, cached_tokens, hit, outcome) = match result {
             Ok(r) => (
                 r.prompt_tokens,
                 r.completion_tokens,
+                r.cached_tokens,
                 r.cached,
                 "ok".to_string(),
             ),
-            Err(e) => (0, 0, false, e.kind().to_string()),
+            Err(e) => (0, 0, 0, false, e.kind().to_string()),
         };
         let record = UsageRecord {
             uid: uuid::Uuid::new_v4(),
@@ -449,6 +452,7 @@ impl LlmClient {
             latency_us: latency.as_micros() as u64,
             prompt_tokens: pt,
             completion_tokens: ct,
+            cached_tokens,
             cache_hit: hit,
             outcome,
             request_id: ctx.request_id.clone(),
@@ -572,6 +576,15 @@ fn clip(s: &str) -> String {
     format!("{}...", &s[..end])
 }
 
+/// Prompt tokens served from the server's prompt cache: OpenAI and vLLM report
+/// `usage.prompt_tokens_details.cached_tokens`, llama.cpp's server also `timings.cache_n`.
+fn cached_prompt_tokens(v: &Value) -> u32 {
+    v.pointer("/usage/prompt_tokens_details/cached_tokens")
+        .or_else(|| v.pointer("/timings/cache_n"))
+        .and_then(Value::as_u64)
+        .unwrap_or(0) as u32
+}
+
 /// Parses a chat completions response body.
 pub fn parse_completion(text: &str, model: &str) -> Result<ChatResponse, LlmError> {
     let v: Value = serde_json::from_str(text)
@@ -607,6 +620,7 @@ pub fn parse_completion(text: &str, model: &str) -> Result<ChatResponse, LlmErro
             .map(str::to_string),
         prompt_tokens: tokens("prompt_tokens"),
         completion_tokens: tokens("completion_tokens"),
+        cached_tokens: cached_prompt_tokens(&v),
         logprobs: choice.get("logprobs").filter(|l| !l.is_null()).cloned(),
         cached: false,
         latency_ms: 0,

@@ -146,6 +146,9 @@ pub struct ChatResponse {
     pub finish_reason: Option<String>,
     pub prompt_tokens: u32,
     pub completion_tokens: u32,
+    /// Prompt tokens the server read from its prompt (prefix) cache, when it says.
+    #[serde(default)]
+    pub cached_tokens: u32,
     /// Raw `logprobs` object when asked for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub logprobs: Option<serde_json::Value>,

@@ -21,6 +21,12 @@ pub enum Reply {
     Text(String),
     /// 200 with this content and `finish_reason: "length"`.
     Truncated(String),
+    /// 200 with this content and, for its first token, these `(token, logprob)`
+    /// alternatives in the OpenAI `logprobs` shape (a server that supports them).
+    Logprobs {
+        content: String,
+        top: Vec<(String, f64)>,
+    },
     /// This status with a JSON error body (and `Retry-After` seconds when given).
     Status {
         status: u16,
@@ -43,6 +49,13 @@ impl Reply {
     /// 200 with the JSON value serialized as content.
     pub fn json(v: Value) -> Self {
         Reply::Text(v.to_string())
+    }
+    /// A one-token answer whose alternatives are `top` (the first is the chosen token).
+    pub fn first_token(top: &[(&str, f64)]) -> Self {
+        Reply::Logprobs {
+            content: top.first().map(|(t, _)| t.to_string()).unwrap_or_default(),
+            top: top.iter().map(|(t, l)| (t.to_string(), *l)).collect(),
+        }
     }
     /// An error status with a short body.
     pub fn status(status: u16) -> Self {
@@ -116,6 +129,14 @@ impl Seen {
             })
             .unwrap_or_default()
     }
+    /// How many log-probability alternatives the call asked for (0: none).
+    pub fn top_logprobs(&self) -> usize {
+        if self.body["logprobs"].as_bool() == Some(true) {
+            self.body["top_logprobs"].as_u64().unwrap_or(0) as usize
+        } else {
+            0
+        }
+    }
     /// Whether the call asked for structured output.
     pub fn wants_schema(&self) -> bool {
         self.body.get("response_format").is_some()
@@ -130,6 +151,8 @@ struct Shared {
     in_flight: AtomicUsize,
     max_in_flight: AtomicUsize,
     requests: Mutex<Vec<Value>>,
+    /// The last prompt, for the prefix cache it simulates (one slot, like llama-server's).
+    last_prompt: Mutex<String>,
 }
 
 /// A running test server. Dropping it stops it.
@@ -155,6 +178,7 @@ impl TestLlm {
             in_flight: AtomicUsize::new(0),
             max_in_flight: AtomicUsize::new(0),
             requests: Mutex::new(Vec::new()),
+            last_prompt: Mutex::new(String::new()),
         });
         let app = Router::new()
             .route("/v1/chat/completions", post(completions))
@@ -275,8 +299,20 @@ async fn completions(
                 std::future::pending::<()>().await;
                 unreachable!()
             }
-            Reply::Text(content) => return completion(&seen, content, "stop"),
-            Reply::Truncated(content) => return completion(&seen, content, "length"),
+            Reply::Text(content) => return completion(&shared, &seen, content, "stop", None),
+            Reply::Truncated(content) => {
+                return completion(&shared, &seen, content, "length", None);
+            }
+            Reply::Logprobs { content, top } => {
+                let alternatives: Vec<Value> = top
+                    .iter()
+                    .map(|(t, l)| json!({"token": t, "logprob": l, "bytes": t.as_bytes()}))
+                    .collect();
+                let first = top.first().cloned().unwrap_or_default();
+                let lp = json!({"content": [{"token": first.0, "logprob": first.1,
+                    "bytes": first.0.as_bytes(), "top_logprobs": alternatives}]});
+                return completion(&shared, &seen, content, "length", Some(lp));
+            }
             Reply::Raw(raw) => {
                 return (StatusCode::OK, [("content-type", "application/json")], raw)
                     .into_response();
@@ -300,8 +336,34 @@ async fn completions(
     }
 }
 
-fn completion(seen: &Seen, content: String, finish: &str) -> Response {
+/// The prompt as one text, and how many of its leading characters the previous prompt
+/// shared (what a one-slot prefix cache would not read again).
+fn prefix_cached(shared: &Shared, seen: &Seen) -> (String, usize) {
+    let text: String = seen
+        .messages()
+        .iter()
+        .map(|(r, c)| format!("<{r}>{c}"))
+        .collect();
+    let mut last = shared.last_prompt.lock().unwrap_or_else(|p| p.into_inner());
+    let common = last
+        .chars()
+        .zip(text.chars())
+        .take_while(|(a, b)| a == b)
+        .count();
+    *last = text.clone();
+    (text, common)
+}
+
+fn completion(
+    shared: &Shared,
+    seen: &Seen,
+    content: String,
+    finish: &str,
+    logprobs: Option<Value>,
+) -> Response {
     let prompt: u64 = seen.messages().iter().map(|(_, c)| tokens(c) + 4).sum();
+    let (_, common) = prefix_cached(shared, seen);
+    let cached = (common as u64 / 4).min(prompt);
     let model = seen.body["model"]
         .as_str()
         .unwrap_or("test-model")
@@ -310,8 +372,11 @@ fn completion(seen: &Seen, content: String, finish: &str) -> Response {
         "id": format!("chatcmpl-test-{}", seen.n),
         "object": "chat.completion",
         "model": model,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": finish}],
-        "usage": {"prompt_tokens": prompt, "completion_tokens": tokens(&content), "total_tokens": prompt + tokens(&content)}
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
+            "finish_reason": finish, "logprobs": logprobs}],
+        "usage": {"prompt_tokens": prompt, "completion_tokens": tokens(&content),
+            "total_tokens": prompt + tokens(&content),
+            "prompt_tokens_details": {"cached_tokens": cached}}
     }))
     .into_response()
 }

@@ -15,6 +15,7 @@ pub struct Tally {
     cache_hits: AtomicU64,
     prompt_tokens: AtomicU64,
     completion_tokens: AtomicU64,
+    cached_tokens: AtomicU64,
     errors: AtomicU64,
     llm_micros: AtomicU64,
 }
@@ -29,6 +30,9 @@ pub struct TallySnapshot {
     pub cache_hits: u64,
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
+    /// Prompt tokens the server read from its prompt (prefix) cache, when it reports them.
+    #[serde(default)]
+    pub cached_tokens: u64,
     pub errors: u64,
     /// Time spent in LLM calls (sum over calls, microseconds).
     #[serde(default)]
@@ -46,6 +50,8 @@ impl Tally {
                 .fetch_add(r.prompt_tokens as u64, Ordering::Relaxed);
             self.completion_tokens
                 .fetch_add(r.completion_tokens as u64, Ordering::Relaxed);
+            self.cached_tokens
+                .fetch_add(r.cached_tokens as u64, Ordering::Relaxed);
         }
         if r.outcome != "ok" {
             self.errors.fetch_add(1, Ordering::Relaxed);
@@ -60,6 +66,7 @@ impl Tally {
             cache_hits: self.cache_hits.load(Ordering::Relaxed),
             prompt_tokens: self.prompt_tokens.load(Ordering::Relaxed),
             completion_tokens: self.completion_tokens.load(Ordering::Relaxed),
+            cached_tokens: self.cached_tokens.load(Ordering::Relaxed),
             errors: self.errors.load(Ordering::Relaxed),
             llm_micros: self.llm_micros.load(Ordering::Relaxed),
         }
@@ -129,6 +136,8 @@ pub fn record_metrics(r: &UsageRecord) {
         metrics::counter!("agp_llm_prompt_tokens_total", &l2).increment(r.prompt_tokens as u64);
         metrics::counter!("agp_llm_completion_tokens_total", &l2)
             .increment(r.completion_tokens as u64);
+        metrics::counter!("agp_llm_cached_prompt_tokens_total", &l2)
+            .increment(r.cached_tokens as u64);
     }
 }
 
@@ -147,6 +156,7 @@ mod tests {
             latency_us: 5000,
             prompt_tokens: 10,
             completion_tokens: 3,
+            cached_tokens: 0,
             cache_hit: hit,
             outcome: outcome.into(),
             request_id: None,

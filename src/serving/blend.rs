@@ -31,6 +31,9 @@ pub struct BlendUsed {
     /// The stored version (null when the request gave its own weights).
     pub version: Option<i32>,
     pub weights: BlendWeights,
+    /// The stored version's rank mode (null: the request's or the server's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rank_mode: Option<crate::agp::rank::RankMode>,
     /// Components with weight that could not take part (`llm` after an LLM fault, `item_knn`
     /// while the project's model is first being fit).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -57,21 +60,28 @@ struct KnnEntry {
 impl Reranker {
     /// The request's blend: its own weights, or the stored version its selector names.
     pub(super) async fn blend_for(&self, req: &RerankRequest) -> Result<BlendUsed, RerankError> {
-        let (version, weights) = match &req.blend {
-            BlendSelector::Weights(w) => (None, *w),
+        let (version, spec) = match &req.blend {
+            BlendSelector::Weights(w) => (
+                None,
+                blends::BlendSpec {
+                    weights: *w,
+                    rank_mode: None,
+                },
+            ),
             BlendSelector::Stored(sel) => {
                 let (v, text) = self
                     .resolve_entry(&req.project, BLEND, "blend", sel, &req.user_id)
                     .await?;
-                let w = blends::decode(&text).ok_or_else(|| {
+                let spec = blends::decode(&text).ok_or_else(|| {
                     RerankError::Invalid(format!("blend version {v} holds no readable weights"))
                 })?;
-                (Some(v), w)
+                (Some(v), spec)
             }
         };
         Ok(BlendUsed {
             version,
-            weights,
+            weights: spec.weights,
+            rank_mode: spec.rank_mode,
             skipped: Vec::new(),
         })
     }

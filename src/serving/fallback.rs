@@ -25,6 +25,7 @@ impl Reranker {
             fallback: Some((reason, detail)),
             repaired: false,
             profile_id: None,
+            rank: None,
         })
     }
 }

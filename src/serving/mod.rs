@@ -32,7 +32,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::agp::profile;
-use crate::agp::rank::{self, RankOptions};
+use crate::agp::rank::{self, RankMode, RankOptions};
 use crate::llm::usage::TallySnapshot;
 use crate::llm::{CallContext, LlmClient, LlmError, Role, Tally};
 use crate::store::journal::{Journal, JournalOptions};
@@ -120,6 +120,20 @@ pub struct RerankRequest {
     pub history: Option<Vec<ItemRef>>,
     pub strict: bool,
     pub blend: BlendSelector,
+    /// How the LLM ranks (default: the blend's mode, else the server's).
+    pub rank_mode: Option<RankMode>,
+}
+
+/// How the LLM ranking was made, as reported in `meta.rank`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct RankInfo {
+    /// The mode asked for (the request's, else the blend's, else the server's).
+    pub mode: RankMode,
+    /// Ranking calls made (one per window, and per repeat).
+    pub calls: usize,
+    /// Log-probability windows the server answered without log-probabilities: they were
+    /// ranked again in generation mode (0 in generation mode).
+    pub windows_without_logprobs: usize,
 }
 
 /// Why the fallback order was returned.
@@ -166,6 +180,8 @@ pub struct RerankOutcome {
     pub fallback_detail: Option<String>,
     pub repaired: bool,
     pub blend: BlendUsed,
+    /// How the LLM ranked (none when it was not asked or failed).
+    pub rank: Option<RankInfo>,
     pub usage: TallySnapshot,
     pub latency_ms: u64,
 }
@@ -214,6 +230,7 @@ struct Answer {
     fallback: Option<(Fallback, String)>,
     repaired: bool,
     profile_id: Option<Uuid>,
+    rank: Option<RankInfo>,
 }
 
 impl Reranker {
@@ -249,9 +266,13 @@ impl Reranker {
             .await?;
         let history = self.recent_history(req).await?;
         let tally = Arc::new(Tally::default());
+        let mode = req
+            .rank_mode
+            .or(blend.rank_mode)
+            .unwrap_or(self.settings.rank.mode);
         let answer = if blend.weights.llm > 0.0 {
             match self
-                .ranked_by_llm(req, &prompts, &history, &candidates, &tally)
+                .ranked_by_llm(req, &prompts, &history, &candidates, &tally, mode)
                 .await
             {
                 Ok(answer) => answer,
@@ -263,6 +284,7 @@ impl Reranker {
                 fallback: None,
                 repaired: false,
                 profile_id: None,
+                rank: None,
             }
         };
         let order = self
@@ -296,6 +318,7 @@ impl Reranker {
             fallback_detail: answer.fallback.map(|f| f.1),
             repaired: answer.repaired,
             blend,
+            rank: answer.rank,
             usage: tally.snapshot(),
             latency_ms: started.elapsed().as_millis() as u64,
             order,

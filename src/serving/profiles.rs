@@ -7,8 +7,8 @@ use std::sync::Arc;
 use uuid::Uuid;
 
 use super::cache::{ProfileKey, SummaryKey};
-use super::{Answer, Fallback, Prompts, RerankRequest, Reranker};
-use crate::agp::rank::{self, RankError};
+use super::{Answer, Fallback, Prompts, RankInfo, RerankRequest, Reranker};
+use crate::agp::rank::{self, RankError, RankMode, RankOptions};
 use crate::agp::{LlmCall, profile, summarize};
 use crate::llm::{CallContext, LlmError, Role, Tally};
 use crate::store::rerank::{self as db, ItemLite};
@@ -25,6 +25,7 @@ impl Reranker {
         history: &[Arc<ItemLite>],
         candidates: &[Arc<ItemLite>],
         tally: &Arc<Tally>,
+        mode: RankMode,
     ) -> Result<Answer, (Fallback, String)> {
         if history.is_empty() {
             return Err((
@@ -34,7 +35,11 @@ impl Reranker {
         }
         let ctx = self.call_context(req, tally);
         let deadline = ctx.deadline.unwrap_or_else(std::time::Instant::now);
-        let work = self.profile_and_rank(req, prompts, history, candidates, &ctx);
+        let opts = RankOptions {
+            mode,
+            ..self.settings.rank
+        };
+        let work = self.profile_and_rank(req, prompts, history, candidates, &ctx, &opts);
         // LLM calls stop at the deadline themselves (and tell the circuit breaker); this
         // bound catches the rest (a summary or profile still being written, a slow query).
         match tokio::time::timeout_at((deadline + DEADLINE_GRACE).into(), work).await {
@@ -56,6 +61,7 @@ impl Reranker {
         history: &[Arc<ItemLite>],
         candidates: &[Arc<ItemLite>],
         ctx: &CallContext,
+        opts: &RankOptions,
     ) -> Result<Answer, (Fallback, String)> {
         let fail = |e: LlmError| {
             let reason = if e.is_timeout() {
@@ -85,21 +91,18 @@ impl Reranker {
             client: &self.llm,
             ctx,
         };
-        let ranked = rank::llm_rank(
-            &llm,
-            &prompts.rank.1,
-            Some(&profile),
-            None,
-            &refs,
-            &self.settings.rank,
-        )
-        .await;
+        let ranked = rank::llm_rank(&llm, &prompts.rank.1, Some(&profile), None, &refs, opts).await;
         match ranked {
             Ok(o) => Ok(Answer {
                 order: Some(o.order),
                 fallback: None,
                 repaired: o.repaired,
                 profile_id: Some(profile_id),
+                rank: Some(RankInfo {
+                    mode: opts.mode,
+                    calls: o.calls,
+                    windows_without_logprobs: o.fallback_windows,
+                }),
             }),
             Err(RankError::Unusable) => Err((
                 Fallback::UnusableOutput,

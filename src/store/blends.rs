@@ -8,6 +8,7 @@ use sqlx::PgPool;
 use utoipa::ToSchema;
 
 use super::prompts::{self, NewVersion, VersionRow};
+use crate::agp::rank::RankMode;
 use crate::rankers::BlendWeights;
 
 /// The registry name of blends.
@@ -18,6 +19,8 @@ pub const BLEND: &str = "blend";
 pub struct BlendVersion {
     pub version: i32,
     pub weights: BlendWeights,
+    /// How its LLM component ranks (null: the server's `--rank-mode`).
+    pub rank_mode: Option<RankMode>,
     pub message: String,
     /// `seed`, `api` or `evaluation`.
     pub source: String,
@@ -29,20 +32,42 @@ pub struct BlendVersion {
     pub created_at: chrono::DateTime<chrono::Utc>,
 }
 
-/// The stored form of weights.
-pub fn encode(w: &BlendWeights) -> String {
-    serde_json::to_string(w).unwrap_or_default()
+/// What a blend version holds: the weights and, optionally, the rank mode of the LLM.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BlendSpec {
+    pub weights: BlendWeights,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rank_mode: Option<RankMode>,
 }
 
-/// Weights from their stored form (`None`: not a blend).
-pub fn decode(template: &str) -> Option<BlendWeights> {
-    serde_json::from_str(template).ok()
+/// The stored form: the bare weights (as before rank modes) when no mode is set.
+pub fn encode(spec: &BlendSpec) -> String {
+    match spec.rank_mode {
+        None => serde_json::to_string(&spec.weights),
+        Some(_) => serde_json::to_string(spec),
+    }
+    .unwrap_or_default()
+}
+
+/// A blend from its stored form (`None`: not a blend).
+pub fn decode(template: &str) -> Option<BlendSpec> {
+    serde_json::from_str(template).ok().or_else(|| {
+        serde_json::from_str(template)
+            .ok()
+            .map(|weights| BlendSpec {
+                weights,
+                rank_mode: None,
+            })
+    })
 }
 
 fn from_row(r: VersionRow) -> Option<BlendVersion> {
+    let spec = decode(&r.template)?;
     Some(BlendVersion {
         version: r.version,
-        weights: decode(&r.template)?,
+        weights: spec.weights,
+        rank_mode: spec.rank_mode,
         message: r.message,
         source: r.source,
         run_id: r.run_id,
@@ -75,8 +100,8 @@ pub async fn version(
 pub async fn create(
     pool: &PgPool,
     project: &str,
-    weights: &BlendWeights,
+    spec: &BlendSpec,
     meta: &NewVersion<'_>,
 ) -> Result<i32, sqlx::Error> {
-    prompts::create_version(pool, project, BLEND, &encode(weights), meta).await
+    prompts::create_version(pool, project, BLEND, &encode(spec), meta).await
 }

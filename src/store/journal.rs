@@ -655,6 +655,7 @@ mod tests {
             latency_us: n,
             prompt_tokens: 1,
             completion_tokens: 1,
+            cached_tokens: 0,
             cache_hit: false,
             outcome: "ok".into(),
             request_id: None,

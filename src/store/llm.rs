@@ -16,6 +16,9 @@ pub struct UsageRecord {
     pub latency_us: u64,
     pub prompt_tokens: u32,
     pub completion_tokens: u32,
+    /// Prompt tokens the server read from its prompt cache (not stored in Postgres).
+    #[serde(default)]
+    pub cached_tokens: u32,
     pub cache_hit: bool,
     /// `ok`, or the error kind (`timeout`, `rate_limited`, ...).
     pub outcome: String,

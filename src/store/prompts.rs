@@ -111,6 +111,55 @@ pub async fn ensure_project(
     tx.commit().await
 }
 
+/// Moves projects still on an untouched seed of `name` (only version 1, from the seed, equal
+/// to `legacy`, labelled `production`) to `current` as version 2, with the label. Returns the
+/// projects moved. Idempotent; a project whose prompt anyone changed is left alone.
+pub async fn upgrade_seed(
+    pool: &PgPool,
+    name: &str,
+    legacy: &str,
+    current: &str,
+    message: &str,
+) -> Result<Vec<String>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let moved: Vec<(String,)> = sqlx::query_as(
+        "INSERT INTO prompt_versions (project, name, version, template, message, source, parent_version)
+         SELECT v.project, v.name, 2, $3, $4, 'seed', 1
+         FROM prompt_versions v
+         JOIN prompt_labels l ON l.project = v.project AND l.name = v.name
+              AND l.label = 'production' AND l.version = 1
+         WHERE v.name = $1 AND v.version = 1 AND v.source = 'seed' AND v.template = $2
+           AND NOT EXISTS (SELECT 1 FROM prompt_versions w
+                           WHERE w.project = v.project AND w.name = v.name AND w.version > 1)
+         RETURNING project",
+    )
+    .bind(name)
+    .bind(legacy)
+    .bind(current)
+    .bind(message)
+    .fetch_all(&mut *tx)
+    .await?;
+    let projects: Vec<String> = moved.into_iter().map(|(p,)| p).collect();
+    sqlx::query(
+        "UPDATE prompt_labels SET version = 2, updated_at = now()
+         WHERE name = $1 AND label = 'production' AND project = ANY($2)",
+    )
+    .bind(name)
+    .bind(&projects)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(
+        "INSERT INTO prompt_label_history (project, name, label, version)
+         SELECT p, $1, 'production', 2 FROM unnest($2::text[]) AS p",
+    )
+    .bind(name)
+    .bind(&projects)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(projects)
+}
+
 /// Summary of each prompt: latest version and labels.
 pub async fn list(
     pool: &PgPool,

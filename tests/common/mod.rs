@@ -283,8 +283,45 @@ pub fn rerank_request(
         prompt: agp_rerank::serving::PromptSelector::Label("production".into()),
         history: None,
         strict: false,
+        rank_mode: None,
         blend: agp_rerank::serving::BlendSelector::Stored(
             agp_rerank::serving::PromptSelector::Label("production".into()),
         ),
+    }
+}
+
+/// The candidates' labels as the ranking prompt shows them (`1`, `2`, ... or `A`, `B`, ...).
+pub fn candidate_labels(s: &agp_rerank::llm::test_server::Seen) -> Vec<String> {
+    s.last_user()
+        .lines()
+        .filter(|l| l.starts_with('['))
+        .filter_map(|l| l[1..].split(']').next().map(str::to_string))
+        .collect()
+}
+
+/// A ranking answer putting the candidates at these 0-based positions first, in the form
+/// the call asks for: JSON numbers in generation mode; in log-probability mode the best
+/// candidate's letter, with every candidate's letter among the alternatives (falling
+/// log-probabilities; every second one with a leading space, as tokenizers split them).
+pub fn ranking_reply(
+    s: &agp_rerank::llm::test_server::Seen,
+    order: &[usize],
+) -> agp_rerank::llm::test_server::Reply {
+    use agp_rerank::llm::test_server::Reply;
+    if s.top_logprobs() > 0 {
+        let labels = candidate_labels(s);
+        let top: Vec<(String, f64)> = order
+            .iter()
+            .take(s.top_logprobs())
+            .enumerate()
+            .map(|(pos, &i)| {
+                let space = if pos % 2 == 1 { " " } else { "" };
+                (format!("{space}{}", labels[i]), -0.5 * pos as f64 - 0.1)
+            })
+            .collect();
+        let refs: Vec<(&str, f64)> = top.iter().map(|(t, l)| (t.as_str(), *l)).collect();
+        Reply::first_token(&refs)
+    } else {
+        Reply::json(serde_json::json!({"ranking": order.iter().map(|i| i + 1).collect::<Vec<_>>()}))
     }
 }
