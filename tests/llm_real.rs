@@ -219,7 +219,10 @@ async fn real_llama_server_protocol_and_robustness() {
     );
     assert_eq!(out.usage.llm_calls, 1, "{out:?}");
     assert_eq!(out.usage.completion_tokens, 1, "{out:?}");
-    assert!(out.fallback.is_none(), "a letter among the alternatives: {out:?}");
+    assert!(
+        out.fallback.is_none(),
+        "a letter among the alternatives: {out:?}"
+    );
     // The same user's next rerank shares the system message, instructions and profile.
     let mut req = common::rerank_request("rr_real_lp2", "gamer", &["g5", "g3"]);
     req.rank_mode = Some(agp_rerank::agp::rank::RankMode::Logprobs);

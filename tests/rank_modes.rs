@@ -502,3 +502,34 @@ async fn projects_on_the_untouched_old_default_move_to_the_new_layout() {
         vec![("default".into(), 2), ("edited".into(), 1)]
     );
 }
+
+#[tokio::test]
+async fn shuffled_repeats_work_in_log_probability_mode() {
+    let r = rig_with(with_rank(|o| o.repeats = 3), highest_first).await;
+    let (s, b) = r
+        .app
+        .post(
+            "/v1/rerank",
+            json!({"user_id": "u1", "candidates": ids([5, 50, 15, 25, 35].into_iter()), "rank_mode": "logprobs"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(result_ids(&b), ["i50", "i35", "i25", "i15", "i5"]);
+    assert_eq!(b["meta"]["rank"]["calls"], 3);
+    // Each repeat saw the candidates in another order.
+    let orders: Vec<String> = rank_calls(&r.llm)
+        .iter()
+        .map(|c| {
+            let p = c["messages"][1]["content"].as_str().unwrap();
+            p.lines()
+                .filter(|l| l.starts_with('['))
+                .collect::<Vec<_>>()
+                .join("|")
+        })
+        .collect();
+    assert_eq!(orders.len(), 3);
+    assert!(
+        orders[0] != orders[1] || orders[1] != orders[2],
+        "{orders:?}"
+    );
+}
