@@ -642,6 +642,10 @@ async fn http_api_enqueues_reports_and_validates() {
             "promote_blend needs the fused method",
         ),
         (json!({"promote_blend": "bad label!"}), "promote_blend"),
+        (
+            json!({"validation_users": 0}),
+            "the fused method tunes its weights on validation users",
+        ),
         (json!({"surprise": true}), "surprise"),
     ] {
         let (s, b) = app.post("/v1/evaluations", body.clone()).await;

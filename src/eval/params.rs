@@ -342,6 +342,14 @@ impl EvalParams {
         if self.versions.len() > 10 || self.versions.iter().any(|v| *v < 1) {
             return Err("versions must list up to 10 p_gen versions (numbers from 1)".into());
         }
+        if self.scored().contains(&Scored::Method(Method::Fused)) && self.data.validation_users == 0
+        {
+            return Err(
+                "the fused method tunes its weights on validation users: ask for validation_users > 0 \
+                 (or leave fused out of methods)"
+                    .into(),
+            );
+        }
         if let Some(label) = &self.promote_blend {
             crate::agp::prompt::check_label("promote_blend", label)?;
             if !self.scored().contains(&Scored::Method(Method::Fused)) {
