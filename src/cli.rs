@@ -58,6 +58,9 @@ pub enum Command {
     Eval(Box<EvalArgs>),
     /// Optimize p_gen with AGP on the project's data; writes a report folder.
     Optimize(Box<OptimizeArgs>),
+    /// Replay a data set's users against a running service: rerank, click by a
+    /// position-biased click model, send the clicks as feedback.
+    Simulate(Box<SimulateArgs>),
     /// Print the OpenAPI document (or write it to a file).
     Openapi {
         /// Write to this file instead of standard output.
@@ -128,6 +131,52 @@ pub struct ImportArgs {
     pub limits: LimitArgs,
 }
 
+/// Options of `agp simulate`.
+#[derive(Debug, clap::Args)]
+pub struct SimulateArgs {
+    /// Input format of the data set (the service must hold the same catalog).
+    #[arg(long, value_enum)]
+    pub format: import::Format,
+    /// Files or directories of the data set.
+    #[arg(required = true)]
+    pub paths: Vec<PathBuf>,
+    /// Base URL of the running service.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    pub url: String,
+    /// Bearer key with the `rerank` scope (when the service has auth on).
+    #[arg(long, env = "AGP_KEY")]
+    pub key: Option<String>,
+    /// Reranks to send.
+    #[arg(long, default_value_t = 1000)]
+    pub requests: usize,
+    /// Distinct users they are spread over.
+    #[arg(long, default_value_t = 500)]
+    pub users: usize,
+    /// Candidates per list.
+    #[arg(long, default_value_t = 20)]
+    pub candidates: usize,
+    /// How lists are made.
+    #[arg(long, value_enum, default_value_t = crate::sim::Lists::Llmrank)]
+    pub lists: crate::sim::Lists,
+    /// History items sent with each request (the most recent).
+    #[arg(long, default_value_t = 20)]
+    pub history_len: usize,
+    /// Position-bias exponent: rank r is examined with probability 1 / r^eta.
+    #[arg(long, default_value_t = 1.0)]
+    pub eta: f64,
+    /// Ranks examined at most.
+    #[arg(long, default_value_t = 10)]
+    pub k: usize,
+    /// Click probability of an examined item that is not the real next one.
+    #[arg(long, default_value_t = 0.0)]
+    pub noise: f64,
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Requests in flight at once.
+    #[arg(long, default_value_t = 8)]
+    pub concurrency: usize,
+}
+
 /// `agp keys ...`
 #[derive(Debug, Subcommand)]
 pub enum KeysCommand {
@@ -164,6 +213,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Import(args) => run_import(&cli.db, args).await,
+        Command::Simulate(args) => run_simulate(*args).await,
         Command::Worker(args) => run_worker_cmd(&cli.db, *args).await,
         Command::Eval(args) => {
             args.params.validate().map_err(anyhow::Error::msg)?;
@@ -608,6 +658,52 @@ impl crate::jobs::ProgressSink for Bars {
             usage.completion_tokens
         ));
     }
+}
+
+/// `agp simulate`: reads the data set, plays it against the service, prints the summary.
+async fn run_simulate(args: SimulateArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.eta >= 0.0 && (0.0..=1.0).contains(&args.noise) && args.k >= 1,
+        "--eta must be >= 0, --noise between 0 and 1, --k at least 1"
+    );
+    let (format, paths) = (args.format, args.paths.clone());
+    let data = tokio::task::spawn_blocking(move || import::read(format, &paths)).await??;
+    let opts = crate::sim::SimOptions {
+        url: args.url,
+        key: args.key,
+        requests: args.requests,
+        users: args.users,
+        candidates: args.candidates.max(2),
+        lists: args.lists,
+        history_len: args.history_len,
+        click: crate::sim::ClickModel {
+            eta: args.eta,
+            k: args.k,
+            noise: args.noise,
+        },
+        seed: args.seed,
+        concurrency: args.concurrency,
+        kind: "click".into(),
+    };
+    let started = std::time::Instant::now();
+    let r = crate::sim::run(&data, &opts).await?;
+    println!(
+        "{} requests from {} users in {:.1} s: {} clicks, {} requests with a click ({:.1}%), {} failed",
+        r.requests,
+        r.users,
+        started.elapsed().as_secs_f64(),
+        r.clicks,
+        r.clicked_requests,
+        100.0 * r.clicked_requests as f64 / r.requests.max(1) as f64,
+        r.failures
+    );
+    for (v, (n, c)) in &r.by_version {
+        println!(
+            "  p_gen v{v}: {n} requests, {c} with a click ({:.1}%)",
+            100.0 * *c as f64 / (*n).max(1) as f64
+        );
+    }
+    Ok(())
 }
 
 /// `agp eval` / `agp optimize`: the same job code as the server's workers, run in this

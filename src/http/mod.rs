@@ -3,6 +3,7 @@
 
 pub mod blends;
 pub mod error;
+pub mod experiments;
 pub mod items;
 pub mod jobs;
 pub mod middleware;

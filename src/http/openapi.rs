@@ -4,7 +4,7 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{blends, error, items, jobs, prompts, rerank, service, users};
+use super::{blends, error, experiments, items, jobs, prompts, rerank, service, users};
 use crate::catalog;
 use crate::store::catalog as store;
 
@@ -22,6 +22,7 @@ use crate::store::catalog as store;
         jobs::create_optimization, jobs::get_optimization, jobs::optimization_steps, jobs::cancel_optimization,
         jobs::create_evaluation, jobs::get_evaluation, jobs::cancel_evaluation,
         jobs::create_summaries, jobs::get_summaries,
+        experiments::create, experiments::list, experiments::read, experiments::stop,
     ),
     components(schemas(
         error::ErrorBody, error::ErrorDetail, catalog::NewItem, catalog::NewInteraction,
@@ -34,6 +35,7 @@ use crate::store::catalog as store;
         (name = "rerank", description = "Personalized reranking, feedback and profiles"),
         (name = "prompts", description = "The prompt registry: versions, labels, A/B splits"),
         (name = "blends", description = "How the LLM ranking is fused with the incoming order and built-in rankers: versions, labels, A/B splits"),
+        (name = "experiments", description = "Online experiments on a label: arms, always-valid decision, guardrails"),
         (name = "jobs", description = "AGP optimization and offline evaluation as durable background jobs"),
         (name = "service", description = "Health, readiness, metrics and this document"),
     )

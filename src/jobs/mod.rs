@@ -8,6 +8,7 @@
 
 pub mod context;
 pub mod evaluate;
+pub mod experiments;
 mod fused;
 pub mod optimize;
 pub mod summarize;
@@ -181,7 +182,7 @@ impl Workers {
     /// Starts `n` worker loops.
     pub fn spawn(n: usize, pool: &PgPool, llm: &LlmClient, reranker: &Arc<Reranker>) -> Self {
         let (stop, rx) = watch::channel(false);
-        let handles = (0..n)
+        let mut handles: Vec<_> = (0..n)
             .map(|i| {
                 tokio::spawn(run_worker(
                     pool.clone(),
@@ -192,6 +193,7 @@ impl Workers {
                 ))
             })
             .collect();
+        handles.push(tokio::spawn(run_looker(pool.clone(), rx)));
         Workers { stop, handles }
     }
 
@@ -200,6 +202,20 @@ impl Workers {
         let _ = self.stop.send(true);
         for h in self.handles {
             let _ = h.await;
+        }
+    }
+}
+
+/// Looks at running experiments every [`experiments::LOOK_EVERY`] until stopped.
+async fn run_looker(pool: PgPool, mut stop: watch::Receiver<bool>) {
+    loop {
+        experiments::look_all(&pool).await;
+        tokio::select! {
+            _ = tokio::time::sleep(experiments::LOOK_EVERY) => {}
+            _ = stop.changed() => return,
+        }
+        if *stop.borrow() {
+            return;
         }
     }
 }

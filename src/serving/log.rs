@@ -57,6 +57,7 @@ impl Reranker {
             latency_ms: out.latency_ms.min(i32::MAX as u64) as i32,
             usage: serde_json::to_value(out.usage).unwrap_or_default(),
             blend: serde_json::to_value(&out.blend).unwrap_or_default(),
+            history: serde_json::Value::from(out.history.clone()),
         };
         let Some(journal) = &self.journal else {
             if let Err(e) = db::insert_rerank_logs(&self.pool, std::slice::from_ref(&row)).await {

@@ -182,6 +182,8 @@ pub struct RerankOutcome {
     pub blend: BlendUsed,
     /// How the LLM ranked (none when it was not asked or failed).
     pub rank: Option<RankInfo>,
+    /// The history the answer was made for (item ids, oldest first), as logged.
+    pub history: Vec<String>,
     pub usage: TallySnapshot,
     pub latency_ms: u64,
 }
@@ -319,6 +321,7 @@ impl Reranker {
             repaired: answer.repaired,
             blend,
             rank: answer.rank,
+            history: history.iter().map(|h| h.id.clone()).collect(),
             usage: tally.snapshot(),
             latency_ms: started.elapsed().as_millis() as u64,
             order,

@@ -5,6 +5,7 @@
 pub mod blends;
 pub mod catalog;
 pub mod embedded;
+pub mod experiments;
 pub mod import;
 pub mod jobs;
 pub mod journal;

@@ -300,8 +300,22 @@ pub async fn set_label(
     version: Option<i32>,
     split: Option<&[SplitArm]>,
 ) -> Result<LabelRow, sqlx::Error> {
-    let split_json = split.map(|s| serde_json::to_value(s).unwrap_or_default());
     let mut tx = pool.begin().await?;
+    let row = set_label_tx(&mut tx, project, name, label, version, split).await?;
+    tx.commit().await?;
+    Ok(row)
+}
+
+/// [`set_label`] inside the caller's transaction (the replicas hear of it at commit).
+pub async fn set_label_tx(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    project: &str,
+    name: &str,
+    label: &str,
+    version: Option<i32>,
+    split: Option<&[SplitArm]>,
+) -> Result<LabelRow, sqlx::Error> {
+    let split_json = split.map(|s| serde_json::to_value(s).unwrap_or_default());
     let row: LabelTuple = sqlx::query_as(
         "INSERT INTO prompt_labels (project, name, label, version, split, updated_at) VALUES ($1, $2, $3, $4, $5, now())
          ON CONFLICT (project, name, label) DO UPDATE
@@ -313,7 +327,7 @@ pub async fn set_label(
     .bind(label)
     .bind(version)
     .bind(&split_json)
-    .fetch_one(&mut *tx)
+    .fetch_one(&mut **tx)
     .await?;
     sqlx::query("INSERT INTO prompt_label_history (project, name, label, version, split) VALUES ($1, $2, $3, $4, $5)")
         .bind(project)
@@ -321,10 +335,9 @@ pub async fn set_label(
         .bind(label)
         .bind(version)
         .bind(&split_json)
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await?;
-    super::notify_tx(&mut tx, &super::Invalidation::Labels(project.to_string())).await?;
-    tx.commit().await?;
+    super::notify_tx(tx, &super::Invalidation::Labels(project.to_string())).await?;
     Ok(label_row(row))
 }
 

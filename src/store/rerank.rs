@@ -236,6 +236,10 @@ pub struct RerankLogRow {
     /// journaled before blends existed.
     #[serde(default)]
     pub blend: serde_json::Value,
+    /// The history the profile was written from (item ids, oldest first); absent in rows
+    /// journaled before it was logged.
+    #[serde(default)]
+    pub history: serde_json::Value,
 }
 
 /// Inserts request log rows in one statement (a row already there is left as it is).
@@ -248,13 +252,14 @@ pub async fn insert_rerank_logs<'e>(
     };
     sqlx::query(
         "INSERT INTO rerank_requests (id, project, user_id, candidates, result_order, prompt_version, prompt_versions,
-                                      profile_id, model, fallback, repaired, latency_ms, usage, created_at, blend)
+                                      profile_id, model, fallback, repaired, latency_ms, usage, created_at, blend,
+                                      history)
          SELECT id, project, user_id, c::jsonb, o::jsonb, v, pv::jsonb, pid, m, f, r, l, u::jsonb, at,
-                nullif(b, 'null')::jsonb
+                nullif(b, 'null')::jsonb, nullif(h, 'null')::jsonb
          FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int4[], $7::text[],
                      $8::uuid[], $9::text[], $10::text[], $11::bool[], $12::int4[], $13::text[], $14::timestamptz[],
-                     $15::text[])
-              AS t(id, project, user_id, c, o, v, pv, pid, m, f, r, l, u, at, b)
+                     $15::text[], $16::text[])
+              AS t(id, project, user_id, c, o, v, pv, pid, m, f, r, l, u, at, b, h)
          ON CONFLICT (id) DO NOTHING",
     )
     .bind(rows.iter().map(|r| r.id.as_str()).collect::<Vec<_>>())
@@ -272,6 +277,7 @@ pub async fn insert_rerank_logs<'e>(
     .bind(j(|r| &r.usage))
     .bind(rows.iter().map(|r| r.created_at).collect::<Vec<_>>())
     .bind(j(|r| &r.blend))
+    .bind(j(|r| &r.history))
     .execute(db)
     .await
     .map(|_| ())

@@ -1,0 +1,192 @@
+use rand::{Rng, SeedableRng};
+
+use super::*;
+
+fn obs(user: &str, treatment: bool, first: Option<usize>) -> Observed {
+    Observed {
+        user: user.into(),
+        treatment,
+        first_positive: first,
+        positives: usize::from(first.is_some()),
+        fallback: false,
+        latency_ms: 10.0,
+        llm_calls: 1.0,
+        tokens: 100.0,
+    }
+}
+
+#[test]
+fn arm_figures_from_hand_counted_requests() {
+    // u1: 2 requests, one with a positive at position 0; u2: 1 request, positive at 11 (outside
+    // the top 10); u3: 1 request, none, a fallback at 40 ms.
+    let mut rows = [
+        obs("u1", false, Some(0)),
+        obs("u1", false, None),
+        obs("u2", false, Some(11)),
+        obs("u3", false, None),
+    ];
+    rows[3].fallback = true;
+    rows[3].latency_ms = 40.0;
+    rows[3].tokens = 0.0;
+    let refs: Vec<&Observed> = rows.iter().collect();
+    let m = arm_metrics(1, &refs, 10);
+    assert_eq!((m.requests, m.users, m.users_with_positive), (4, 3, 2));
+    assert_eq!(m.click_through, 0.5);
+    assert_eq!(m.click_through_at_k, 0.25);
+    // (1 + 1/12) / 4
+    assert!((m.mrr - (1.0 + 1.0 / 12.0) / 4.0).abs() < 1e-12);
+    assert_eq!(m.fallback_rate, 0.25);
+    assert_eq!(m.latency_p50_ms, 10.0);
+    assert_eq!(m.latency_p99_ms, 40.0);
+    assert_eq!(m.tokens_per_rerank, 75.0);
+    // per-user click-through 0.5, 1, 0: mean 0.5, variance 0.25
+    assert_eq!(m.user_click_through, 0.5);
+    assert!((m.user_click_through_var - 0.25).abs() < 1e-12);
+}
+
+fn arm(users: usize, mean: f64, var: f64) -> ArmMetrics {
+    ArmMetrics {
+        version: 1,
+        requests: users * 2,
+        users,
+        user_click_through: mean,
+        user_click_through_var: var,
+        latency_p99_ms: 100.0,
+        tokens_per_rerank: 500.0,
+        ..Default::default()
+    }
+}
+
+#[test]
+fn decisions_on_hand_computed_counts() {
+    let s = ExperimentSettings::default();
+    // 500 users per arm, per-user CTR 0.40 vs 0.50 with variance 0.2 each:
+    // v = 0.2/500 + 0.2/500 = 0.0008, tau2 = 0.0025, d = 0.1:
+    // L = sqrt(0.0008/0.0033) exp(0.0025 * 0.01 / (2 * 0.0008 * 0.0033)) = 0.49237 * e^4.73485
+    let (c, t) = (arm(500, 0.40, 0.2), arm(500, 0.50, 0.2));
+    let l: f64 = (0.0008f64 / 0.0033).sqrt() * (0.0025f64 * 0.01 / (2.0 * 0.0008 * 0.0033)).exp();
+    let got = look(&c, &t, &s, 0.5, 1.0);
+    assert!((got.p_value - 1.0 / l).abs() < 1e-9, "{got:?}");
+    assert!(got.p_value < 0.05);
+    assert_eq!(got.outcome, Outcome::Promote, "{}", got.reason);
+    assert!(got.interval.0 > 0.0 && got.interval.1 > 0.1);
+    // The other way round: keep the control.
+    assert_eq!(look(&t, &c, &s, 0.5, 1.0).outcome, Outcome::KeepControl);
+    // The same difference with 60 users per arm: below min_users, continue.
+    let early = look(&arm(60, 0.4, 0.2), &arm(60, 0.5, 0.2), &s, 0.5, 1.0);
+    assert_eq!(early.outcome, Outcome::Continue);
+    assert!(
+        early.reason.contains("60 and 60 users of the 100"),
+        "{}",
+        early.reason
+    );
+    // No difference: the p-value stays, continue; at max_users: inconclusive.
+    let same = look(&c, &arm(500, 0.40, 0.2), &s, 0.5, 1.0);
+    assert_eq!((same.outcome, same.p_value), (Outcome::Continue, 1.0));
+    let capped = ExperimentSettings {
+        max_users: 500,
+        ..ExperimentSettings::default()
+    };
+    assert_eq!(
+        look(&c, &arm(500, 0.40, 0.2), &capped, 0.5, 1.0).outcome,
+        Outcome::Inconclusive
+    );
+    // A low p-value from an earlier look stands (always valid: the minimum over looks).
+    assert_eq!(
+        look(&c, &arm(500, 0.41, 0.2), &s, 0.5, 0.01).outcome,
+        Outcome::Promote
+    );
+}
+
+#[test]
+fn guardrails_roll_back_at_once() {
+    let s = ExperimentSettings::default();
+    let c = arm(60, 0.4, 0.2);
+    let mut t = arm(60, 0.6, 0.2);
+    t.fallback_rate = 0.08;
+    let got = look(&c, &t, &s, 0.5, 1.0);
+    assert_eq!(got.outcome, Outcome::RollBack);
+    assert!(got.reason.contains("fallback rate"), "{}", got.reason);
+    let mut t = arm(60, 0.6, 0.2);
+    t.latency_p99_ms = 250.0;
+    assert!(look(&c, &t, &s, 0.5, 1.0).reason.contains("p99 latency"));
+    let mut t = arm(60, 0.6, 0.2);
+    t.tokens_per_rerank = 800.0;
+    assert!(
+        look(&c, &t, &s, 0.5, 1.0)
+            .reason
+            .contains("tokens per rerank")
+    );
+    // Below min_requests no guardrail is checked.
+    let mut small = arm(10, 0.6, 0.2);
+    small.fallback_rate = 1.0;
+    assert_eq!(
+        look(&arm(10, 0.4, 0.2), &small, &s, 0.5, 1.0).outcome,
+        Outcome::Continue
+    );
+}
+
+#[test]
+fn a_sample_ratio_mismatch_voids_the_result() {
+    let s = ExperimentSettings::default();
+    // 10% asked for the treatment, 50% arrived.
+    let got = look(&arm(500, 0.4, 0.2), &arm(500, 0.6, 0.2), &s, 0.1, 1.0);
+    assert_eq!(got.outcome, Outcome::Void);
+    assert!(got.reason.contains("sample ratio mismatch"));
+}
+
+/// Simulated users with two requests each, clicking with probability `p` per request (the
+/// decision only sees per-user click-through), looked at every 20 users per arm up to `max`
+/// users per arm.
+fn run(seed: u64, p_control: f64, p_treatment: f64, max: usize) -> Outcome {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let s = ExperimentSettings {
+        min_users: 100,
+        max_users: max,
+        ..ExperimentSettings::default()
+    };
+    let (mut c, mut t): (Vec<f64>, Vec<f64>) = (Vec::new(), Vec::new());
+    let mut p_prev = 1.0;
+    let arm_of = |ctr: &[f64]| {
+        let (mean, var) = stats::mean_var(ctr);
+        arm(ctr.len(), mean, var)
+    };
+    loop {
+        for (values, p) in [(&mut c, p_control), (&mut t, p_treatment)] {
+            for _ in 0..20 {
+                let clicks = (0..2).filter(|_| rng.random::<f64>() < p).count();
+                values.push(clicks as f64 / 2.0);
+            }
+        }
+        let got = look(&arm_of(&c), &arm_of(&t), &s, 0.5, p_prev);
+        p_prev = got.p_value;
+        if got.outcome != Outcome::Continue {
+            return got.outcome;
+        }
+    }
+}
+
+#[test]
+fn aa_runs_rarely_promote_and_a_real_lift_is_found() {
+    let aa: Vec<Outcome> = (0..200).map(|seed| run(seed, 0.4, 0.4, 2000)).collect();
+    let promoted = aa.iter().filter(|o| **o == Outcome::Promote).count();
+    let decided = aa
+        .iter()
+        .filter(|o| matches!(o, Outcome::Promote | Outcome::KeepControl))
+        .count();
+    assert!(
+        decided <= 10,
+        "{decided} of 200 A/A runs decided (alpha 0.05)"
+    );
+    assert!(promoted <= 5, "{promoted} of 200 A/A runs promoted");
+    // +20% relative (0.40 -> 0.48): most runs promote within 2,000 users per arm.
+    let lift: Vec<Outcome> = (0..50)
+        .map(|seed| run(1000 + seed, 0.4, 0.48, 2000))
+        .collect();
+    let promoted = lift.iter().filter(|o| **o == Outcome::Promote).count();
+    assert!(
+        promoted >= 35,
+        "{promoted} of 50 runs with a 20% lift promoted"
+    );
+    assert!(!lift.contains(&Outcome::KeepControl));
+}

@@ -1,0 +1,176 @@
+//! Online experiments: start one on a label (its traffic is split between a control and a
+//! treatment version), read its arms, interval and decision, stop it. Decisions are applied
+//! by the experiment looker (`jobs::experiments`) and by every read.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::{Extension, Router};
+use serde::Deserialize;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use super::error::{AppError, ErrorBody, Json, Path};
+use super::state::AppState;
+use crate::auth::Principal;
+use crate::experiment::ExperimentSettings;
+use crate::jobs::experiments as looker;
+use crate::store::experiments::{self as db, ExperimentRow, NewExperiment, StartError};
+use crate::store::prompts::{self as prompts_db, PRODUCTION};
+
+/// Routes of this area.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/experiments", post(create).get(list))
+        .route("/v1/experiments/{id}", get(read))
+        .route("/v1/experiments/{id}/stop", post(stop))
+}
+
+/// What an experiment compares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Compared {
+    /// Versions of the profile prompt.
+    #[default]
+    PGen,
+    /// Blend versions.
+    Blend,
+}
+
+impl Compared {
+    fn as_str(self) -> &'static str {
+        match self {
+            Compared::PGen => "p_gen",
+            Compared::Blend => crate::store::blends::BLEND,
+        }
+    }
+}
+
+/// Body of `POST /v1/experiments`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"treatment": 2, "treatment_share": 0.1}))]
+pub struct NewExperimentBody {
+    /// `p_gen` (default) or `blend`.
+    #[serde(default)]
+    pub name: Compared,
+    /// The label whose traffic is split (default `production`).
+    #[serde(default)]
+    #[schema(pattern = "LABEL")]
+    pub label: Option<String>,
+    /// The control version (default: the version the label points at).
+    #[serde(default)]
+    #[schema(minimum = 1, maximum = 2147483647)]
+    pub control: Option<i32>,
+    #[schema(minimum = 1, maximum = 2147483647)]
+    pub treatment: i32,
+    /// Share of users sent to the treatment (default 0.1).
+    #[serde(default)]
+    #[schema(minimum = 0.01, maximum = 0.99)]
+    pub treatment_share: Option<f64>,
+    #[serde(default)]
+    pub settings: Option<ExperimentSettings>,
+}
+
+/// Start an experiment: the label's traffic is split between the control (the label's
+/// version by default) and the treatment, by a stable hash of the user id, until the decision
+/// rule promotes the treatment, keeps the control, or a guardrail rolls it back.
+#[utoipa::path(post, path = "/v1/experiments", tag = "experiments", request_body = NewExperimentBody,
+    responses((status = 201, body = ExperimentRow), (status = 409, description = "An experiment is already running on the label", body = ErrorBody),
+        (status = 422, body = ErrorBody)))]
+pub async fn create(
+    State(state): State<AppState>,
+    Extension(who): Extension<Principal>,
+    Json(body): Json<NewExperimentBody>,
+) -> Result<(StatusCode, Json<ExperimentRow>), AppError> {
+    let name = body.name.as_str();
+    let label = body.label.unwrap_or_else(|| PRODUCTION.to_string());
+    crate::agp::prompt::check_label("label", &label).map_err(AppError::Validation)?;
+    let share = body.treatment_share.unwrap_or(0.1);
+    if !(0.01..=0.99).contains(&share) {
+        return Err(AppError::Validation(format!(
+            "treatment_share must be between 0.01 and 0.99, got {share}"
+        )));
+    }
+    let settings = body.settings.unwrap_or_default();
+    settings.validate().map_err(AppError::Validation)?;
+    let control = match body.control {
+        Some(v) => v,
+        None => prompts_db::label(&state.pool, &who.project, name, &label)
+            .await?
+            .and_then(|l| l.version)
+            .ok_or_else(|| {
+                AppError::Validation(format!(
+                    "{name} label {label:?} does not point at one version: give control"
+                ))
+            })?,
+    };
+    if control == body.treatment {
+        return Err(AppError::Validation(
+            "control and treatment must be different versions".into(),
+        ));
+    }
+    let wanted = [control, body.treatment];
+    let existing = prompts_db::existing_versions(&state.pool, &who.project, name, &wanted).await?;
+    if let Some(v) = wanted.iter().find(|v| !existing.contains(v)) {
+        return Err(AppError::Validation(format!("{name} has no version {v}")));
+    }
+    let new = NewExperiment {
+        project: &who.project,
+        name,
+        label: &label,
+        control,
+        treatment: body.treatment,
+        treatment_share: share,
+        settings: &settings,
+        source: "api",
+    };
+    match db::start(&state.pool, &new).await {
+        Ok(row) => Ok((StatusCode::CREATED, Json(row))),
+        Err(e @ StartError::Running { .. }) => Err(AppError::Conflict(e.to_string())),
+        Err(StartError::Db(e)) => Err(e.into()),
+    }
+}
+
+/// The project's experiments, newest first (at most 100).
+#[utoipa::path(get, path = "/v1/experiments", tag = "experiments",
+    responses((status = 200, body = Vec<ExperimentRow>)))]
+pub async fn list(
+    State(state): State<AppState>,
+    Extension(who): Extension<Principal>,
+) -> Result<Json<Vec<ExperimentRow>>, AppError> {
+    Ok(Json(db::list(&state.pool, &who.project).await?))
+}
+
+/// One experiment: per arm requests, users, click-through (overall, in the top k, per user),
+/// reciprocal rank of the first positive, fallback rate, latency p50/p99, LLM calls and tokens
+/// per rerank; the difference with its always-valid interval and p-value; and the decision.
+/// A running experiment is looked at first, so the answer is current.
+#[utoipa::path(get, path = "/v1/experiments/{id}", tag = "experiments",
+    params(("id" = Uuid, Path)),
+    responses((status = 200, body = ExperimentRow), (status = 404, body = ErrorBody)))]
+pub async fn read(
+    State(state): State<AppState>,
+    Extension(who): Extension<Principal>,
+    Path(id): Path<Uuid>,
+) -> Result<Json<ExperimentRow>, AppError> {
+    looker::look(&state.pool, &who.project, id)
+        .await?
+        .map(Json)
+        .ok_or_else(|| AppError::NotFound(format!("no experiment {id}")))
+}
+
+/// Stop a running experiment by hand: the label goes back to the control.
+#[utoipa::path(post, path = "/v1/experiments/{id}/stop", tag = "experiments",
+    params(("id" = Uuid, Path)),
+    responses((status = 200, body = ExperimentRow), (status = 404, body = ErrorBody)))]
+pub async fn stop(
+    State(state): State<AppState>,
+    Extension(who): Extension<Principal>,
+    Path(id): Path<Uuid>,
+) -> Result<Json<ExperimentRow>, AppError> {
+    looker::stop(&state.pool, &who.project, id)
+        .await?
+        .map(Json)
+        .ok_or_else(|| AppError::NotFound(format!("no experiment {id}")))
+}

@@ -1,0 +1,299 @@
+//! Experiments in Postgres: the row, the label split that starts one and the label move that
+//! ends one (in one transaction each), and the logged requests of its arms with their
+//! positive feedback.
+
+use serde::{Deserialize, Serialize};
+use sqlx::PgPool;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use super::prompts::{SplitArm, set_label_tx};
+use crate::experiment::{ExperimentSettings, Look, Observed};
+
+/// A stored experiment.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ExperimentRow {
+    pub id: Uuid,
+    /// `p_gen` or `blend`.
+    pub name: String,
+    pub label: String,
+    pub control: i32,
+    pub treatment: i32,
+    pub treatment_share: f64,
+    pub settings: ExperimentSettings,
+    /// `running`, `promoted`, `kept_control`, `rolled_back`, `inconclusive` or `stopped`.
+    pub status: String,
+    /// Always-valid p-value (the minimum over looks).
+    pub p_value: f64,
+    pub looks: i32,
+    /// The last look's figures and decision.
+    #[schema(value_type = Option<Object>)]
+    pub result: Option<serde_json::Value>,
+    pub reason: Option<String>,
+    /// `api` or `autopilot`.
+    pub source: String,
+    pub started_at: chrono::DateTime<chrono::Utc>,
+    pub ended_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+type Tuple = (
+    Uuid,
+    String,
+    String,
+    i32,
+    i32,
+    f64,
+    serde_json::Value,
+    String,
+    f64,
+    i32,
+    Option<serde_json::Value>,
+    Option<String>,
+    String,
+    chrono::DateTime<chrono::Utc>,
+    Option<chrono::DateTime<chrono::Utc>>,
+);
+
+const COLUMNS: &str = "id, name, label, control, treatment, treatment_share, settings, status, p_value, looks, result, reason, source, started_at, ended_at";
+
+fn row(t: Tuple) -> ExperimentRow {
+    ExperimentRow {
+        id: t.0,
+        name: t.1,
+        label: t.2,
+        control: t.3,
+        treatment: t.4,
+        treatment_share: t.5,
+        settings: serde_json::from_value(t.6).unwrap_or_default(),
+        status: t.7,
+        p_value: t.8,
+        looks: t.9,
+        result: t.10,
+        reason: t.11,
+        source: t.12,
+        started_at: t.13,
+        ended_at: t.14,
+    }
+}
+
+/// What starts an experiment.
+#[derive(Debug, Clone)]
+pub struct NewExperiment<'a> {
+    pub project: &'a str,
+    pub name: &'a str,
+    pub label: &'a str,
+    pub control: i32,
+    pub treatment: i32,
+    pub treatment_share: f64,
+    pub settings: &'a ExperimentSettings,
+    pub source: &'a str,
+}
+
+/// Why an experiment could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("an experiment is already running on {name} label {label}: {id}")]
+    Running {
+        name: String,
+        label: String,
+        id: Uuid,
+    },
+    #[error(transparent)]
+    Db(#[from] sqlx::Error),
+}
+
+/// Stores the experiment and splits the label between control and treatment, at once.
+pub async fn start(pool: &PgPool, e: &NewExperiment<'_>) -> Result<ExperimentRow, StartError> {
+    let mut tx = pool.begin().await?;
+    let running: Option<(Uuid,)> = sqlx::query_as(
+        "SELECT id FROM experiments WHERE project = $1 AND name = $2 AND label = $3 AND status = 'running' FOR UPDATE",
+    )
+    .bind(e.project)
+    .bind(e.name)
+    .bind(e.label)
+    .fetch_optional(&mut *tx)
+    .await?;
+    if let Some((id,)) = running {
+        return Err(StartError::Running {
+            name: e.name.into(),
+            label: e.label.into(),
+            id,
+        });
+    }
+    let t: Tuple = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO experiments (id, project, name, label, control, treatment, treatment_share, settings, source)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING {COLUMNS}"
+    )))
+    .bind(Uuid::new_v4())
+    .bind(e.project)
+    .bind(e.name)
+    .bind(e.label)
+    .bind(e.control)
+    .bind(e.treatment)
+    .bind(e.treatment_share)
+    .bind(serde_json::to_value(e.settings).unwrap_or_default())
+    .bind(e.source)
+    .fetch_one(&mut *tx)
+    .await?;
+    let split = [
+        SplitArm {
+            version: e.control,
+            weight: 1.0 - e.treatment_share,
+        },
+        SplitArm {
+            version: e.treatment,
+            weight: e.treatment_share,
+        },
+    ];
+    set_label_tx(&mut tx, e.project, e.name, e.label, None, Some(&split)).await?;
+    tx.commit().await?;
+    Ok(row(t))
+}
+
+/// One experiment of a project.
+pub async fn get(
+    pool: &PgPool,
+    project: &str,
+    id: Uuid,
+) -> Result<Option<ExperimentRow>, sqlx::Error> {
+    let t: Option<Tuple> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM experiments WHERE project = $1 AND id = $2"
+    )))
+    .bind(project)
+    .bind(id)
+    .fetch_optional(pool)
+    .await?;
+    Ok(t.map(row))
+}
+
+/// A project's experiments, newest first.
+pub async fn list(pool: &PgPool, project: &str) -> Result<Vec<ExperimentRow>, sqlx::Error> {
+    let t: Vec<Tuple> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM experiments WHERE project = $1 ORDER BY started_at DESC LIMIT 100"
+    )))
+    .bind(project)
+    .fetch_all(pool)
+    .await?;
+    Ok(t.into_iter().map(row).collect())
+}
+
+/// Every running experiment: (project, id).
+pub async fn running(pool: &PgPool) -> Result<Vec<(String, Uuid)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT project, id FROM experiments WHERE status = 'running' ORDER BY started_at",
+    )
+    .fetch_all(pool)
+    .await
+}
+
+/// (user, version, order shown, fell back, latency, usage, positive items).
+type LoggedTuple = (
+    String,
+    i32,
+    serde_json::Value,
+    bool,
+    i32,
+    serde_json::Value,
+    Vec<String>,
+);
+
+/// The logged requests of the experiment's arms since it started, with their positives.
+pub async fn observed(
+    pool: &PgPool,
+    project: &str,
+    e: &ExperimentRow,
+) -> Result<Vec<Observed>, sqlx::Error> {
+    let version = if e.name == "blend" {
+        "(r.blend->>'version')::int"
+    } else {
+        "(r.prompt_versions->>'p_gen')::int"
+    };
+    let rows: Vec<LoggedTuple> =
+        sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT r.user_id, {version}, r.result_order, r.fallback IS NOT NULL, r.latency_ms, r.usage,
+                    COALESCE(array_agg(f.item_id ORDER BY f.id) FILTER (WHERE f.kind = ANY($5)), '{{}}')
+             FROM rerank_requests r LEFT JOIN feedback f ON f.request_id = r.id
+             WHERE r.project = $1 AND r.created_at >= $2 AND {version} IN ($3, $4)
+             GROUP BY r.id"
+        )))
+        .bind(project)
+        .bind(e.started_at)
+        .bind(e.control)
+        .bind(e.treatment)
+        .bind(&e.settings.positive_kinds)
+        .fetch_all(pool)
+        .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(user, v, order, fallback, latency, usage, positives)| {
+            let order: Vec<String> = serde_json::from_value(order).unwrap_or_default();
+            let mut distinct = positives.clone();
+            distinct.sort();
+            distinct.dedup();
+            let u = |k: &str| usage.get(k).and_then(|x| x.as_f64()).unwrap_or(0.0);
+            Observed {
+                user,
+                treatment: v == e.treatment,
+                first_positive: order.iter().position(|id| positives.contains(id)),
+                positives: distinct.len(),
+                fallback,
+                latency_ms: latency as f64,
+                llm_calls: u("llm_calls"),
+                tokens: u("prompt_tokens") + u("completion_tokens"),
+            }
+        })
+        .collect())
+}
+
+/// Stores a look that did not end the experiment.
+pub async fn record_look(
+    pool: &PgPool,
+    id: Uuid,
+    look: &Look,
+    result: &serde_json::Value,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE experiments SET p_value = LEAST(p_value, $2), looks = looks + 1, result = $3, reason = $4
+         WHERE id = $1 AND status = 'running'",
+    )
+    .bind(id)
+    .bind(look.p_value)
+    .bind(result)
+    .bind(&look.reason)
+    .execute(pool)
+    .await
+    .map(|_| ())
+}
+
+/// Ends a running experiment with `status` and points its label at `version`, at once.
+/// Returns false when it was no longer running (another replica ended it).
+pub async fn end(
+    pool: &PgPool,
+    project: &str,
+    e: &ExperimentRow,
+    status: &str,
+    version: i32,
+    reason: &str,
+    look: Option<(&Look, &serde_json::Value)>,
+) -> Result<bool, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let ended = sqlx::query(
+        "UPDATE experiments SET status = $2, reason = $3, ended_at = now(), looks = looks + 1,
+                result = COALESCE($4, result), p_value = LEAST(p_value, COALESCE($5, 1))
+         WHERE id = $1 AND status = 'running'",
+    )
+    .bind(e.id)
+    .bind(status)
+    .bind(reason)
+    .bind(look.map(|l| l.1))
+    .bind(look.map(|l| l.0.p_value))
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    if ended == 0 {
+        return Ok(false);
+    }
+    set_label_tx(&mut tx, project, &e.name, &e.label, Some(version), None).await?;
+    tx.commit().await?;
+    Ok(true)
+}
