@@ -297,3 +297,139 @@ async fn a_person_can_stop_one_and_bad_requests_are_refused() {
         .await;
     assert_eq!(s, 404);
 }
+
+#[tokio::test]
+async fn the_logged_protocol_reads_production_traffic_split_by_time() {
+    use agp_rerank::eval::cases::prepare_logged;
+    use agp_rerank::eval::params::DataParams;
+    let r = rig().await;
+    // The GOOD prompt serves everyone: the real item comes first and is nearly always clicked.
+    r.app
+        .put("/v1/prompts/p_gen/labels/production", json!({"version": 2}))
+        .await;
+    let sim = r.simulate(80, 5).await;
+    assert!(sim.clicked_requests >= 45, "{sim:?}");
+    // Something that happens after the requests: a new interaction of a user who was served.
+    let (user, hist): (String, Value) =
+        sqlx::query_as("SELECT user_id, history FROM rerank_requests ORDER BY created_at LIMIT 1")
+            .fetch_one(&r.app.pool)
+            .await
+            .unwrap();
+    let (s, _) = r
+        .app
+        .post(
+            "/v1/interactions",
+            json!({"interactions": [{"user_id": user, "item_id": "i299"}]}),
+        )
+        .await;
+    assert_eq!(s, 200);
+    // A "view" on one request that had no click, and a second click on another.
+    let (no_click,): (String,) = sqlx::query_as(
+        "SELECT r.id FROM rerank_requests r WHERE NOT EXISTS (SELECT 1 FROM feedback f WHERE f.request_id = r.id)
+         ORDER BY r.created_at LIMIT 1",
+    )
+    .fetch_optional(&r.app.pool)
+    .await
+    .unwrap()
+    .unwrap_or_default();
+
+    let kinds = vec!["click".to_string()];
+    let logged = agp_rerank::store::rerank::logged_cases(&r.app.pool, "default", &kinds)
+        .await
+        .unwrap();
+    assert_eq!(logged.len(), sim.clicked_requests);
+    let p = DataParams {
+        train_users: 20,
+        validation_users: 10,
+        test_users: 10,
+        positive_kinds: kinds.clone(),
+        protocol: agp_rerank::eval::Protocol::Logged,
+        ..DataParams::default()
+    };
+    let prep = prepare_logged(logged.clone(), &[], &p).unwrap();
+    assert_eq!(
+        (prep.train.len(), prep.validation.len(), prep.test.len()),
+        (20, 10, 10)
+    );
+    // Split by time: the test cases are the newest requests, validation just before them.
+    let mut by_time = logged.clone();
+    by_time.sort_by(|a, b| a.at.cmp(&b.at));
+    let n = by_time.len();
+    let newest: Vec<&str> = by_time[n - 10..]
+        .iter()
+        .map(|c| c.user_id.as_str())
+        .collect();
+    let test_users: Vec<&str> = prep.test.iter().map(|c| c.user_id.as_str()).collect();
+    assert_eq!(test_users, newest);
+    let validation: Vec<&str> = prep.validation.iter().map(|c| c.user_id.as_str()).collect();
+    let before: Vec<&str> = by_time[n - 20..n - 10]
+        .iter()
+        .map(|c| c.user_id.as_str())
+        .collect();
+    assert_eq!(validation, before);
+    // The history is what the service used for the request: never the later interaction,
+    // never the target itself; the list is the caller's.
+    for c in prep.train.iter().chain(&prep.validation).chain(&prep.test) {
+        assert!(!c.history.contains(&"i299".to_string()));
+        assert!(!c.history.contains(&c.target));
+        assert!(c.candidates.contains(&c.target));
+        assert_eq!(c.candidates.len(), 10);
+    }
+    let first = logged
+        .iter()
+        .find(|c| c.user_id == user)
+        .expect("the first request was clicked");
+    assert_eq!(json!(first.history), hist);
+
+    // Feedback kinds: only "view" counts -> one case (if a request had no click).
+    if !no_click.is_empty() {
+        let (s, b) = r
+            .app
+            .post(
+                "/v1/feedback",
+                json!({"request_id": no_click, "user_id": sqlx::query_scalar::<_, String>(
+                    "SELECT user_id FROM rerank_requests WHERE id = $1").bind(&no_click)
+                    .fetch_one(&r.app.pool).await.unwrap(),
+                    "item_id": sqlx::query_scalar::<_, String>(
+                    "SELECT candidates->>0 FROM rerank_requests WHERE id = $1").bind(&no_click)
+                    .fetch_one(&r.app.pool).await.unwrap(), "kind": "view"}),
+            )
+            .await;
+        assert_eq!(s, 200, "{b}");
+        let views =
+            agp_rerank::store::rerank::logged_cases(&r.app.pool, "default", &["view".into()])
+                .await
+                .unwrap();
+        assert_eq!(views.len(), 1);
+        assert_eq!(views[0].request_id, no_click);
+    }
+
+    // Too few cases: a clear 422 through the API, with the counts.
+    for path in ["/v1/evaluations", "/v1/optimizations"] {
+        let (s, b) = r
+            .app
+            .post(
+                path,
+                json!({"protocol": "logged", "train_users": 100, "validation_users": 50, "test_users": 200,
+                       "positive_kinds": ["click"]}),
+            )
+            .await;
+        assert_eq!(s, 422, "{b}");
+        let m = common::error_message(&b, "validation_error");
+        assert!(
+            m.contains("needs 350 logged reranks") && m.contains(&format!("there are {n}")),
+            "{m}"
+        );
+    }
+    assert!(
+        prepare_logged(
+            logged,
+            &[],
+            &DataParams {
+                test_users: 1000,
+                ..p
+            }
+        )
+        .is_err()
+    );
+}

@@ -132,6 +132,105 @@ pub fn prepare_from(seqs: &[UserSeq], holdout: Holdout, p: &DataParams, seed: u6
     prep
 }
 
+/// A logged rerank with a positive outcome, as the `logged` protocol reads it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoggedCase {
+    pub request_id: String,
+    pub at: chrono::DateTime<chrono::Utc>,
+    pub user_id: String,
+    /// The list as the caller sent it.
+    pub candidates: Vec<String>,
+    /// The history the service used for the request, oldest first.
+    pub history: Vec<String>,
+    /// The item of the earliest positive feedback event.
+    pub target: String,
+}
+
+/// How many logged cases the splits need.
+pub fn logged_needed(p: &DataParams) -> usize {
+    p.train_users + p.validation_users + p.test_users
+}
+
+/// The message when there are too few logged cases.
+pub fn too_few_logged(p: &DataParams, have: usize) -> String {
+    format!(
+        "the logged protocol needs {} logged reranks with a positive outcome ({}) for train_users + \
+         validation_users + test_users ({} + {} + {}), and there are {have}",
+        logged_needed(p),
+        p.positive_kinds.join(", "),
+        p.train_users,
+        p.validation_users,
+        p.test_users
+    )
+}
+
+/// `prepare` for the `logged` protocol (pure): the cases sorted by time, the newest
+/// `test_users` for test, the `validation_users` before them for validation, the
+/// `train_users` before those for training (older ones are left out). A case whose target is
+/// not among its candidates is dropped. Popularity and the co-occurrence model are fit on the
+/// stored interactions (`seqs`).
+pub fn prepare_logged(
+    mut logged: Vec<LoggedCase>,
+    seqs: &[UserSeq],
+    p: &DataParams,
+) -> Result<Prepared, String> {
+    logged.retain(|c| c.candidates.contains(&c.target) && !c.history.is_empty());
+    logged.sort_by(|a, b| a.at.cmp(&b.at).then(a.request_id.cmp(&b.request_id)));
+    let need = logged_needed(p);
+    if logged.len() < need {
+        return Err(too_few_logged(p, logged.len()));
+    }
+    let to_case = |c: &LoggedCase| Case {
+        user_id: c.user_id.clone(),
+        history: c.history.clone(),
+        target: c.target.clone(),
+        candidates: c.candidates.clone(),
+    };
+    let n = logged.len();
+    let test_from = n - p.test_users;
+    let val_from = test_from - p.validation_users;
+    let train_from = val_from - p.train_users;
+    let cases = |r: std::ops::Range<usize>| logged[r].iter().map(to_case).collect::<Vec<_>>();
+    let span = |r: std::ops::Range<usize>| match (logged[r.clone()].first(), logged[r].last()) {
+        (Some(a), Some(b)) => format!(
+            "{} to {}",
+            a.at.format("%Y-%m-%d %H:%M:%S"),
+            b.at.format("%Y-%m-%d %H:%M:%S")
+        ),
+        _ => "none".into(),
+    };
+    let training: Vec<Vec<String>> = seqs.iter().map(|u| u.items.clone()).collect();
+    let notes = vec![
+        format!(
+            "logged protocol: {n} logged reranks with a positive outcome ({}); the target is the item of the \
+             earliest positive event, the candidates the list as the caller sent it, the history what the \
+             service used for that request",
+            p.positive_kinds.join(", ")
+        ),
+        format!(
+            "split by time: train {} ({}), validation {} ({}), test {} ({}); {} older cases left out",
+            p.train_users,
+            span(train_from..val_from),
+            p.validation_users,
+            span(val_from..test_from),
+            p.test_users,
+            span(test_from..n),
+            train_from
+        ),
+        "popularity and item-kNN are fit on the interactions stored now".into(),
+    ];
+    Ok(Prepared {
+        train: cases(train_from..val_from),
+        validation: cases(val_from..test_from),
+        test: cases(test_from..n),
+        popularity: Popularity::fit(&training),
+        outside: [0; 3],
+        notes,
+        training,
+        knn: OnceLock::new(),
+    })
+}
+
 fn holdout_notes(holdout: Holdout) -> Vec<String> {
     vec![
         match holdout {
@@ -181,6 +280,7 @@ fn candidates_note(p: &DataParams, seed: u64) -> String {
              the list have no case: the in-list figures leave them out, the all-users figures count them as misses",
             p.candidates, p.base
         ),
+        Protocol::Logged => "candidates (logged): the list as the caller sent it".into(),
     }
 }
 
@@ -203,7 +303,8 @@ impl Lists<'_> {
                 continue;
             };
             match self.p.protocol {
-                Protocol::Llmrank => out.push(protocol::llmrank_case(
+                // (logged cases come from `prepare_logged`; asked here, random lists are made)
+                Protocol::Llmrank | Protocol::Logged => out.push(protocol::llmrank_case(
                     u,
                     history,
                     target,

@@ -40,6 +40,9 @@ pub enum Protocol {
     Llmrank,
     /// A base recommender's top-n for the user; users whose target is outside are reported.
     BaseTopk,
+    /// Production traffic: logged reranks with a positive outcome; the list as the caller
+    /// sent it, the positive item as the target, the history the service used; split by time.
+    Logged,
 }
 
 pub use crate::rankers::BaseRecommender;

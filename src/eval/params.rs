@@ -55,6 +55,15 @@ pub struct DataParams {
     /// window, ordered by log-probabilities). The `*_logprobs` methods always use `logprobs`.
     #[arg(long, value_enum, default_value_t = RankMode::Generate)]
     pub rank_mode: RankMode,
+    /// Feedback kinds that make a logged rerank a case (the `logged` protocol).
+    #[arg(long, value_delimiter = ',', default_values_t = default_positive_kinds())]
+    #[schema(min_items = 1, max_items = 20)]
+    pub positive_kinds: Vec<String>,
+}
+
+/// Feedback kinds counted as positive by default.
+pub fn default_positive_kinds() -> Vec<String> {
+    vec!["click".into(), "purchase".into()]
 }
 
 impl Default for DataParams {
@@ -71,6 +80,7 @@ impl Default for DataParams {
             base: BaseRecommender::Cooc,
             rank_repeats: 1,
             rank_mode: RankMode::Generate,
+            positive_kinds: default_positive_kinds(),
         }
     }
 }
@@ -91,6 +101,12 @@ impl DataParams {
                 return Err(format!("{name} must be between {lo} and {hi}, got {v}"));
             }
         }
+        if self.positive_kinds.is_empty() || self.positive_kinds.len() > 20 {
+            return Err("positive_kinds must list 1 to 20 feedback kinds".into());
+        }
+        for k in &self.positive_kinds {
+            crate::catalog::check_id("positive_kinds", k, 64).map_err(|e| e.0)?;
+        }
         if self.seed > MAX_SEED {
             return Err(format!(
                 "seed must be at most {MAX_SEED}, got {}",
@@ -108,8 +124,11 @@ pub fn drop_inapplicable(settings: &mut serde_json::Value, data: &DataParams, us
     let Some(map) = settings.as_object_mut() else {
         return;
     };
-    if data.protocol == Protocol::Llmrank {
+    if data.protocol != Protocol::BaseTopk {
         map.remove("base");
+    }
+    if data.protocol != Protocol::Logged {
+        map.remove("positive_kinds");
     }
     if !uses_llm {
         for key in ["summaries", "history_len", "rank_repeats", "rank_mode"] {

@@ -168,6 +168,7 @@ pub async fn create_optimization(
     Json(body): Json<OptParams>,
 ) -> Result<(StatusCode, Json<Created>), AppError> {
     body.validate().map_err(AppError::Validation)?;
+    check_logged(&state, &who.project, &body.data).await?;
     if let Some(v) = body.base_version
         && crate::store::prompts::version(&state.pool, &who.project, PromptName::PGen.as_str(), v)
             .await?
@@ -229,6 +230,27 @@ pub async fn cancel_optimization(
     cancel(&state, &who, id, JobKind::Optimization).await
 }
 
+/// Under the `logged` protocol: enough logged cases for the splits asked, or a 422 saying
+/// how many there are and how many are needed.
+async fn check_logged(
+    state: &AppState,
+    project: &str,
+    data: &crate::eval::params::DataParams,
+) -> Result<(), AppError> {
+    if data.protocol != crate::eval::Protocol::Logged {
+        return Ok(());
+    }
+    let have = crate::store::rerank::count_logged_cases(&state.pool, project, &data.positive_kinds)
+        .await?;
+    let have = usize::try_from(have).unwrap_or(0);
+    if have < crate::eval::cases::logged_needed(data) {
+        return Err(AppError::Validation(crate::eval::cases::too_few_logged(
+            data, have,
+        )));
+    }
+    Ok(())
+}
+
 /// Start an offline evaluation as a background job.
 #[utoipa::path(post, path = "/v1/evaluations", tag = "jobs", request_body = EvalParams,
     responses((status = 202, body = Created), (status = 422, body = ErrorBody)))]
@@ -238,6 +260,7 @@ pub async fn create_evaluation(
     Json(body): Json<EvalParams>,
 ) -> Result<(StatusCode, Json<Created>), AppError> {
     body.validate().map_err(AppError::Validation)?;
+    check_logged(&state, &who.project, &body.data).await?;
     let existing = crate::store::prompts::existing_versions(
         &state.pool,
         &who.project,

@@ -207,6 +207,7 @@ impl JobContext {
         let dataset = crate::store::catalog::dataset(&self.pool, self.project()).await?;
         let protocol = match data.protocol {
             crate::eval::Protocol::Llmrank => "llmrank".to_string(),
+            crate::eval::Protocol::Logged => "logged (production traffic)".to_string(),
             crate::eval::Protocol::BaseTopk => format!(
                 "base-topk ({})",
                 serde_json::to_value(data.base)
@@ -231,6 +232,12 @@ impl JobContext {
             .into_iter()
             .map(|(user_id, items)| UserSeq { user_id, items })
             .collect();
+        if p.protocol == crate::eval::Protocol::Logged {
+            let logged =
+                crate::store::rerank::logged_cases(&self.pool, self.project(), &p.positive_kinds)
+                    .await?;
+            return crate::eval::cases::prepare_logged(logged, &seqs, p).map_err(failed);
+        }
         let order = crate::store::catalog::history_order(&self.pool, self.project()).await?;
         let holdout = if order == "unordered" {
             Holdout::Random

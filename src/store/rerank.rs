@@ -283,6 +283,65 @@ pub async fn insert_rerank_logs<'e>(
     .map(|_| ())
 }
 
+/// Logged reranks with at least one positive feedback event of `kinds` and a logged history,
+/// oldest first; the target is the earliest positive event's item.
+pub async fn logged_cases(
+    pool: &PgPool,
+    project: &str,
+    kinds: &[String],
+) -> Result<Vec<crate::eval::cases::LoggedCase>, sqlx::Error> {
+    type Row = (
+        String,
+        DateTime<Utc>,
+        String,
+        serde_json::Value,
+        serde_json::Value,
+        String,
+    );
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT r.id, r.created_at, r.user_id, r.candidates, r.history,
+                (array_agg(f.item_id ORDER BY f.created_at, f.id))[1]
+         FROM rerank_requests r JOIN feedback f ON f.request_id = r.id AND f.kind = ANY($2)
+         WHERE r.project = $1 AND jsonb_array_length(COALESCE(r.history, '[]')) > 0
+         GROUP BY r.id ORDER BY r.created_at, r.id",
+    )
+    .bind(project)
+    .bind(kinds)
+    .fetch_all(pool)
+    .await?;
+    let ids = |v: serde_json::Value| serde_json::from_value::<Vec<String>>(v).unwrap_or_default();
+    Ok(rows
+        .into_iter()
+        .map(
+            |(request_id, at, user_id, c, h, target)| crate::eval::cases::LoggedCase {
+                request_id,
+                at,
+                user_id,
+                candidates: ids(c),
+                history: ids(h),
+                target,
+            },
+        )
+        .collect())
+}
+
+/// How many logged reranks have a positive feedback event of `kinds` and a logged history.
+pub async fn count_logged_cases(
+    pool: &PgPool,
+    project: &str,
+    kinds: &[String],
+) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT count(DISTINCT r.id) FROM rerank_requests r
+         JOIN feedback f ON f.request_id = r.id AND f.kind = ANY($2)
+         WHERE r.project = $1 AND jsonb_array_length(COALESCE(r.history, '[]')) > 0",
+    )
+    .bind(project)
+    .bind(kinds)
+    .fetch_one(pool)
+    .await
+}
+
 /// The logged request: (user, candidate ids) when it exists in this project.
 pub async fn logged_request(
     pool: &PgPool,
