@@ -353,7 +353,7 @@ async fn the_logged_protocol_reads_production_traffic_split_by_time() {
     );
     // Split by time: the test cases are the newest requests, validation just before them.
     let mut by_time = logged.clone();
-    by_time.sort_by(|a, b| a.at.cmp(&b.at));
+    by_time.sort_by_key(|c| c.at);
     let n = by_time.len();
     let newest: Vec<&str> = by_time[n - 10..]
         .iter()
