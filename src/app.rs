@@ -67,6 +67,7 @@ pub fn build_app(state: AppState) -> Router {
         .merge(http::blends::router())
         .merge(http::jobs::router())
         .merge(http::experiments::router())
+        .merge(http::autopilot::router())
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             mw::authenticate,

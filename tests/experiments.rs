@@ -52,8 +52,9 @@ fn dataset() -> Dataset {
 }
 
 /// Profiles say what their prompt asked for; rankings sort by number, highest first for a
-/// GOOD profile (the real item on top), lowest first otherwise. A FAIL prompt's profile call
-/// is refused (the rerank falls back).
+/// GOOD profile (the real item on top, mostly), keep the incoming (random) order otherwise. A
+/// FAIL prompt's profile call is refused (the rerank falls back). The optimizer's update
+/// proposes a GOOD prompt.
 fn script(s: &Seen) -> Reply {
     match llm_step(s) {
         "gen" if s.last_user().contains("FAIL") => Reply::status(400),
@@ -64,11 +65,12 @@ fn script(s: &Seen) -> Reply {
             let mut idx: Vec<usize> = (0..v.len()).collect();
             if s.last_user().contains("GOOD") {
                 idx.sort_by_key(|&i| std::cmp::Reverse(v[i]));
-            } else {
-                idx.sort_by_key(|&i| v[i]);
             }
             ranking_reply(s, &idx)
         }
+        "fb" => Reply::text("The profile missed the user's taste for recent releases."),
+        "agg" => Reply::text("Profiles should capture which releases the user follows."),
+        "opt" => Reply::text("GOOD: describe this user's taste from these items:\n{{history}}"),
         _ => Reply::text("a summary"),
     }
 }
@@ -76,7 +78,7 @@ fn script(s: &Seen) -> Reply {
 struct Rig {
     app: TestApp,
     data: Dataset,
-    _llm: TestLlm,
+    llm: TestLlm,
 }
 
 async fn rig() -> Rig {
@@ -116,11 +118,7 @@ async fn rig() -> Rig {
             .await;
         assert_eq!((s, b["version"].as_i64()), (201, Some(expected)), "{b}");
     }
-    Rig {
-        app,
-        data,
-        _llm: llm,
-    }
+    Rig { app, data, llm }
 }
 
 impl Rig {
@@ -431,5 +429,130 @@ async fn the_logged_protocol_reads_production_traffic_split_by_time() {
             }
         )
         .is_err()
+    );
+}
+
+/// Runs every queued job of the project to its end, as a worker would.
+async fn run_jobs(r: &Rig) {
+    use agp_rerank::jobs::{self, WorkerOptions};
+    let mut settings = LlmSettings::single(r.llm.base_url.clone(), "test-model");
+    settings.concurrency = 8;
+    let llm = agp_rerank::llm::LlmClient::new(settings, Some(r.app.pool.clone()));
+    let rerank = agp_rerank::serving::RerankSettings {
+        summaries: false,
+        ..Default::default()
+    };
+    let reranker = agp_rerank::serving::Reranker::new(r.app.pool.clone(), llm.clone(), rerank);
+    let opts = WorkerOptions::new(0);
+    while let Some(job) = agp_rerank::store::jobs::claim(&r.app.pool, &opts.id, 30, None)
+        .await
+        .unwrap()
+    {
+        jobs::execute(
+            r.app.pool.clone(),
+            llm.clone(),
+            reranker.clone(),
+            job,
+            &opts,
+            None,
+        )
+        .await;
+    }
+}
+
+async fn autopilot(r: &Rig) -> Value {
+    agp_rerank::jobs::autopilot::tick(&r.app.pool, "default")
+        .await
+        .unwrap();
+    let (s, b) = r.app.get("/v1/autopilot").await;
+    assert_eq!(s, 200, "{b}");
+    b
+}
+
+#[tokio::test]
+async fn the_autopilot_closes_the_loop_and_only_an_experiment_moves_the_label() {
+    let r = rig().await;
+    // Off by default.
+    let ap = autopilot(&r).await;
+    assert_eq!(ap["enabled"], false);
+    let settings = json!({"min_new_positives": 30, "treatment_share": 0.5,
+        "optimization": {"train_users": 20, "validation_users": 20, "test_users": 10, "batch_size": 10,
+                         "verify_steps": 1, "summaries": false, "positive_kinds": ["click"]},
+        "experiment": {"min_users": 30}});
+    let (s, b) = r
+        .app
+        .put(
+            "/v1/autopilot",
+            json!({"enabled": true, "settings": settings}),
+        )
+        .await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(b["settings"]["optimization"]["protocol"], "logged");
+    assert_eq!(b["logged_cases_needed"], 50);
+
+    // Production traffic on the manual prompt (the incoming order): feedback arrives.
+    let sim = r.simulate(240, 11).await;
+    assert!(sim.clicked_requests >= 60, "{sim:?}");
+    // Paused: nothing starts however much feedback there is.
+    r.app.put("/v1/autopilot", json!({"enabled": false})).await;
+    let ap = autopilot(&r).await;
+    assert!(ap["runs"].as_array().unwrap().is_empty(), "{ap}");
+    assert!(ap["new_positives"].as_i64() >= Some(30), "{ap}");
+    r.app.put("/v1/autopilot", json!({"enabled": true})).await;
+
+    // On: an optimization on logged data starts.
+    let ap = autopilot(&r).await;
+    let run = &ap["runs"][0];
+    assert_eq!(run["status"], "optimizing", "{ap}");
+    assert!(
+        run["reason"]
+            .as_str()
+            .unwrap()
+            .contains("new positive feedback")
+    );
+    run_jobs(&r).await;
+    let (_, job) = r
+        .app
+        .get(&format!(
+            "/v1/optimizations/{}",
+            run["job_id"].as_str().unwrap()
+        ))
+        .await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    assert_eq!(job["params"]["protocol"], "logged");
+    assert!(job["params"]["promote_to"].is_null());
+
+    // Its candidate beat production on logged validation: an experiment, not a promotion.
+    let ap = autopilot(&r).await;
+    let run = &ap["runs"][0];
+    assert_eq!(run["status"], "experimenting", "{ap}");
+    assert!(
+        run["reason"].as_str().unwrap().contains("beat production"),
+        "{run}"
+    );
+    let production = r.production().await;
+    assert!(
+        production["split"].is_array(),
+        "split, not moved: {production}"
+    );
+    let exp_id = run["experiment_id"].as_str().unwrap().to_string();
+    let (_, e) = r.app.get(&format!("/v1/experiments/{exp_id}")).await;
+    assert_eq!(e["source"], "autopilot");
+    let candidate = e["treatment"].as_i64().unwrap();
+    assert_eq!(e["control"], 1);
+
+    // Traffic decides; the experiment's decision moves the label; the run ends with it.
+    let before = r.simulate(300, 12).await;
+    assert!(before.by_version.contains_key(&candidate), "{before:?}");
+    let e = r.read(&exp_id).await;
+    assert_eq!(e["status"], "promoted", "{e}");
+    assert_eq!(r.production().await["version"], candidate);
+    let ap = autopilot(&r).await;
+    assert_eq!(ap["runs"][0]["status"], "done", "{ap}");
+    assert!(
+        ap["runs"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("promoted")
     );
 }

@@ -1,6 +1,7 @@
 //! The HTTP edge: one file per area, each with its own `router()`, plus the shared error
 //! type, middleware, the OpenAPI document, and the server loop with its connection limits.
 
+pub mod autopilot;
 pub mod blends;
 pub mod error;
 pub mod experiments;

@@ -4,7 +4,7 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{blends, error, experiments, items, jobs, prompts, rerank, service, users};
+use super::{autopilot, blends, error, experiments, items, jobs, prompts, rerank, service, users};
 use crate::catalog;
 use crate::store::catalog as store;
 
@@ -23,6 +23,7 @@ use crate::store::catalog as store;
         jobs::create_evaluation, jobs::get_evaluation, jobs::cancel_evaluation,
         jobs::create_summaries, jobs::get_summaries,
         experiments::create, experiments::list, experiments::read, experiments::stop,
+        autopilot::read, autopilot::set,
     ),
     components(schemas(
         error::ErrorBody, error::ErrorDetail, catalog::NewItem, catalog::NewInteraction,

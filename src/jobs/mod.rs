@@ -6,6 +6,7 @@
 //! - `optimize`, `evaluate`, `summarize`: the three kinds of job (`fused`: the evaluation's
 //!   blend-tuning method)
 
+pub mod autopilot;
 pub mod context;
 pub mod evaluate;
 pub mod experiments;
@@ -206,10 +207,11 @@ impl Workers {
     }
 }
 
-/// Looks at running experiments every [`experiments::LOOK_EVERY`] until stopped.
+/// Looks at running experiments and ticks the autopilots every [`experiments::LOOK_EVERY`] until stopped.
 async fn run_looker(pool: PgPool, mut stop: watch::Receiver<bool>) {
     loop {
         experiments::look_all(&pool).await;
+        autopilot::tick_all(&pool).await;
         tokio::select! {
             _ = tokio::time::sleep(experiments::LOOK_EVERY) => {}
             _ = stop.changed() => return,

@@ -40,8 +40,8 @@ const COLS: &str = "id, project, kind, status, params, progress, result, error, 
                     locked_by, lease_until, created_at, started_at, finished_at, updated_at";
 
 /// Queues a job.
-pub async fn enqueue(
-    pool: &PgPool,
+pub async fn enqueue<'e>(
+    db: impl sqlx::PgExecutor<'e>,
     project: &str,
     kind: &str,
     params: &serde_json::Value,
@@ -53,7 +53,7 @@ pub async fn enqueue(
     .bind(project)
     .bind(kind)
     .bind(params)
-    .fetch_one(pool)
+    .fetch_one(db)
     .await
 }
 

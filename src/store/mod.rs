@@ -2,6 +2,7 @@
 //! `embedded` runs the private Postgres cluster used when no `DATABASE_URL` is given;
 //! `journal` keeps answered requests and usage rows on disk until they are in Postgres.
 
+pub mod autopilot;
 pub mod blends;
 pub mod catalog;
 pub mod embedded;
