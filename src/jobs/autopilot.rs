@@ -155,9 +155,12 @@ async fn maybe_start(
     Ok(())
 }
 
+/// A `p_gen` version and its validation NDCG@10.
+type Scored = (i32, f64);
+
 /// The best accepted candidate and the baseline's validation NDCG@10, from an optimization
-/// report: (baseline version, baseline score, best version, best score).
-fn best_candidate(result: &serde_json::Value) -> Option<(i32, f64, Option<(i32, f64)>)> {
+/// report: (baseline version, baseline score, the best candidate).
+fn best_candidate(result: &serde_json::Value) -> Option<(i32, f64, Option<Scored>)> {
     let steps = result.get("steps")?.as_array()?;
     let num = |s: &serde_json::Value, k: &str| s.get(k).and_then(serde_json::Value::as_f64);
     let base = steps.iter().find(|s| s["kind"] == "baseline")?;
