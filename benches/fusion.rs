@@ -13,6 +13,8 @@
 //! 3. Goodreads: an evaluation with 2,000+ test users (no LLM method, then with one), and the
 //!    catalog lookup of every item such an evaluation touches.
 
+mod support;
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -25,7 +27,7 @@ use agp_rerank::llm::config::LlmSettings;
 use agp_rerank::llm::test_server::{Reply, Seen, TestLlm};
 use agp_rerank::llm::{LlmClient, Role};
 use agp_rerank::serving::{RerankSettings, Reranker};
-use agp_rerank::store::{self, embedded, jobs as jobs_db};
+use agp_rerank::store::{self, jobs as jobs_db};
 use serde_json::{Value, json};
 use sqlx::PgPool;
 
@@ -102,19 +104,7 @@ fn script(
 
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let dir = std::env::temp_dir().join(format!("agp-bench-fusion-{}", std::process::id()));
-    let pg = embedded::EmbeddedPg::start(&embedded::EmbeddedOptions {
-        data_dir: dir.clone(),
-        ephemeral: true,
-    })
-    .expect("embedded Postgres (install postgresql-15: scripts/install-deps.sh)");
-    rt.block_on(run(pg.url(embedded::DB_NAME), quick));
-    pg.stop();
-    let _ = std::fs::remove_dir_all(dir);
+    support::on_embedded_pg("fusion", |url| run(url, quick));
 }
 
 struct Bench {

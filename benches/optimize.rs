@@ -3,6 +3,8 @@
 //! in 200 ms with concurrency 8. Prints the LLM calls by stage, the count the paper's
 //! reference loop would make for the same batches, and wall time against calls x 0.2 s / 8.
 
+mod support;
+
 use std::time::{Duration, Instant};
 
 use agp_rerank::catalog::{NewInteraction, NewItem};
@@ -11,7 +13,7 @@ use agp_rerank::llm::config::LlmSettings;
 use agp_rerank::llm::test_server::{Reply, Seen, TestLlm};
 use agp_rerank::llm::{LlmClient, Role};
 use agp_rerank::serving::{RerankSettings, Reranker};
-use agp_rerank::store::{self, embedded, jobs as jobs_db};
+use agp_rerank::store::{self, jobs as jobs_db};
 use serde_json::json;
 
 fn h(s: &str) -> u64 {
@@ -50,19 +52,7 @@ fn script(s: &Seen) -> Reply {
 }
 
 fn main() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let dir = std::env::temp_dir().join(format!("agp-bench-opt-{}", std::process::id()));
-    let pg = embedded::EmbeddedPg::start(&embedded::EmbeddedOptions {
-        data_dir: dir.clone(),
-        ephemeral: true,
-    })
-    .expect("embedded Postgres (install postgresql-15: scripts/install-deps.sh)");
-    rt.block_on(run(pg.url(embedded::DB_NAME)));
-    pg.stop();
-    let _ = std::fs::remove_dir_all(dir);
+    support::on_embedded_pg("opt", run);
 }
 
 async fn run(url: String) {

@@ -13,6 +13,8 @@
 //!
 //! `AGP_BENCH_RERANKS` changes the reranks per mode (default 50).
 
+mod support;
+
 use std::time::{Duration, Instant};
 
 use agp_rerank::agp::prompt::{LEGACY_P_RANK, PromptName, default_template};
@@ -22,7 +24,7 @@ use agp_rerank::config::AppConfig;
 use agp_rerank::llm::LlmClient;
 use agp_rerank::llm::config::LlmSettings;
 use agp_rerank::llm::local::{LOCAL_MODEL_NAME, LocalLlm, LocalOptions};
-use agp_rerank::store::{self, embedded};
+use agp_rerank::store;
 use serde_json::{Value, json};
 
 fn pct(v: &[f64], p: f64) -> f64 {
@@ -45,19 +47,7 @@ fn main() {
         eprintln!("local model not set up: run scripts/setup-local-llm.sh");
         std::process::exit(2);
     }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let dir = std::env::temp_dir().join(format!("agp-bench-modes-{}", std::process::id()));
-    let pg = embedded::EmbeddedPg::start(&embedded::EmbeddedOptions {
-        data_dir: dir.clone(),
-        ephemeral: true,
-    })
-    .expect("embedded Postgres (install postgresql-15: scripts/install-deps.sh)");
-    rt.block_on(run(pg.url(embedded::DB_NAME), opts));
-    pg.stop();
-    let _ = std::fs::remove_dir_all(dir);
+    support::on_embedded_pg("modes", |url| run(url, opts));
 }
 
 /// A running app with one configuration.

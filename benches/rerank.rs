@@ -3,6 +3,8 @@
 //! Prints: LLM calls per rerank (new and returning user), service-added latency (end-to-end
 //! minus time in LLM calls) p50/p99 for 20 candidates with a cached profile, and throughput.
 
+mod support;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -12,7 +14,7 @@ use agp_rerank::config::AppConfig;
 use agp_rerank::llm::config::LlmSettings;
 use agp_rerank::llm::test_server::{Reply, Seen, TestLlm};
 use agp_rerank::llm::{LlmClient, Role};
-use agp_rerank::store::{self, embedded};
+use agp_rerank::store;
 use serde_json::{Value, json};
 
 fn instant_llm(s: &Seen) -> Reply {
@@ -32,19 +34,7 @@ fn pct(v: &mut [f64], p: f64) -> f64 {
 }
 
 fn main() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let dir = std::env::temp_dir().join(format!("agp-bench-rerank-{}", std::process::id()));
-    let pg = embedded::EmbeddedPg::start(&embedded::EmbeddedOptions {
-        data_dir: dir.clone(),
-        ephemeral: true,
-    })
-    .expect("embedded Postgres (install postgresql-15: scripts/install-deps.sh)");
-    rt.block_on(run(pg.url(embedded::DB_NAME)));
-    pg.stop();
-    let _ = std::fs::remove_dir_all(dir);
+    support::on_embedded_pg("rerank", run);
 }
 
 async fn run(url: String) {

@@ -105,3 +105,25 @@ pub fn stop(mut child: Child, kill: bool) {
     unsafe { libc::kill(child.id() as i32, sig) };
     let _ = child.wait();
 }
+
+/// Runs `body` on a multi-thread runtime with the URL of a throwaway embedded Postgres
+/// cluster (stopped and removed afterwards).
+pub fn on_embedded_pg<F: std::future::Future<Output = ()>>(
+    name: &str,
+    body: impl FnOnce(String) -> F,
+) {
+    use agp_rerank::store::embedded;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let dir = std::env::temp_dir().join(format!("agp-bench-{name}-{}", std::process::id()));
+    let pg = embedded::EmbeddedPg::start(&embedded::EmbeddedOptions {
+        data_dir: dir.clone(),
+        ephemeral: true,
+    })
+    .expect("embedded Postgres (install postgresql-15: scripts/install-deps.sh)");
+    rt.block_on(body(pg.url(embedded::DB_NAME)));
+    pg.stop();
+    let _ = std::fs::remove_dir_all(dir);
+}
