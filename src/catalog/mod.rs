@@ -175,6 +175,12 @@ pub fn validate_item(at: &str, item: &NewItem, limits: &Limits) -> Result<(), In
                 limits.max_attributes_bytes
             )));
         }
+        if has_huge_number(attrs) {
+            return Err(Invalid(format!(
+                "{at}.attributes holds a number of magnitude 1e300 or more; Postgres stores it exactly \
+                 and it would not read back"
+            )));
+        }
         if attrs.to_string().contains("\\u0000") {
             return Err(Invalid(format!(
                 "{at}.attributes must not contain NUL characters"
@@ -182,6 +188,19 @@ pub fn validate_item(at: &str, item: &NewItem, limits: &Limits) -> Result<(), In
         }
     }
     Ok(())
+}
+
+/// Whether a JSON value holds a number too large to survive Postgres' exact decimal form
+/// (a value near f64::MAX can round past it when read back).
+fn has_huge_number(v: &serde_json::Value) -> bool {
+    match v {
+        serde_json::Value::Number(n) => n
+            .as_f64()
+            .is_some_and(|x| !x.is_finite() || x.abs() >= 1e300),
+        serde_json::Value::Array(a) => a.iter().any(has_huge_number),
+        serde_json::Value::Object(o) => o.values().any(has_huge_number),
+        _ => false,
+    }
 }
 
 /// Validates a batch of items: size, each item, and no id twice.

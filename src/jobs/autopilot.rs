@@ -59,13 +59,13 @@ impl Default for AutopilotSettings {
 impl AutopilotSettings {
     /// Checks the settings and pins what the autopilot decides itself.
     pub fn normalized(mut self) -> Result<Self, String> {
+        self.optimization
+            .validate()
+            .map_err(|e| format!("settings.optimization: {e}"))?;
         self.optimization.data.protocol = Protocol::Logged;
         self.optimization.acceptance = crate::agp::accept::Acceptance::Validation;
         self.optimization.promote_to = None;
         self.optimization.base_version = None;
-        self.optimization
-            .validate()
-            .map_err(|e| format!("settings.optimization: {e}"))?;
         self.experiment.validate()?;
         if !(1..=100_000_000).contains(&self.min_new_positives) {
             return Err("settings.min_new_positives must be between 1 and 100000000".into());

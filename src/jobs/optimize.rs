@@ -126,6 +126,11 @@ impl OptParams {
         if !(0.0..=2.0).contains(&self.update_temperature) {
             return Err("update_temperature must be between 0 and 2".into());
         }
+        if let Some(v) = self.base_version
+            && v < 1
+        {
+            return Err(format!("base_version must be at least 1, got {v}"));
+        }
         if let Some(l) = &self.promote_to {
             prompt::check_label("promote_to", l)?;
         }
