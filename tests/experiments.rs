@@ -307,12 +307,15 @@ async fn the_logged_protocol_reads_production_traffic_split_by_time() {
         .await;
     let sim = r.simulate(80, 5).await;
     assert!(sim.clicked_requests >= 45, "{sim:?}");
-    // Something that happens after the requests: a new interaction of a user who was served.
-    let (user, hist): (String, Value) =
-        sqlx::query_as("SELECT user_id, history FROM rerank_requests ORDER BY created_at LIMIT 1")
-            .fetch_one(&r.app.pool)
-            .await
-            .unwrap();
+    // Something that happens after the requests: a new interaction of a user whose request
+    // was clicked.
+    let (clicked_id, user, hist): (String, String, Value) = sqlx::query_as(
+        "SELECT r.id, r.user_id, r.history FROM rerank_requests r JOIN feedback f ON f.request_id = r.id
+         ORDER BY r.created_at LIMIT 1",
+    )
+    .fetch_one(&r.app.pool)
+    .await
+    .unwrap();
     let (s, _) = r
         .app
         .post(
@@ -375,9 +378,10 @@ async fn the_logged_protocol_reads_production_traffic_split_by_time() {
     }
     let first = logged
         .iter()
-        .find(|c| c.user_id == user)
-        .expect("the first request was clicked");
+        .find(|c| c.request_id == clicked_id)
+        .expect("the clicked request is a case");
     assert_eq!(json!(first.history), hist);
+    assert_eq!(first.user_id, user);
 
     // Feedback kinds: only "view" counts -> one case (if a request had no click).
     if !no_click.is_empty() {
@@ -491,8 +495,9 @@ async fn the_autopilot_closes_the_loop_and_only_an_experiment_moves_the_label() 
     assert_eq!(b["logged_cases_needed"], 50);
 
     // Production traffic on the manual prompt (the incoming order): feedback arrives.
-    let sim = r.simulate(240, 11).await;
-    assert!(sim.clicked_requests >= 60, "{sim:?}");
+    // (about 29% of requests are clicked: the real item is examined at a random rank)
+    let sim = r.simulate(320, 11).await;
+    assert!(sim.clicked_requests >= 50, "{sim:?}");
     // Paused: nothing starts however much feedback there is.
     r.app.put("/v1/autopilot", json!({"enabled": false})).await;
     let ap = autopilot(&r).await;

@@ -6,7 +6,6 @@ use std::collections::BTreeMap;
 
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
-use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::Chat;
@@ -112,39 +111,7 @@ pub fn rank_score(rank: usize, n: usize) -> f64 {
     }
 }
 
-/// How the LLM ranks a window of candidates.
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    Hash,
-    Default,
-    Serialize,
-    Deserialize,
-    utoipa::ToSchema,
-    clap::ValueEnum,
-)]
-#[serde(rename_all = "snake_case")]
-#[value(rename_all = "snake_case")]
-pub enum RankMode {
-    /// The model writes the whole order as JSON (one forward pass per output token).
-    #[default]
-    Generate,
-    /// One output token: the letter of the best candidate; the window is ordered by the
-    /// log-probabilities the server returns for the alternatives of that token (FIRST).
-    Logprobs,
-}
-
-impl RankMode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RankMode::Generate => "generate",
-            RankMode::Logprobs => "logprobs",
-        }
-    }
-}
+pub use crate::rankers::RankMode;
 
 /// Most candidates one log-probability call ranks: OpenAI returns at most 20 alternatives.
 pub const MAX_LOGPROB_WINDOW: usize = 20;

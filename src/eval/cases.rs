@@ -132,19 +132,7 @@ pub fn prepare_from(seqs: &[UserSeq], holdout: Holdout, p: &DataParams, seed: u6
     prep
 }
 
-/// A logged rerank with a positive outcome, as the `logged` protocol reads it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct LoggedCase {
-    pub request_id: String,
-    pub at: chrono::DateTime<chrono::Utc>,
-    pub user_id: String,
-    /// The list as the caller sent it.
-    pub candidates: Vec<String>,
-    /// The history the service used for the request, oldest first.
-    pub history: Vec<String>,
-    /// The item of the earliest positive feedback event.
-    pub target: String,
-}
+pub use crate::store::rerank::LoggedCase;
 
 /// How many logged cases the splits need.
 pub fn logged_needed(p: &DataParams) -> usize {

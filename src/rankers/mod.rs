@@ -145,3 +145,37 @@ mod tests {
         assert!(spread.len() > 5, "orders differ between users");
     }
 }
+
+/// How the LLM ranks a window of candidates.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    Default,
+    serde::Serialize,
+    serde::Deserialize,
+    utoipa::ToSchema,
+    clap::ValueEnum,
+)]
+#[serde(rename_all = "snake_case")]
+#[value(rename_all = "snake_case")]
+pub enum RankMode {
+    /// The model writes the whole order as JSON (one forward pass per output token).
+    #[default]
+    Generate,
+    /// One output token: the letter of the best candidate; the window is ordered by the
+    /// log-probabilities the server returns for the alternatives of that token (FIRST).
+    Logprobs,
+}
+
+impl RankMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RankMode::Generate => "generate",
+            RankMode::Logprobs => "logprobs",
+        }
+    }
+}

@@ -8,8 +8,8 @@ use sqlx::PgPool;
 use utoipa::ToSchema;
 
 use super::prompts::{self, NewVersion, VersionRow};
-use crate::agp::rank::RankMode;
 use crate::rankers::BlendWeights;
+use crate::rankers::RankMode;
 
 /// The registry name of blends.
 pub const BLEND: &str = "blend";

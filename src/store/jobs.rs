@@ -57,6 +57,17 @@ pub async fn enqueue<'e>(
     .await
 }
 
+/// The project's most recent jobs (newest first).
+pub async fn recent(pool: &PgPool, project: &str, limit: i64) -> Result<Vec<JobRow>, sqlx::Error> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLS} FROM jobs WHERE project = $1 ORDER BY created_at DESC LIMIT $2"
+    )))
+    .bind(project)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
 /// One job of a project (and kind, when given).
 pub async fn get(
     pool: &PgPool,

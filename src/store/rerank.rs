@@ -283,13 +283,27 @@ pub async fn insert_rerank_logs<'e>(
     .map(|_| ())
 }
 
+/// A logged rerank with a positive outcome, as the `logged` protocol reads it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoggedCase {
+    pub request_id: String,
+    pub at: chrono::DateTime<chrono::Utc>,
+    pub user_id: String,
+    /// The list as the caller sent it.
+    pub candidates: Vec<String>,
+    /// The history the service used for the request, oldest first.
+    pub history: Vec<String>,
+    /// The item of the earliest positive feedback event.
+    pub target: String,
+}
+
 /// Logged reranks with at least one positive feedback event of `kinds` and a logged history,
 /// oldest first; the target is the earliest positive event's item.
 pub async fn logged_cases(
     pool: &PgPool,
     project: &str,
     kinds: &[String],
-) -> Result<Vec<crate::eval::cases::LoggedCase>, sqlx::Error> {
+) -> Result<Vec<LoggedCase>, sqlx::Error> {
     type Row = (
         String,
         DateTime<Utc>,
@@ -312,16 +326,14 @@ pub async fn logged_cases(
     let ids = |v: serde_json::Value| serde_json::from_value::<Vec<String>>(v).unwrap_or_default();
     Ok(rows
         .into_iter()
-        .map(
-            |(request_id, at, user_id, c, h, target)| crate::eval::cases::LoggedCase {
-                request_id,
-                at,
-                user_id,
-                candidates: ids(c),
-                history: ids(h),
-                target,
-            },
-        )
+        .map(|(request_id, at, user_id, c, h, target)| LoggedCase {
+            request_id,
+            at,
+            user_id,
+            candidates: ids(c),
+            history: ids(h),
+            target,
+        })
         .collect())
 }
 
