@@ -68,6 +68,7 @@ pub fn build_app(state: AppState) -> Router {
         .merge(http::jobs::router())
         .merge(http::experiments::router())
         .merge(http::autopilot::router())
+        .merge(http::console::router())
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             mw::authenticate,
@@ -76,6 +77,7 @@ pub fn build_app(state: AppState) -> Router {
     Router::new()
         .merge(api)
         .merge(http::service::router())
+        .merge(http::console::assets())
         .fallback(http::error::not_found)
         .route_layer(middleware::from_fn(mw::track_metrics))
         .layer(middleware::from_fn_with_state(state.clone(), mw::timeout))

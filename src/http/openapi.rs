@@ -4,7 +4,9 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{autopilot, blends, error, experiments, items, jobs, prompts, rerank, service, users};
+use super::{
+    autopilot, blends, console, error, experiments, items, jobs, prompts, rerank, service, users,
+};
 use crate::catalog;
 use crate::store::catalog as store;
 
@@ -24,6 +26,7 @@ use crate::store::catalog as store;
         jobs::create_summaries, jobs::get_summaries,
         experiments::create, experiments::list, experiments::read, experiments::stop,
         autopilot::read, autopilot::set,
+        console::overview, console::jobs, console::chart, console::report_md, console::load_sample,
     ),
     components(schemas(
         error::ErrorBody, error::ErrorDetail, catalog::NewItem, catalog::NewInteraction,
@@ -36,6 +39,7 @@ use crate::store::catalog as store;
         (name = "rerank", description = "Personalized reranking, feedback and profiles"),
         (name = "prompts", description = "The prompt registry: versions, labels, A/B splits"),
         (name = "blends", description = "How the LLM ranking is fused with the incoming order and built-in rankers: versions, labels, A/B splits"),
+        (name = "console", description = "What the web console at /console reads besides the API: overview, recent jobs, report files, the bundled sample"),
         (name = "experiments", description = "Online experiments on a label: arms, always-valid decision, guardrails"),
         (name = "jobs", description = "AGP optimization and offline evaluation as durable background jobs"),
         (name = "service", description = "Health, readiness, metrics and this document"),

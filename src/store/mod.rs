@@ -5,6 +5,7 @@
 pub mod autopilot;
 pub mod blends;
 pub mod catalog;
+pub mod console;
 pub mod embedded;
 pub mod experiments;
 pub mod import;
