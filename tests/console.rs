@@ -89,6 +89,26 @@ async fn the_console_in_a_real_browser() {
         },
     );
     let workers = agp_rerank::jobs::Workers::spawn(1, &pool, &llm, &reranker);
+    let read = key(&pool, Scope::Read).await;
+    let admin = key(&pool, Scope::Admin).await;
+    let console = app.url("/console");
+
+    // Without a key: the overview asks for one.
+    b.goto(&console).await;
+    b.wait_text("#view", "Enter an API key", 10).await;
+    // First run, an empty project: the console offers the bundled sample (an admin action).
+    b.fill("#key", &admin).await;
+    b.click("#save-key").await;
+    b.wait_text("#first-run", "This project is empty", 10).await;
+    shot(&b, "first-run", None).await;
+    b.click("#load-sample").await;
+    b.wait_text("#sample-status", "Loaded", 30).await;
+    b.wait_text("#items", ",", 10).await; // the overview shows the loaded catalog
+    let sample_items: i64 = sqlx::query_scalar("SELECT count(*) FROM items")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert!(sample_items > 1000, "{sample_items}");
     let items: Vec<NewItem> = (0..120)
         .map(|i| NewItem {
             id: format!("i{i}"),
@@ -125,17 +145,12 @@ async fn the_console_in_a_real_browser() {
     )
     .await
     .unwrap();
-    let read = key(&pool, Scope::Read).await;
-    let admin = key(&pool, Scope::Admin).await;
-    let console = app.url("/console");
-
-    // Without a key: the overview asks for one.
-    b.goto(&console).await;
-    b.wait_text("#view", "Enter an API key", 10).await;
     // Log in with the read key: the overview shows the catalog.
     b.fill("#key", &read).await;
     b.click("#save-key").await;
-    b.wait_text("#items", "120", 10).await;
+    let total = format!("{}", sample_items + 120);
+    let shown = b.wait_text("#items", &total[total.len() - 3..], 10).await;
+    assert_eq!(shown.replace(',', ""), total);
 
     // Prompts: both versions, a diff, and promotion refused with a read key.
     b.click("#nav-prompts").await;

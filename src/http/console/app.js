@@ -74,7 +74,7 @@ async function overview() {
       try {
         const r = await api("POST", "/v1/console/sample", {});
         $("#sample-status").textContent = `Loaded ${r.items} items and ${r.interactions} interactions.`;
-        setTimeout(overview, 600);
+        setTimeout(() => { if (page() === "overview") overview(); }, 600);
       } catch (e) { $("#sample-status").innerHTML = `<span class="error">${esc(e.message)}</span>`; btn.disabled = false; }
     };
   } catch (e) { fail(e, "#ov"); }
@@ -207,7 +207,33 @@ async function jobs(id) {
       <label>summaries <select id="f-sum"><option value="false">off</option><option value="true">on</option></select></label>
       <fieldset><legend>methods</legend>${METHODS.map((m) => `<label><input type="checkbox" name="method" value="${m}" ${["base", "popularity", "item_knn", "llm_manual"].includes(m) ? "checked" : ""}> ${m}</label>`).join("")}</fieldset>
       <button type="submit" id="start-eval">Start evaluation</button>
-    </form><p id="start-status" role="status"></p><h3>Recent jobs</h3><div id="job-list">Loading…</div>`);
+    </form><p id="start-status" role="status"></p>
+    <h3>Start an optimization of p_gen</h3>
+    <form id="opt-form" class="grid">
+      <label>train users <input id="o-train" type="number" min="1" value="100"></label>
+      <label>validation users <input id="o-val" type="number" min="0" value="50"></label>
+      <label>test users <input id="o-test" type="number" min="0" value="100"></label>
+      <label>batch size <input id="o-batch" type="number" min="1" max="100" value="10"></label>
+      <label>candidates per batch <input id="o-verify" type="number" min="1" max="10" value="3"></label>
+      <label>epochs <input id="o-epochs" type="number" min="1" max="20" value="1"></label>
+      <label>acceptance <select id="o-accept"><option>validation</option><option>paper</option></select></label>
+      <label>protocol <select id="o-protocol"><option>llmrank</option><option>base-topk</option><option>logged</option></select></label>
+      <label>summaries <select id="o-sum"><option value="false">off</option><option value="true">on</option></select></label>
+      <button type="submit" id="start-opt">Start optimization</button>
+    </form><p id="opt-status" role="status"></p>
+    <h3>Recent jobs</h3><div id="job-list">Loading…</div>`);
+  $("#opt-form").onsubmit = async (ev) => {
+    ev.preventDefault();
+    const body = {
+      train_users: Number($("#o-train").value), validation_users: Number($("#o-val").value), test_users: Number($("#o-test").value),
+      batch_size: Number($("#o-batch").value), verify_steps: Number($("#o-verify").value), epochs: Number($("#o-epochs").value),
+      acceptance: $("#o-accept").value, protocol: $("#o-protocol").value, summaries: $("#o-sum").value === "true",
+    };
+    try {
+      const r = await api("POST", "/v1/optimizations", body);
+      location.hash = `#/jobs/${r.id}`;
+    } catch (e) { $("#opt-status").innerHTML = `<span class="error" role="alert">${esc(e.message)}</span>`; }
+  };
   $("#eval-form").onsubmit = async (ev) => {
     ev.preventDefault();
     const body = {
@@ -237,12 +263,16 @@ async function job(id) {
   show(`<h2>Job <code>${esc(id.slice(0, 8))}</code></h2><p>Status: <strong id="job-status">…</strong> <span id="job-progress" class="muted"></span></p><div id="job-body"></div>`);
   let kind = "evaluation";
   try { kind = ((await api("GET", "/v1/console/jobs")).find((j) => j.id === id) || {}).kind || kind; } catch (_) { /* default */ }
+  const seen = { at: 0, done: 0 };
   const tick = async () => {
     try {
       const j = await api("GET", jobPath(kind, id));
       $("#job-status").textContent = j.status;
       const p = j.progress || {};
-      const eta = p.eta_seconds ? `, ETA ${Math.round(p.eta_seconds)} s` : "";
+      // ETA from the rate seen in this page (the first sample starts the clock).
+      if (!seen.at && p.done) { seen.at = Date.now(); seen.done = p.done; }
+      const rate = seen.at && p.done > seen.done ? (p.done - seen.done) / ((Date.now() - seen.at) / 1000) : 0;
+      const eta = rate && p.total > p.done && j.status === "running" ? `, ETA ${Math.ceil((p.total - p.done) / rate)} s` : "";
       $("#job-progress").textContent = `${p.phase || ""} ${p.done ?? 0}/${p.total ?? 0} ${p.message || ""} · ${j.cost.llm_calls} LLM calls, ${j.cost.prompt_tokens + j.cost.completion_tokens} tokens${eta}`;
       if (["succeeded", "failed", "cancelled"].includes(j.status)) {
         clearInterval(poller); poller = null;
@@ -358,8 +388,13 @@ async function loadProfile(u) {
 // ---- routing --------------------------------------------------------------------------
 const PAGES = { overview, prompts, jobs, experiments, playground };
 
+function page() {
+  return location.hash.split("/")[1] || "overview";
+}
+
 function route() {
-  const [, page = "overview", arg] = location.hash.split("/");
+  const [, , arg] = location.hash.split("/");
+  const page = location.hash.split("/")[1] || "overview";
   document.querySelectorAll("nav a").forEach((a) => a.toggleAttribute("aria-current", a.id === `nav-${page}`));
   document.querySelectorAll("nav a[aria-current]").forEach((a) => a.setAttribute("aria-current", "page"));
   (PAGES[page] || overview)(arg);
