@@ -292,17 +292,20 @@ async function renderReport(id, kind, j) {
     + r.methods.map((m) => `<tr><td>${esc(m.method)}</td><td class="num">${fmt(m.mean.ndcg_10)}</td><td class="num">${fmt(m.mean.hr_10)}</td><td class="num">${fmt(m.mean.mrr)}</td><td class="num">${[...new Set((m.per_seed || []).map((x) => x.metrics.n))].join(" / ")}</td><td class="num">${fmt(m.cost.llm_calls)}</td></tr>`).join("")
     + "</tbody></table>";
   if (kind === "optimization") h += "<h3>Steps</h3><div id='steps'>Loading…</div>";
-  h += `<h3>Chart</h3><div class="chart" id="chart">Loading…</div><p><button id="download" class="secondary">Download report.md</button></p>`;
+  h += `<h3>Chart</h3><div class="chart" id="chart">Loading…</div><p>Report folder: <button id="download" class="secondary">report.md</button>
+    <button id="download-json" class="secondary">report.json</button> <button id="download-svg" class="secondary">chart.svg</button></p>`;
   h += "<h3>Notes</h3><ul>" + (r.data_notes || []).map((n) => `<li>${esc(n)}</li>`).join("") + "</ul>";
   $("#job-body").innerHTML = h;
   try { $("#chart").innerHTML = await api("GET", `/v1/console/jobs/${id}/chart.svg`, undefined, "text"); } catch (e) { fail(e, "#chart"); }
-  $("#download").onclick = async () => {
-    const md = await api("GET", `/v1/console/jobs/${id}/report.md`, undefined, "text");
+  const save = (body, type, name) => {
     const a = document.createElement("a");
-    a.href = URL.createObjectURL(new Blob([md], { type: "text/markdown" }));
-    a.download = `report-${id.slice(0, 8)}.md`;
+    a.href = URL.createObjectURL(new Blob([body], { type }));
+    a.download = `${id.slice(0, 8)}-${name}`;
     a.click();
   };
+  $("#download").onclick = async () => save(await api("GET", `/v1/console/jobs/${id}/report.md`, undefined, "text"), "text/markdown", "report.md");
+  $("#download-json").onclick = () => save(JSON.stringify(r, null, 2) + "\n", "application/json", "report.json");
+  $("#download-svg").onclick = async () => save(await api("GET", `/v1/console/jobs/${id}/chart.svg`, undefined, "text"), "image/svg+xml", "chart.svg");
   if (kind === "optimization") {
     try {
       const steps = await api("GET", `/v1/optimizations/${id}/steps`);
