@@ -204,10 +204,9 @@ async fn the_console_in_a_real_browser() {
     assert_eq!(svg, json!(1), "the chart is drawn");
     shot(&b, "job-report", None).await;
 
-    // Experiments page renders (none yet).
+    // Experiments page: none yet.
     b.click("#nav-experiments").await;
     b.wait_text("#exp", "No experiments yet", 10).await;
-    shot(&b, "experiments", None).await;
 
     // Playground: a user's history, then a rerank with its order and meta.
     b.click("#nav-playground").await;
@@ -224,6 +223,38 @@ async fn the_console_in_a_real_browser() {
     b.wait_text("#rerank-meta", "prompt_versions", 10).await;
     b.wait_text("#profile", "p_gen v2", 10).await;
     shot(&b, "playground", Some("#rerank-out")).await;
+
+    // An experiment with traffic: its arms and decision on the experiments page.
+    let http = reqwest::Client::new();
+    let (s, e) = {
+        let r = http
+            .post(app.url("/v1/experiments"))
+            .bearer_auth(&admin)
+            .json(&json!({"control": 2, "treatment": 1, "treatment_share": 0.5}))
+            .send()
+            .await
+            .unwrap();
+        (
+            r.status().as_u16(),
+            r.json::<serde_json::Value>().await.unwrap(),
+        )
+    };
+    assert_eq!(s, 201, "{e}");
+    for u in 0..30 {
+        let r = http
+            .post(app.url("/v1/rerank"))
+            .bearer_auth(&admin)
+            .json(&json!({"user_id": format!("u{u}"), "candidates": [{"id": "i5"}, {"id": "i90"}, {"id": "i40"}]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+    }
+    b.click("#nav-experiments").await;
+    b.wait_text("#exp", "p_gen on production: v2 vs v1", 10)
+        .await;
+    b.wait_text("#exp", "per-user click-through", 10).await;
+    shot(&b, "experiments", None).await;
 
     // The overview after this activity: reranks and LLM calls of the last hour.
     b.click("#nav-overview").await;

@@ -66,6 +66,7 @@ async function overview() {
     }
     html += "<div class='row'><section><h3>Reranks per minute, last hour, by fallback reason</h3>" + rerankTable(a.reranks) + "</section>";
     html += "<section><h3>LLM calls by role, last hour</h3>" + llmTable(a.llm) + "</section></div>";
+    html += "<h3>LLM calls per minute by role (calls / tokens / mean latency ms)</h3>" + llmMinutes(a.llm);
     $("#ov").innerHTML = html;
     const btn = $("#load-sample");
     if (btn) btn.onclick = async () => {
@@ -91,6 +92,20 @@ function rerankTable(rows) {
     const total = at.reduce((s, r) => s + r.reranks, 0);
     h += `<tr><td>${esc(m.slice(11, 16))}</td>` + reasons.map((r) => `<td class="num">${fmt((at.find((x) => x.fallback === r) || {}).reranks || 0)}</td>`).join("")
       + `<td><span class="bar" style="width:${Math.round(120 * total / max)}px"></span></td></tr>`;
+  }
+  return h + "</tbody></table>";
+}
+
+function llmMinutes(rows) {
+  if (!rows.length) return "<p class='muted'>–</p>";
+  const roles = [...new Set(rows.map((r) => r.role))];
+  const minutes = [...new Set(rows.map((r) => r.minute))].slice(-15);
+  let h = "<table id='llm-minutes'><thead><tr><th>minute (UTC)</th>" + roles.map((r) => `<th class="num">${esc(r)}</th>`).join("") + "</tr></thead><tbody>";
+  for (const m of minutes) {
+    h += `<tr><td>${esc(m.slice(11, 16))}</td>` + roles.map((role) => {
+      const x = rows.find((r) => r.minute === m && r.role === role);
+      return `<td class="num">${x ? `${fmt(x.calls)} / ${fmt(x.tokens)} / ${fmt(x.latency_ms, 0)}` : "–"}</td>`;
+    }).join("") + "</tr>";
   }
   return h + "</tbody></table>";
 }
@@ -334,7 +349,7 @@ async function experiments() {
       const row = (k, label, d) => `<tr><td>${label}</td><td class="num">${fmt(c[k], d)}</td><td class="num">${fmt(t[k], d)}</td></tr>`;
       h += `<h3>${esc(e.name)} on ${esc(e.label)}: v${e.control} vs v${e.treatment} <span class="muted">(${esc(e.status)}, ${esc(e.source)})</span></h3>
         <p>${esc(e.reason || "")}</p>
-        <p>difference ${fmt(look.difference)} · always-valid interval [${fmt((look.interval || [])[0])}, ${fmt((look.interval || [])[1])}] · p = ${fmt(e.p_value, 4)}</p>
+        <p>difference ${fmt(look.difference)} · always-valid interval ${(look.interval || [])[0] == null ? "(not yet: too few users)" : `[${fmt(look.interval[0])}, ${fmt(look.interval[1])}]`} · p = ${fmt(e.p_value, 4)}</p>
         <table><thead><tr><th></th><th class="num">control</th><th class="num">treatment</th></tr></thead><tbody>`
         + row("requests", "requests") + row("users", "users") + row("click_through", "click-through") + row("click_through_at_k", "click-through@k")
         + row("user_click_through", "per-user click-through") + row("mrr", "MRR") + row("fallback_rate", "fallback rate")
