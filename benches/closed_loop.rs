@@ -21,7 +21,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use agp_rerank::app::{AppState, build_app, serve};
+use agp_rerank::app::AppState;
 use agp_rerank::config::AppConfig;
 use agp_rerank::import::Dataset;
 use agp_rerank::llm::config::LlmSettings;
@@ -270,12 +270,7 @@ async fn run(url: String) {
     let llm = LlmClient::new(settings, Some(pool.clone()));
     let mut config = AppConfig::default();
     config.rerank.summaries = false;
-    let app = build_app(AppState::with_llm(pool.clone(), config, llm.clone()));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let base = format!("http://{}", listener.local_addr().expect("addr"));
-    tokio::spawn(serve(listener, app, std::future::pending()));
+    let base = support::serve_app(AppState::with_llm(pool.clone(), config, llm.clone())).await;
     let b = Bench {
         http: reqwest::Client::new(),
         base,
@@ -407,7 +402,7 @@ async fn loop_end_to_end(b: &Bench, oracle: &Oracle) {
         ap["runs"][0]["reason"].as_str().unwrap_or("")
     );
     let t = std::time::Instant::now();
-    run_jobs(b).await;
+    support::run_queued_jobs(&b.pool, &b.llm, false).await;
     tick().await.expect("tick");
     ap = get_ap().await;
     println!(
@@ -475,29 +470,4 @@ async fn production(b: &Bench) -> i64 {
         })
         .and_then(|l| l["version"].as_i64())
         .unwrap_or(0)
-}
-
-/// Runs the queued jobs to their end, as a worker would.
-async fn run_jobs(b: &Bench) {
-    use agp_rerank::jobs::{self, WorkerOptions};
-    let rerank = agp_rerank::serving::RerankSettings {
-        summaries: false,
-        ..Default::default()
-    };
-    let reranker = agp_rerank::serving::Reranker::new(b.pool.clone(), b.llm.clone(), rerank);
-    let opts = WorkerOptions::new(0);
-    while let Some(job) = store::jobs::claim(&b.pool, &opts.id, 60, None)
-        .await
-        .expect("claim")
-    {
-        jobs::execute(
-            b.pool.clone(),
-            b.llm.clone(),
-            reranker.clone(),
-            job,
-            &opts,
-            None,
-        )
-        .await;
-    }
 }

@@ -8,7 +8,7 @@ mod support;
 
 use std::time::Instant;
 
-use agp_rerank::app::{AppState, build_app, serve};
+use agp_rerank::app::AppState;
 use agp_rerank::config::AppConfig;
 use agp_rerank::llm::LlmClient;
 use agp_rerank::llm::config::LlmSettings;
@@ -46,16 +46,12 @@ async fn run(url: String) {
     let mut settings = LlmSettings::single(llm_server.base_url.clone(), "bench");
     settings.concurrency = 64;
     let llm = LlmClient::new(settings, Some(pool.clone()));
-    let app = build_app(AppState::with_llm(
+    let base = support::serve_app(AppState::with_llm(
         pool.clone(),
         AppConfig::default(),
         llm.clone(),
-    ));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let base = format!("http://{}", listener.local_addr().expect("addr"));
-    tokio::spawn(serve(listener, app, std::future::pending()));
+    ))
+    .await;
     let http = reqwest::Client::new();
     let get = |p: String| {
         let (http, base) = (http.clone(), base.clone());
@@ -87,16 +83,7 @@ async fn run(url: String) {
         .await
         .expect("json");
     let id = job["id"].as_str().expect("job id").to_string();
-    let reranker =
-        agp_rerank::serving::Reranker::new(pool.clone(), llm.clone(), Default::default());
-    let opts = agp_rerank::jobs::WorkerOptions::new(0);
-    while let Some(j) = store::jobs::claim(&pool, &opts.id, 60, None)
-        .await
-        .expect("claim")
-    {
-        agp_rerank::jobs::execute(pool.clone(), llm.clone(), reranker.clone(), j, &opts, None)
-            .await;
-    }
+    support::run_queued_jobs(&pool, &llm, true).await;
     let user = &users[0].id;
     let pages: Vec<(&str, Vec<String>)> = vec![
         (

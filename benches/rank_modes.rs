@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use agp_rerank::agp::prompt::{LEGACY_P_RANK, PromptName, default_template};
 use agp_rerank::agp::rank::RankMode;
-use agp_rerank::app::{AppState, build_app, serve};
+use agp_rerank::app::AppState;
 use agp_rerank::config::AppConfig;
 use agp_rerank::llm::LlmClient;
 use agp_rerank::llm::config::LlmSettings;
@@ -58,14 +58,9 @@ struct App {
 
 impl App {
     async fn start(state: AppState) -> App {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let base = format!("http://{}", listener.local_addr().expect("addr"));
-        tokio::spawn(serve(listener, build_app(state), std::future::pending()));
         App {
             http: reqwest::Client::new(),
-            base,
+            base: support::serve_app(state).await,
         }
     }
 

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use agp_rerank::app::{AppState, build_app, serve};
+use agp_rerank::app::AppState;
 use agp_rerank::config::AppConfig;
 use agp_rerank::llm::config::LlmSettings;
 use agp_rerank::llm::test_server::{Reply, Seen, TestLlm};
@@ -60,16 +60,12 @@ async fn run(url: String) {
     let mut settings = LlmSettings::single(llm.base_url.clone(), "bench");
     settings.concurrency = 256;
     let client = LlmClient::new(settings, Some(pool.clone()));
-    let app = build_app(AppState::with_llm(
+    let base = support::serve_app(AppState::with_llm(
         pool.clone(),
         AppConfig::default(),
         client,
-    ));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let base = format!("http://{}", listener.local_addr().expect("addr"));
-    tokio::spawn(serve(listener, app, std::future::pending()));
+    ))
+    .await;
     let http = reqwest::Client::new();
 
     let body = |u: &str, k: usize| {

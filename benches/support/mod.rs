@@ -127,3 +127,46 @@ pub fn on_embedded_pg<F: std::future::Future<Output = ()>>(
     pg.stop();
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// Serves `state`'s app on a free local port in this runtime; returns its base URL.
+pub async fn serve_app(state: agp_rerank::app::AppState) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(agp_rerank::app::serve(
+        listener,
+        agp_rerank::app::build_app(state),
+        std::future::pending(),
+    ));
+    base
+}
+
+/// Runs every queued job to its end, as a worker would (`summaries` for their reranker).
+pub async fn run_queued_jobs(
+    pool: &sqlx::PgPool,
+    llm: &agp_rerank::llm::LlmClient,
+    summaries: bool,
+) {
+    use agp_rerank::jobs::{self, WorkerOptions};
+    let settings = agp_rerank::serving::RerankSettings {
+        summaries,
+        ..Default::default()
+    };
+    let reranker = agp_rerank::serving::Reranker::new(pool.clone(), llm.clone(), settings);
+    let opts = WorkerOptions::new(0);
+    while let Some(job) = agp_rerank::store::jobs::claim(pool, &opts.id, 60, None)
+        .await
+        .expect("claim")
+    {
+        jobs::execute(
+            pool.clone(),
+            llm.clone(),
+            reranker.clone(),
+            job,
+            &opts,
+            None,
+        )
+        .await;
+    }
+}

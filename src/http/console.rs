@@ -177,8 +177,7 @@ pub async fn load_sample(
     State(state): State<AppState>,
     Extension(who): Extension<Principal>,
 ) -> Result<Json<SampleLoaded>, AppError> {
-    let dir = std::env::temp_dir().join(format!("agp-sample-{}", Uuid::new_v4().simple()));
-    let path = dir.clone();
+    let path = std::env::temp_dir().join(format!("agp-sample-{}", Uuid::new_v4().simple()));
     let data = tokio::task::spawn_blocking(move || {
         std::fs::create_dir_all(&path)?;
         std::fs::write(path.join("Games-6k-sample.item"), SAMPLE_ITEMS)?;

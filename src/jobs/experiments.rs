@@ -34,14 +34,13 @@ pub async fn look(
     let t = experiment::arm_metrics(e.treatment, &treatment, e.settings.k);
     let look = experiment::look(&c, &t, &e.settings, e.treatment_share, e.p_value);
     let result = json!({"control": c, "treatment": t, "look": look});
-    let end = |status: &'static str, version: i32| (status, version);
     let ending = match look.outcome {
         Outcome::Continue => None,
-        Outcome::Promote => Some(end("promoted", e.treatment)),
-        Outcome::KeepControl => Some(end("kept_control", e.control)),
-        Outcome::RollBack => Some(end("rolled_back", e.control)),
-        Outcome::Inconclusive => Some(end("inconclusive", e.control)),
-        Outcome::Void => Some(end("void", e.control)),
+        Outcome::Promote => Some(("promoted", e.treatment)),
+        Outcome::KeepControl => Some(("kept_control", e.control)),
+        Outcome::RollBack => Some(("rolled_back", e.control)),
+        Outcome::Inconclusive => Some(("inconclusive", e.control)),
+        Outcome::Void => Some(("void", e.control)),
     };
     match ending {
         None => db::record_look(pool, e.id, &look, &result).await?,

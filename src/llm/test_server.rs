@@ -336,9 +336,9 @@ async fn completions(
     }
 }
 
-/// The prompt as one text, and how many of its leading characters the previous prompt
-/// shared (what a one-slot prefix cache would not read again).
-fn prefix_cached(shared: &Shared, seen: &Seen) -> (String, usize) {
+/// How many leading characters of the prompt the previous prompt shared (what a one-slot
+/// prefix cache would not read again); remembers this prompt for the next call.
+fn prefix_cached(shared: &Shared, seen: &Seen) -> usize {
     let text: String = seen
         .messages()
         .iter()
@@ -350,8 +350,8 @@ fn prefix_cached(shared: &Shared, seen: &Seen) -> (String, usize) {
         .zip(text.chars())
         .take_while(|(a, b)| a == b)
         .count();
-    *last = text.clone();
-    (text, common)
+    *last = text;
+    common
 }
 
 fn completion(
@@ -362,7 +362,7 @@ fn completion(
     logprobs: Option<Value>,
 ) -> Response {
     let prompt: u64 = seen.messages().iter().map(|(_, c)| tokens(c) + 4).sum();
-    let (_, common) = prefix_cached(shared, seen);
+    let common = prefix_cached(shared, seen);
     let cached = (common as u64 / 4).min(prompt);
     let model = seen.body["model"]
         .as_str()
