@@ -19,6 +19,14 @@ pub async fn prepare_database(pool: &PgPool) -> Result<(), sqlx::migrate::Migrat
     crate::store::migrate(pool).await?;
     ensure_project(pool, crate::store::DEFAULT_PROJECT).await?;
     upgrade_seeds(pool).await?;
+    // The request log's partitions around today (the leader keeps them hourly).
+    let today = chrono::Utc::now().date_naive();
+    crate::store::partitions::ensure(
+        pool,
+        today - chrono::Duration::days(1),
+        today + chrono::Duration::days(crate::store::partitions::DAYS_AHEAD),
+    )
+    .await?;
     Ok(())
 }
 

@@ -1,4 +1,5 @@
-//! The `agp` command line: `serve`, `migrate`, `import`, `keys`, `openapi`.
+//! The `agp` command line: `serve`, `worker`, `migrate`, `import`, `keys`, `eval`, `optimize`,
+//! `simulate`, `probe`, `openapi`.
 //! Every option can also be set from its `AGP_*` environment variable.
 
 use std::path::PathBuf;
@@ -61,6 +62,16 @@ pub enum Command {
     /// Replay a data set's users against a running service: rerank, click by a
     /// position-biased click model, send the clicks as feedback.
     Simulate(Box<SimulateArgs>),
+    /// Exit 0 when a URL answers 2xx within a timeout (a container HEALTHCHECK without curl),
+    /// e.g. `agp probe http://127.0.0.1:8080/readyz`.
+    Probe {
+        /// URL to GET.
+        #[arg(default_value = "http://127.0.0.1:8080/readyz")]
+        url: String,
+        /// Give up after this many milliseconds.
+        #[arg(long, default_value_t = 3000)]
+        timeout_ms: u64,
+    },
     /// Print the OpenAPI document (or write it to a file).
     Openapi {
         /// Write to this file instead of standard output.
@@ -79,6 +90,8 @@ pub struct WorkerArgs {
     pub rerank: crate::config::RerankArgs,
     #[command(flatten)]
     pub llm: LlmArgs,
+    #[command(flatten)]
+    pub cluster: crate::config::ClusterArgs,
 }
 
 /// Options of `agp eval`.
@@ -232,6 +245,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             .await
         }
         Command::Keys(cmd) => run_keys(&cli.db, cmd).await,
+        Command::Probe { url, timeout_ms } => probe(&url, Duration::from_millis(timeout_ms)).await,
         Command::Openapi { out } => {
             let spec = crate::http::openapi::spec_json();
             match out {
@@ -242,6 +256,23 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// GETs `url`; an error unless it answers 2xx in time.
+async fn probe(url: &str, timeout: Duration) -> anyhow::Result<()> {
+    let client = reqwest::Client::builder().timeout(timeout).build()?;
+    let res = client
+        .get(url)
+        .send()
+        .await
+        .with_context(|| format!("GET {url}"))?;
+    let status = res.status();
+    let body = res.text().await.unwrap_or_default();
+    if !status.is_success() {
+        bail!("GET {url}: {status} {body}");
+    }
+    println!("{body}");
+    Ok(())
 }
 
 /// An open, migrated database and, when embedded, the cluster behind it (supervised).
@@ -363,9 +394,14 @@ async fn run_serve(db_args: &DbArgs, args: ServeArgs) -> anyhow::Result<()> {
     state.pg_health = db.pg_health();
     let reranker = state.reranker.clone();
     let workers = crate::jobs::Workers::spawn(args.workers, &db.pool, &llm, &reranker);
+    let election = elect(&db.pool, &args.cluster, "serve", &listen_name(&listener));
+    state.leading = election.as_ref().map(|e| e.leading_flag());
     let app = build_app(state);
     let result = crate::http::server::serve(listener, app, limits, shutdown_signal()).await;
     tracing::info!("shutting down");
+    if let Some(e) = election {
+        e.stop().await;
+    }
     workers.stop().await;
     reranker.flush().await;
     llm.flush_usage().await;
@@ -374,6 +410,33 @@ async fn run_serve(db_args: &DbArgs, args: ServeArgs) -> anyhow::Result<()> {
     }
     db.close().await;
     result.context("serving HTTP")
+}
+
+/// Takes part in leader election unless `--leader false`, named after this process.
+fn elect(
+    pool: &PgPool,
+    args: &crate::config::ClusterArgs,
+    role: &str,
+    listen: &str,
+) -> Option<crate::cluster::Election> {
+    if !args.leader {
+        tracing::info!(
+            "--leader false: this process never leads (experiment looks, autopilot, log partitions run elsewhere)"
+        );
+        return None;
+    }
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let mut opts = args.options();
+    opts.name = format!(
+        "agp {role} {}{listen} pid {}",
+        host.trim(),
+        std::process::id()
+    );
+    Some(crate::cluster::Election::spawn(pool.clone(), opts))
+}
+
+fn listen_name(l: &tokio::net::TcpListener) -> String {
+    l.local_addr().map(|a| format!(" {a}")).unwrap_or_default()
 }
 
 /// Resolves `HOST:PORT` (names such as `localhost` included).
@@ -623,11 +686,15 @@ async fn run_worker_cmd(db_args: &DbArgs, args: WorkerArgs) -> anyhow::Result<()
     );
     let n = args.workers.max(1);
     let workers = crate::jobs::Workers::spawn(n, &db.pool, &llm, &reranker);
+    let election = elect(&db.pool, &args.cluster, "worker", "");
     tracing::info!(
         workers = n,
         "waiting for jobs (Ctrl-C to stop; running jobs go back to the queue)"
     );
     shutdown_signal().await;
+    if let Some(e) = election {
+        e.stop().await;
+    }
     workers.stop().await;
     llm.flush_usage().await;
     if let Some(l) = local {

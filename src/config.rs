@@ -133,6 +133,35 @@ pub struct ServeArgs {
 
     #[command(flatten)]
     pub llm: crate::llm::config::LlmArgs,
+
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+}
+
+/// Cluster-wide work (`cluster`): one process of a deployment at a time leads.
+#[derive(Debug, Clone, Args)]
+pub struct ClusterArgs {
+    /// Take part in leader election. The leader looks at running experiments, ticks the
+    /// autopilots and keeps the request log's partitions; when it dies another process takes
+    /// over within seconds. `false`: this process only serves (or works jobs).
+    #[arg(long, env = "AGP_LEADER", default_value_t = true, action = clap::ArgAction::Set)]
+    pub leader: bool,
+
+    /// Days of request log and feedback kept (today included); the leader drops older days'
+    /// partitions. Experiments keep their figures past it.
+    #[arg(long, env = "AGP_LOG_RETENTION_DAYS", default_value_t = 30,
+          value_parser = clap::value_parser!(u32).range(1..=3650))]
+    pub log_retention_days: u32,
+}
+
+impl ClusterArgs {
+    /// The leader's settings.
+    pub fn options(&self) -> crate::cluster::LeaderOptions {
+        crate::cluster::LeaderOptions {
+            retention_days: self.log_retention_days,
+            ..Default::default()
+        }
+    }
 }
 
 /// Settings of the rerank path.

@@ -4,14 +4,16 @@
 //! The folders are the layers (lower first, none imports one above it): `catalog/` the data
 //! model; `store/` every SQL statement, the embedded Postgres and the journal; `llm/` the
 //! client; `agp/` the method as plain code; `rankers/` the non-LLM rankers; `serving/` the
-//! rerank path; `eval/` splits, protocols, metrics; `report/`; `jobs/` the job bodies; `http/`
-//! the edge. `import/` reads datasets.
+//! rerank path; `eval/` splits, protocols, metrics; `report/`; `jobs/` the job bodies;
+//! `cluster/` the leader's cluster-wide work (experiment looks, autopilot ticks, log
+//! partitions); `http/` the edge. `import/` reads datasets.
 
 pub mod agp;
 pub mod app;
 pub mod auth;
 pub mod catalog;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod eval;
 pub mod experiment;

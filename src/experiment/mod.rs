@@ -1,7 +1,7 @@
 //! Online experiments as plain code: what one logged request contributes ([`Observed`]), the
 //! per-arm figures ([`ArmMetrics`]), and the decision at a look ([`look`]). No SQL here:
-//! `store::experiments` reads the request log and joined feedback, `jobs::experiments` looks
-//! at running experiments and applies decisions.
+//! `store::experiment_stats` folds the request log and joined feedback into per-arm sums
+//! ([`fold`]), `cluster::looker` looks at running experiments and applies decisions.
 //!
 //! The rule (documented in the README, "Experiments"):
 //! - The unit is the user (the label's split hashes the user id). The primary metric is each
@@ -18,6 +18,7 @@
 //! - A sample ratio mismatch (users per arm against the configured share, chi-square p below
 //!   `srm_alpha`, checked from 100 users) voids the experiment: the control stays.
 
+pub mod fold;
 pub mod stats;
 
 use serde::{Deserialize, Serialize};

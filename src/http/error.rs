@@ -151,10 +151,7 @@ pub fn on_constraint(code: &str, constraint: Option<&str>) -> AppError {
             invalid("interactions[].item_id: the item is not in the catalog")
         }
         "interactions_project_user_id_fkey" => invalid("interactions[].user_id: unknown user"),
-        "feedback_request_id_fkey" => invalid("request_id: no logged rerank has this id"),
-        "feedback_request_id_item_id_kind_key" => {
-            conflict("this outcome (request_id, item_id, kind) is already recorded")
-        }
+        "feedback_once" => conflict("this outcome (request_id, item_id, kind) is already recorded"),
         "api_keys_scope_check" => invalid("scope: must be read, rerank or admin"),
         "prompts_name_check" => {
             invalid("name: not a prompt (p_sum, p_gen, p_rank, p_fb, p_agg, p_opt)")

@@ -1,6 +1,6 @@
 //! Online experiments: start one on a label (its traffic is split between a control and a
 //! treatment version), read its arms, interval and decision, stop it. Decisions are applied
-//! by the experiment looker (`jobs::experiments`) and by every read.
+//! by the leader's experiment looker (`cluster::looker`) and by every read.
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -13,8 +13,8 @@ use uuid::Uuid;
 use super::error::{AppError, ErrorBody, Json, Path};
 use super::state::AppState;
 use crate::auth::Principal;
+use crate::cluster::looker;
 use crate::experiment::ExperimentSettings;
-use crate::jobs::experiments as looker;
 use crate::store::experiments::{self as db, ExperimentRow, NewExperiment, StartError};
 use crate::store::prompts::{self as prompts_db, PRODUCTION};
 
@@ -154,7 +154,7 @@ pub async fn read(
     Extension(who): Extension<Principal>,
     Path(id): Path<Uuid>,
 ) -> Result<Json<ExperimentRow>, AppError> {
-    looker::look(&state.pool, &who.project, id)
+    looker::look(&state.pool, &who.project, id, looker::READ_WAITS_FOR_FOLD)
         .await?
         .map(Json)
         .ok_or_else(|| AppError::NotFound(format!("no experiment {id}")))

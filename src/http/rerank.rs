@@ -491,19 +491,20 @@ pub async fn feedback(
             .await;
         logged = db::logged_request(&state.pool, &who.project, &body.request_id).await?;
     }
-    let Some((user, candidates)) = logged else {
+    let Some(logged) = logged else {
         return Err(AppError::NotFound(format!(
             "rerank request {:?} not found",
             body.request_id
         )));
     };
-    if user != body.user_id {
+    if logged.user_id != body.user_id {
         return Err(AppError::Validation(format!(
             "user_id {:?} does not match the user of request {:?}",
             body.user_id, body.request_id
         )));
     }
-    let in_list = candidates
+    let in_list = logged
+        .candidates
         .as_array()
         .is_some_and(|a| a.iter().any(|c| c.as_str() == Some(body.item_id.as_str())));
     if !in_list {
@@ -516,6 +517,7 @@ pub async fn feedback(
         &state.pool,
         &who.project,
         &body.request_id,
+        logged.created_at,
         &body.user_id,
         &body.item_id,
         &body.kind,

@@ -95,6 +95,9 @@ pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
         }
     };
     checks.insert("llm".into(), llm_status(&state).into());
+    if db_ok {
+        checks.insert("leader".into(), leader_status(&state).await.into());
+    }
     let status = if db_ok {
         axum::http::StatusCode::OK
     } else {
@@ -105,6 +108,23 @@ pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
         checks,
     };
     (status, Json(body))
+}
+
+/// What `/readyz` says about cluster-wide work: which process leads (informational; a
+/// process that does not lead is just as ready).
+async fn leader_status(state: &AppState) -> String {
+    let me = match &state.leading {
+        Some(flag) if flag.load(std::sync::atomic::Ordering::Relaxed) => {
+            return "this process".into();
+        }
+        Some(_) => "",
+        None => "this process never leads (--leader false); ",
+    };
+    match crate::store::leader::current(&state.pool).await {
+        Ok(Some(name)) => format!("{me}another process: {name}"),
+        Ok(None) => format!("{me}none at the moment: a process takes over within seconds"),
+        Err(e) => format!("{me}unknown: {e}"),
+    }
 }
 
 /// What `/readyz` says about the LLM. The LLM does not decide readiness: without it,

@@ -23,6 +23,8 @@ pub struct AppState {
     pub local_llm_healthy: Option<Arc<std::sync::atomic::AtomicBool>>,
     /// Health of the embedded Postgres, when this process supervises one.
     pub pg_health: Option<Arc<crate::store::embedded::PgHealth>>,
+    /// Whether this process leads (`cluster`), when it takes part in the election.
+    pub leading: Option<Arc<std::sync::atomic::AtomicBool>>,
 }
 
 impl AppState {
@@ -42,6 +44,7 @@ impl AppState {
             reranker,
             local_llm_healthy: None,
             pg_health: None,
+            leading: None,
         }
     }
 }

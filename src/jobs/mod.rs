@@ -9,7 +9,6 @@
 pub mod autopilot;
 pub mod context;
 pub mod evaluate;
-pub mod experiments;
 mod fused;
 pub mod optimize;
 pub mod summarize;
@@ -183,7 +182,7 @@ impl Workers {
     /// Starts `n` worker loops.
     pub fn spawn(n: usize, pool: &PgPool, llm: &LlmClient, reranker: &Arc<Reranker>) -> Self {
         let (stop, rx) = watch::channel(false);
-        let mut handles: Vec<_> = (0..n)
+        let handles: Vec<_> = (0..n)
             .map(|i| {
                 tokio::spawn(run_worker(
                     pool.clone(),
@@ -194,7 +193,6 @@ impl Workers {
                 ))
             })
             .collect();
-        handles.push(tokio::spawn(run_looker(pool.clone(), rx)));
         Workers { stop, handles }
     }
 
@@ -203,21 +201,6 @@ impl Workers {
         let _ = self.stop.send(true);
         for h in self.handles {
             let _ = h.await;
-        }
-    }
-}
-
-/// Looks at running experiments and ticks the autopilots every [`experiments::LOOK_EVERY`] until stopped.
-async fn run_looker(pool: PgPool, mut stop: watch::Receiver<bool>) {
-    loop {
-        experiments::look_all(&pool).await;
-        autopilot::tick_all(&pool).await;
-        tokio::select! {
-            _ = tokio::time::sleep(experiments::LOOK_EVERY) => {}
-            _ = stop.changed() => return,
-        }
-        if *stop.borrow() {
-            return;
         }
     }
 }

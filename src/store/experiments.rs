@@ -1,6 +1,6 @@
 //! Experiments in Postgres: the row, the label split that starts one and the label move that
-//! ends one (in one transaction each), and the logged requests of its arms with their
-//! positive feedback.
+//! ends one (in one transaction each), and, as a reference for tests and benchmarks, the
+//! logged requests of its arms with their positive feedback read from the whole log.
 
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
@@ -146,6 +146,12 @@ pub async fn start(pool: &PgPool, e: &NewExperiment<'_>) -> Result<ExperimentRow
         },
     ];
     set_label_tx(&mut tx, e.project, e.name, e.label, None, Some(&split)).await?;
+    sqlx::query(
+        "INSERT INTO experiment_arms (experiment_id, arm) VALUES ($1, 'control'), ($1, 'treatment')",
+    )
+    .bind(t.0)
+    .execute(&mut *tx)
+    .await?;
     tx.commit().await?;
     Ok(row(t))
 }
@@ -197,8 +203,10 @@ type LoggedTuple = (
     Vec<String>,
 );
 
-/// The logged requests of the experiment's arms since it started, with their positives.
-pub async fn observed(
+/// The logged requests of the experiment's arms since it started, with their positives,
+/// read from the whole log: the reference the folded statistics (`store::experiment_stats`)
+/// are checked against in tests and benchmarks; looks never read it.
+pub async fn observed_full(
     pool: &PgPool,
     project: &str,
     e: &ExperimentRow,
@@ -212,9 +220,10 @@ pub async fn observed(
         sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "SELECT r.user_id, {version}, r.result_order, r.fallback IS NOT NULL, r.latency_ms, r.usage,
                     COALESCE(array_agg(f.item_id ORDER BY f.id) FILTER (WHERE f.kind = ANY($5)), '{{}}')
-             FROM rerank_requests r LEFT JOIN feedback f ON f.request_id = r.id
+             FROM rerank_requests r
+             LEFT JOIN feedback f ON f.request_id = r.id AND f.request_at = r.created_at
              WHERE r.project = $1 AND r.created_at >= $2 AND {version} IN ($3, $4)
-             GROUP BY r.id"
+             GROUP BY r.id, r.created_at"
         )))
         .bind(project)
         .bind(e.started_at)
@@ -294,6 +303,15 @@ pub async fn end(
         return Ok(false);
     }
     set_label_tx(&mut tx, project, &e.name, &e.label, Some(version), None).await?;
+    // The result keeps the figures; what only folding needed goes.
+    for table in ["experiment_inbox", "experiment_users"] {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DELETE FROM {table} WHERE experiment_id = $1"
+        )))
+        .bind(e.id)
+        .execute(&mut *tx)
+        .await?;
+    }
     tx.commit().await?;
     Ok(true)
 }

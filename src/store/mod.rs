@@ -7,12 +7,15 @@ pub mod blends;
 pub mod catalog;
 pub mod console;
 pub mod embedded;
+pub mod experiment_stats;
 pub mod experiments;
 pub mod import;
 pub mod jobs;
 pub mod journal;
 pub mod keys;
+pub mod leader;
 pub mod llm;
+pub mod partitions;
 pub mod prompts;
 pub mod rerank;
 

@@ -242,7 +242,23 @@ pub struct RerankLogRow {
     pub history: serde_json::Value,
 }
 
-/// Inserts request log rows in one statement (a row already there is left as it is).
+/// The version a logged request was answered with, for an experiment on `e.name` (`p_gen`
+/// or `blend`); `r` is the request row, `e` the experiment row.
+const ARM_VERSION: &str = "(CASE WHEN e.name = 'blend' THEN (r.blend->>'version')::int
+                               ELSE (r.prompt_versions->>'p_gen')::int END)";
+
+/// Which running experiments a logged request `r` belongs to: its project, answered since
+/// the experiment started, with one of its two versions.
+pub(crate) fn in_running_experiment() -> String {
+    format!(
+        "e.status = 'running' AND e.project = r.project AND r.created_at >= e.started_at
+         AND {ARM_VERSION} IN (e.control, e.treatment)"
+    )
+}
+
+/// Inserts request log rows in one statement (a row already there is left as it is), and
+/// puts the new rows that belong to a running experiment into its inbox
+/// (`store::experiment_stats`), in the same statement: a row and its entry commit together.
 pub async fn insert_rerank_logs<'e>(
     db: impl sqlx::PgExecutor<'e>,
     rows: &[RerankLogRow],
@@ -250,37 +266,44 @@ pub async fn insert_rerank_logs<'e>(
     let j = |f: fn(&RerankLogRow) -> &serde_json::Value| {
         rows.iter().map(|r| f(r).to_string()).collect::<Vec<_>>()
     };
-    sqlx::query(
-        "INSERT INTO rerank_requests (id, project, user_id, candidates, result_order, prompt_version, prompt_versions,
-                                      profile_id, model, fallback, repaired, latency_ms, usage, created_at, blend,
-                                      history)
-         SELECT id, project, user_id, c::jsonb, o::jsonb, v, pv::jsonb, pid, m, f, r, l, u::jsonb, at,
-                nullif(b, 'null')::jsonb, nullif(h, 'null')::jsonb
-         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int4[], $7::text[],
-                     $8::uuid[], $9::text[], $10::text[], $11::bool[], $12::int4[], $13::text[], $14::timestamptz[],
-                     $15::text[], $16::text[])
-              AS t(id, project, user_id, c, o, v, pv, pid, m, f, r, l, u, at, b, h)
-         ON CONFLICT (id) DO NOTHING",
-    )
-    .bind(rows.iter().map(|r| r.id.as_str()).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.project.as_str()).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.user_id.as_str()).collect::<Vec<_>>())
-    .bind(j(|r| &r.candidates))
-    .bind(j(|r| &r.result_order))
-    .bind(rows.iter().map(|r| r.prompt_version).collect::<Vec<_>>())
-    .bind(j(|r| &r.prompt_versions))
-    .bind(rows.iter().map(|r| r.profile_id).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.model.clone()).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.fallback.clone()).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.repaired).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.latency_ms).collect::<Vec<_>>())
-    .bind(j(|r| &r.usage))
-    .bind(rows.iter().map(|r| r.created_at).collect::<Vec<_>>())
-    .bind(j(|r| &r.blend))
-    .bind(j(|r| &r.history))
-    .execute(db)
-    .await
-    .map(|_| ())
+    let sql = format!(
+        "WITH r AS (
+           INSERT INTO rerank_requests (id, project, user_id, candidates, result_order, prompt_version, prompt_versions,
+                                        profile_id, model, fallback, repaired, latency_ms, usage, created_at, blend,
+                                        history)
+           SELECT id, project, user_id, c::jsonb, o::jsonb, v, pv::jsonb, pid, m, f, r, l, u::jsonb, at,
+                  nullif(b, 'null')::jsonb, nullif(h, 'null')::jsonb
+           FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int4[], $7::text[],
+                       $8::uuid[], $9::text[], $10::text[], $11::bool[], $12::int4[], $13::text[], $14::timestamptz[],
+                       $15::text[], $16::text[])
+                AS t(id, project, user_id, c, o, v, pv, pid, m, f, r, l, u, at, b, h)
+           ON CONFLICT (id, created_at) DO NOTHING
+           RETURNING id, project, created_at, prompt_versions, blend)
+         INSERT INTO experiment_inbox (experiment_id, request_id, request_at)
+         SELECT e.id, r.id, r.created_at FROM r JOIN experiments e ON {}
+         ON CONFLICT DO NOTHING",
+        in_running_experiment()
+    );
+    sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(rows.iter().map(|r| r.id.as_str()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.project.as_str()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.user_id.as_str()).collect::<Vec<_>>())
+        .bind(j(|r| &r.candidates))
+        .bind(j(|r| &r.result_order))
+        .bind(rows.iter().map(|r| r.prompt_version).collect::<Vec<_>>())
+        .bind(j(|r| &r.prompt_versions))
+        .bind(rows.iter().map(|r| r.profile_id).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.model.clone()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.fallback.clone()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.repaired).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.latency_ms).collect::<Vec<_>>())
+        .bind(j(|r| &r.usage))
+        .bind(rows.iter().map(|r| r.created_at).collect::<Vec<_>>())
+        .bind(j(|r| &r.blend))
+        .bind(j(|r| &r.history))
+        .execute(db)
+        .await
+        .map(|_| ())
 }
 
 /// A logged rerank with a positive outcome, as the `logged` protocol reads it.
@@ -315,9 +338,10 @@ pub async fn logged_cases(
     let rows: Vec<Row> = sqlx::query_as(
         "SELECT r.id, r.created_at, r.user_id, r.candidates, r.history,
                 (array_agg(f.item_id ORDER BY f.created_at, f.id))[1]
-         FROM rerank_requests r JOIN feedback f ON f.request_id = r.id AND f.kind = ANY($2)
+         FROM rerank_requests r
+         JOIN feedback f ON f.request_id = r.id AND f.request_at = r.created_at AND f.kind = ANY($2)
          WHERE r.project = $1 AND jsonb_array_length(COALESCE(r.history, '[]')) > 0
-         GROUP BY r.id ORDER BY r.created_at, r.id",
+         GROUP BY r.id, r.created_at ORDER BY r.created_at, r.id",
     )
     .bind(project)
     .bind(kinds)
@@ -344,8 +368,8 @@ pub async fn count_logged_cases(
     kinds: &[String],
 ) -> Result<i64, sqlx::Error> {
     sqlx::query_scalar(
-        "SELECT count(DISTINCT r.id) FROM rerank_requests r
-         JOIN feedback f ON f.request_id = r.id AND f.kind = ANY($2)
+        "SELECT count(DISTINCT (r.id, r.created_at)) FROM rerank_requests r
+         JOIN feedback f ON f.request_id = r.id AND f.request_at = r.created_at AND f.kind = ANY($2)
          WHERE r.project = $1 AND jsonb_array_length(COALESCE(r.history, '[]')) > 0",
     )
     .bind(project)
@@ -354,40 +378,72 @@ pub async fn count_logged_cases(
     .await
 }
 
-/// The logged request: (user, candidate ids) when it exists in this project.
+/// A logged request, as feedback is checked against it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoggedRequest {
+    pub user_id: String,
+    pub candidates: serde_json::Value,
+    /// When it was answered: the partition key of the request and of its feedback.
+    pub created_at: DateTime<Utc>,
+}
+
+/// The logged request when it exists in this project (within retention).
 pub async fn logged_request(
     pool: &PgPool,
     project: &str,
     id: &str,
-) -> Result<Option<(String, serde_json::Value)>, sqlx::Error> {
-    sqlx::query_as("SELECT user_id, candidates FROM rerank_requests WHERE project = $1 AND id = $2")
-        .bind(project)
-        .bind(id)
-        .fetch_optional(pool)
-        .await
+) -> Result<Option<LoggedRequest>, sqlx::Error> {
+    let row: Option<(String, serde_json::Value, DateTime<Utc>)> = sqlx::query_as(
+        "SELECT user_id, candidates, created_at FROM rerank_requests WHERE project = $1 AND id = $2
+         ORDER BY created_at DESC LIMIT 1",
+    )
+    .bind(project)
+    .bind(id)
+    .fetch_optional(pool)
+    .await?;
+    Ok(row.map(|(user_id, candidates, created_at)| LoggedRequest {
+        user_id,
+        candidates,
+        created_at,
+    }))
 }
 
-/// Records feedback; false when the same (request, item, kind) was already recorded.
+/// Records feedback on the request answered at `request_at`; false when the same
+/// (request, item, kind) was already recorded. A positive event on a request of a running
+/// experiment goes into that experiment's inbox in the same statement.
 pub async fn insert_feedback(
     pool: &PgPool,
     project: &str,
     request_id: &str,
+    request_at: DateTime<Utc>,
     user: &str,
     item: &str,
     kind: &str,
 ) -> Result<bool, sqlx::Error> {
-    let n = sqlx::query(
-        "INSERT INTO feedback (project, request_id, user_id, item_id, kind) VALUES ($1, $2, $3, $4, $5)
-         ON CONFLICT (request_id, item_id, kind) DO NOTHING",
-    )
-    .bind(project)
-    .bind(request_id)
-    .bind(user)
-    .bind(item)
-    .bind(kind)
-    .execute(pool)
-    .await?
-    .rows_affected();
+    let sql = format!(
+        "WITH f AS (
+           INSERT INTO feedback (project, request_id, request_at, user_id, item_id, kind)
+           VALUES ($1, $2, $3, $4, $5, $6)
+           ON CONFLICT (request_id, item_id, kind, request_at) DO NOTHING
+           RETURNING id, request_id, request_at, kind),
+         inbox AS (
+           INSERT INTO experiment_inbox (experiment_id, request_id, request_at, feedback_id)
+           SELECT e.id, f.request_id, f.request_at, f.id
+           FROM f JOIN rerank_requests r ON r.id = f.request_id AND r.created_at = f.request_at
+                  JOIN experiments e ON {} AND e.settings->'positive_kinds' ? f.kind
+           ON CONFLICT DO NOTHING)
+         SELECT count(*) FROM f",
+        in_running_experiment()
+    );
+    let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+        .bind(project)
+        .bind(request_id)
+        .bind(request_at)
+        .bind(user)
+        .bind(item)
+        .bind(kind)
+        .fetch_one(pool)
+        .await?;
     Ok(n > 0)
 }
 

@@ -48,6 +48,10 @@ pub async fn wait_ready(client: &reqwest::Client, base: &str, child: &mut Proc) 
 pub struct Proc(Option<Child>);
 
 impl Proc {
+    /// Wraps a spawned child.
+    pub fn spawned(c: Child) -> Proc {
+        Proc(Some(c))
+    }
     pub fn id(&self) -> u32 {
         self.0.as_ref().map_or(0, |c| c.id())
     }

@@ -1,7 +1,9 @@
-//! Looking at running experiments: read the arms from the request log, decide
-//! (`experiment::look`), and store the look or end the experiment, moving its label. Every
-//! `agp serve` and `agp worker` looks every few seconds; ending is conditional on the
-//! experiment still running, so replicas never end one twice.
+//! Looking at running experiments: fold the traffic that arrived since the last look into
+//! the experiment's statistics (`store::experiment_stats`), decide (`experiment::look`) from
+//! them, and store the look or end the experiment, moving its label. The leader looks at
+//! every running experiment every few seconds; a read (`GET /v1/experiments/{id}`) looks at
+//! one first so its answer is current. Ending is conditional on the experiment still running,
+//! so it never ends twice.
 
 use std::time::Duration;
 
@@ -10,17 +12,21 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::experiment::{self, Outcome};
+use crate::store::experiment_stats::{self as stats, FoldError};
 use crate::store::experiments::{self as db, ExperimentRow};
 
-/// How often running experiments are looked at.
-pub const LOOK_EVERY: Duration = Duration::from_secs(5);
+/// How long a read waits for another process's fold of the same experiment before it
+/// answers from the statistics as they stand.
+pub const READ_WAITS_FOR_FOLD: Duration = Duration::from_secs(5);
 
-/// Looks at one experiment (deciding and applying the decision if it is running) and
-/// returns it as it now stands.
+/// Looks at one experiment (folding its new traffic, deciding and applying the decision if
+/// it is running) and returns it as it now stands. `wait`: how long to wait for a fold
+/// another process is running (zero: skip the fold, look at what is folded).
 pub async fn look(
     pool: &PgPool,
     project: &str,
     id: Uuid,
+    wait: Duration,
 ) -> Result<Option<ExperimentRow>, sqlx::Error> {
     let Some(e) = db::get(pool, project, id).await? else {
         return Ok(None);
@@ -28,10 +34,15 @@ pub async fn look(
     if e.status != "running" {
         return Ok(Some(e));
     }
-    let observed = db::observed(pool, project, &e).await?;
-    let (treatment, control): (Vec<_>, Vec<_>) = observed.iter().partition(|o| o.treatment);
-    let c = experiment::arm_metrics(e.control, &control, e.settings.k);
-    let t = experiment::arm_metrics(e.treatment, &treatment, e.settings.k);
+    match stats::fold_pending(pool, project, &e, wait).await {
+        Ok(n) if n > 0 => tracing::debug!(experiment = %e.id, requests = n, "folded"),
+        Ok(_) => {}
+        Err(FoldError::Busy) => {
+            tracing::debug!(experiment = %e.id, "another process is folding; looking at what is folded")
+        }
+        Err(FoldError::Db(err)) => return Err(err),
+    }
+    let (c, t) = stats::metrics(pool, &e).await?;
     let look = experiment::look(&c, &t, &e.settings, e.treatment_share, e.p_value);
     let result = json!({"control": c, "treatment": t, "look": look});
     let ending = match look.outcome {
@@ -87,12 +98,13 @@ pub async fn stop(
     db::get(pool, project, id).await
 }
 
-/// Looks at every running experiment once.
+/// Looks at every running experiment once (the leader's pass). A fold another process is
+/// running is not waited for: this pass looks at what is folded.
 pub async fn look_all(pool: &PgPool) {
     match db::running(pool).await {
         Ok(running) => {
             for (project, id) in running {
-                if let Err(e) = look(pool, &project, id).await {
+                if let Err(e) = look(pool, &project, id, Duration::ZERO).await {
                     tracing::warn!(experiment = %id, error = %e, "look failed");
                 }
             }

@@ -1,0 +1,425 @@
+//! An experiment's sufficient statistics in Postgres (`experiment_arms`, `experiment_users`,
+//! `experiment_latency`), folded in from its inbox (`experiment_inbox`: filled by the
+//! request log's and the feedback's inserts, `store::rerank`). A look reads two arm rows and
+//! a latency histogram, never the log; a fold reads only what arrived since the last one.
+//!
+//! Exactly once: a fold runs in one REPEATABLE READ transaction that first locks the
+//! experiment's row (`FOR UPDATE NOWAIT`) and always updates it, so two folds never overlap
+//! and a fold whose snapshot predates another's commit fails with a serialization error and
+//! is retried. Within one snapshot, the feedback rows visible are exactly those already
+//! folded plus those whose inbox entries it takes, so the "before" of a late positive is
+//! known without storing per-request state.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use sqlx::{PgPool, Postgres, Transaction};
+use uuid::Uuid;
+
+use super::experiments::ExperimentRow;
+use super::rerank::in_running_experiment;
+use crate::experiment::ArmMetrics;
+use crate::experiment::fold::{
+    Arm, ArmSums, LoggedRequest, Pending, Positive, UserCounts, fold, fold_users,
+};
+
+/// Requests folded per transaction.
+pub const BATCH: i64 = 5_000;
+
+/// Why a fold did not finish.
+#[derive(Debug, thiserror::Error)]
+pub enum FoldError {
+    /// Another process is folding this experiment right now.
+    #[error("another fold of this experiment is running")]
+    Busy,
+    #[error(transparent)]
+    Db(#[from] sqlx::Error),
+}
+
+fn is_retryable(e: &sqlx::Error) -> Option<FoldError> {
+    let code = e.as_database_error().and_then(|d| d.code());
+    match code.as_deref() {
+        // lock_not_available (NOWAIT): someone else folds
+        Some("55P03") => Some(FoldError::Busy),
+        // serialization_failure, deadlock_detected: a fresh snapshot will do
+        Some("40001") | Some("40P01") => Some(FoldError::Busy),
+        _ => None,
+    }
+}
+
+/// Folds everything pending of a running experiment, in batches. Waits up to `wait` while
+/// another process folds it (then returns `Busy`). Returns the requests folded.
+pub async fn fold_pending(
+    pool: &PgPool,
+    project: &str,
+    e: &ExperimentRow,
+    wait: Duration,
+) -> Result<usize, FoldError> {
+    let started = Instant::now();
+    let mut folded = 0;
+    loop {
+        match fold_batch(pool, project, e, BATCH).await {
+            Ok(0) => return Ok(folded),
+            Ok(n) => folded += n,
+            Err(err) => match is_retryable(&err) {
+                Some(busy) if started.elapsed() >= wait => return Err(busy),
+                Some(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+                None => return Err(err.into()),
+            },
+        }
+    }
+}
+
+/// The version expression of the request row `r` for an experiment on `name`.
+fn version_of(name: &str) -> &'static str {
+    if name == "blend" {
+        "(r.blend->>'version')::int"
+    } else {
+        "(r.prompt_versions->>'p_gen')::int"
+    }
+}
+
+/// One batch in one transaction; returns the requests folded (0: nothing was pending).
+async fn fold_batch(
+    pool: &PgPool,
+    project: &str,
+    e: &ExperimentRow,
+    batch: i64,
+) -> Result<usize, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        .execute(&mut *tx)
+        .await?;
+    let guard: Option<(String, bool)> = sqlx::query_as(
+        "SELECT status, stats_backfilled FROM experiments WHERE id = $1 FOR UPDATE NOWAIT",
+    )
+    .bind(e.id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some((status, backfilled)) = guard else {
+        return Ok(0);
+    };
+    if status != "running" {
+        return Ok(0);
+    }
+    if !backfilled {
+        backfill(&mut tx, e.id).await?;
+    }
+    let taken: Vec<(String, DateTime<Utc>, i64)> = sqlx::query_as(
+        "DELETE FROM experiment_inbox WHERE experiment_id = $1 AND request_id IN (
+           SELECT DISTINCT request_id FROM experiment_inbox WHERE experiment_id = $1 LIMIT $2)
+         RETURNING request_id, request_at, feedback_id",
+    )
+    .bind(e.id)
+    .bind(batch)
+    .fetch_all(&mut *tx)
+    .await?;
+    let pending = read_pending(&mut tx, project, e, &taken).await?;
+    if !pending.is_empty() {
+        write_delta(&mut tx, e.id, &pending, e.settings.k).await?;
+    }
+    // Always touch the row: a fold whose snapshot is older than this commit fails instead
+    // of folding the same entries again.
+    sqlx::query("UPDATE experiments SET stats_backfilled = true WHERE id = $1")
+        .bind(e.id)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    let requests: HashSet<&str> = taken.iter().map(|t| t.0.as_str()).collect();
+    Ok(requests.len())
+}
+
+/// The first fold puts what was logged since the start into the inbox (rows drained while
+/// the start committed, or an experiment older than the inbox).
+async fn backfill(tx: &mut Transaction<'_, Postgres>, id: Uuid) -> Result<(), sqlx::Error> {
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO experiment_inbox (experiment_id, request_id, request_at)
+         SELECT e.id, r.id, r.created_at FROM experiments e
+         JOIN rerank_requests r ON r.project = e.project AND r.created_at >= e.started_at
+         WHERE e.id = $1 AND {}
+         ON CONFLICT DO NOTHING",
+        in_running_experiment()
+    )))
+    .bind(id)
+    .execute(&mut **tx)
+    .await?;
+    sqlx::query(
+        "INSERT INTO experiment_arms (experiment_id, arm) VALUES ($1, 'control'), ($1, 'treatment')
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(id)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// (id, created_at, user, version, order shown, fell back, latency, usage).
+type RequestTuple = (
+    String,
+    DateTime<Utc>,
+    String,
+    Option<i32>,
+    serde_json::Value,
+    bool,
+    i32,
+    serde_json::Value,
+);
+
+/// Reads the requests of the taken entries with every positive event on them.
+async fn read_pending(
+    tx: &mut Transaction<'_, Postgres>,
+    project: &str,
+    e: &ExperimentRow,
+    taken: &[(String, DateTime<Utc>, i64)],
+) -> Result<Vec<Pending>, sqlx::Error> {
+    let mut keys: HashMap<(String, DateTime<Utc>), (bool, HashSet<i64>)> = HashMap::new();
+    for (id, at, feedback) in taken {
+        let k = keys.entry((id.clone(), *at)).or_default();
+        if *feedback == 0 {
+            k.0 = true;
+        } else {
+            k.1.insert(*feedback);
+        }
+    }
+    if keys.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids: Vec<&str> = keys.keys().map(|k| k.0.as_str()).collect();
+    let ats: Vec<DateTime<Utc>> = keys.keys().map(|k| k.1).collect();
+    let rows: Vec<RequestTuple> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT r.id, r.created_at, r.user_id, {}, r.result_order, r.fallback IS NOT NULL,
+                r.latency_ms, r.usage
+         FROM rerank_requests r JOIN UNNEST($1::text[], $2::timestamptz[]) AS k(id, at)
+              ON r.id = k.id AND r.created_at = k.at
+         WHERE r.project = $3",
+        version_of(&e.name)
+    )))
+    .bind(&ids)
+    .bind(&ats)
+    .bind(project)
+    .fetch_all(&mut **tx)
+    .await?;
+    let feedback: Vec<(String, DateTime<Utc>, i64, String)> = sqlx::query_as(
+        "SELECT f.request_id, f.request_at, f.id, f.item_id
+         FROM feedback f JOIN UNNEST($1::text[], $2::timestamptz[]) AS k(id, at)
+              ON f.request_id = k.id AND f.request_at = k.at
+         WHERE f.kind = ANY($3) ORDER BY f.id",
+    )
+    .bind(&ids)
+    .bind(&ats)
+    .bind(&e.settings.positive_kinds)
+    .fetch_all(&mut **tx)
+    .await?;
+    let mut positives: HashMap<(String, DateTime<Utc>), Vec<Positive>> = HashMap::new();
+    for (id, at, feedback_id, item) in feedback {
+        positives
+            .entry((id, at))
+            .or_default()
+            .push(Positive { feedback_id, item });
+    }
+    let mut pending = Vec::with_capacity(rows.len());
+    for (id, at, user, version, order, fallback, latency_ms, usage) in rows {
+        let key = (id, at);
+        let Some((new_request, new_feedback)) = keys.remove(&key) else {
+            continue;
+        };
+        let u = |k: &str| usage.get(k).and_then(|x| x.as_f64()).unwrap_or(0.0);
+        pending.push(Pending {
+            request: LoggedRequest {
+                user,
+                arm: if version == Some(e.treatment) {
+                    Arm::Treatment
+                } else {
+                    Arm::Control
+                },
+                order: serde_json::from_value(order).unwrap_or_default(),
+                fallback,
+                latency_ms,
+                llm_calls: u("llm_calls"),
+                tokens: u("prompt_tokens") + u("completion_tokens"),
+            },
+            positives: positives.remove(&key).unwrap_or_default(),
+            new_request,
+            new_feedback,
+        });
+    }
+    Ok(pending)
+}
+
+/// Adds a batch's change to the stored sums, users and histogram.
+async fn write_delta(
+    tx: &mut Transaction<'_, Postgres>,
+    id: Uuid,
+    pending: &[Pending],
+    k: usize,
+) -> Result<(), sqlx::Error> {
+    let delta = fold(pending, k);
+    let arms: Vec<&str> = delta.users.keys().map(|(a, _)| a.as_str()).collect();
+    let users: Vec<&str> = delta.users.keys().map(|(_, u)| u.as_str()).collect();
+    let before: Vec<(String, String, i32, i32)> = sqlx::query_as(
+        "SELECT u.arm, u.user_id, u.requests, u.positive_requests
+         FROM experiment_users u JOIN UNNEST($2::text[], $3::text[]) AS k(arm, user_id)
+              ON u.arm = k.arm AND u.user_id = k.user_id
+         WHERE u.experiment_id = $1",
+    )
+    .bind(id)
+    .bind(&arms)
+    .bind(&users)
+    .fetch_all(&mut **tx)
+    .await?;
+    let before: HashMap<(Arm, String), UserCounts> = before
+        .into_iter()
+        .filter_map(|(arm, user, requests, positive)| {
+            Some((
+                (Arm::parse(&arm)?, user),
+                UserCounts {
+                    requests: i64::from(requests),
+                    positive_requests: i64::from(positive),
+                },
+            ))
+        })
+        .collect();
+    let (user_sums, after) = fold_users(&delta.users, &before);
+    sqlx::query(
+        "INSERT INTO experiment_users (experiment_id, arm, user_id, requests, positive_requests)
+         SELECT $1, * FROM UNNEST($2::text[], $3::text[], $4::int4[], $5::int4[])
+         ON CONFLICT (experiment_id, arm, user_id)
+           DO UPDATE SET requests = EXCLUDED.requests, positive_requests = EXCLUDED.positive_requests",
+    )
+    .bind(id)
+    .bind(after.iter().map(|((a, _), _)| a.as_str()).collect::<Vec<_>>())
+    .bind(after.iter().map(|((_, u), _)| u.as_str()).collect::<Vec<_>>())
+    .bind(after.iter().map(|(_, c)| c.requests as i32).collect::<Vec<_>>())
+    .bind(
+        after
+            .iter()
+            .map(|(_, c)| c.positive_requests as i32)
+            .collect::<Vec<_>>(),
+    )
+    .execute(&mut **tx)
+    .await?;
+    for (i, arm) in Arm::BOTH.iter().enumerate() {
+        let mut d = delta.arms[i];
+        d.add(&user_sums[i]);
+        if d == ArmSums::default() {
+            continue;
+        }
+        sqlx::query(
+            "UPDATE experiment_arms SET requests = requests + $3, positives = positives + $4,
+                positive_at_k = positive_at_k + $5, reciprocal_rank_sum = reciprocal_rank_sum + $6,
+                fallbacks = fallbacks + $7, llm_calls = llm_calls + $8, tokens = tokens + $9,
+                users = users + $10, users_with_positive = users_with_positive + $11,
+                user_ctr_sum = user_ctr_sum + $12, user_ctr_sq_sum = user_ctr_sq_sum + $13
+             WHERE experiment_id = $1 AND arm = $2",
+        )
+        .bind(id)
+        .bind(arm.as_str())
+        .bind(d.requests)
+        .bind(d.positives)
+        .bind(d.positive_at_k)
+        .bind(d.reciprocal_rank_sum)
+        .bind(d.fallbacks)
+        .bind(d.llm_calls)
+        .bind(d.tokens)
+        .bind(d.users)
+        .bind(d.users_with_positive)
+        .bind(d.user_ctr_sum)
+        .bind(d.user_ctr_sq_sum)
+        .execute(&mut **tx)
+        .await?;
+    }
+    if !delta.latency.is_empty() {
+        let keys: Vec<&(Arm, i32)> = delta.latency.keys().collect();
+        sqlx::query(
+            "INSERT INTO experiment_latency (experiment_id, arm, latency_ms, n)
+             SELECT $1, * FROM UNNEST($2::text[], $3::int4[], $4::int8[])
+             ON CONFLICT (experiment_id, arm, latency_ms)
+               DO UPDATE SET n = experiment_latency.n + EXCLUDED.n",
+        )
+        .bind(id)
+        .bind(keys.iter().map(|(a, _)| a.as_str()).collect::<Vec<_>>())
+        .bind(keys.iter().map(|(_, ms)| *ms).collect::<Vec<_>>())
+        .bind(keys.iter().map(|k| delta.latency[*k]).collect::<Vec<_>>())
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
+}
+
+/// (arm, requests, positives, positive_at_k, reciprocal_rank_sum, fallbacks, llm_calls,
+/// tokens, users, users_with_positive, user_ctr_sum, user_ctr_sq_sum).
+type ArmTuple = (
+    String,
+    i64,
+    i64,
+    i64,
+    f64,
+    i64,
+    f64,
+    f64,
+    i64,
+    i64,
+    f64,
+    f64,
+);
+
+/// The stored sums and latency histogram of both arms (control, treatment).
+pub async fn arm_sums(
+    pool: &PgPool,
+    id: Uuid,
+) -> Result<[(ArmSums, BTreeMap<i32, i64>); 2], sqlx::Error> {
+    let rows: Vec<ArmTuple> = sqlx::query_as(
+        "SELECT arm, requests, positives, positive_at_k, reciprocal_rank_sum, fallbacks, llm_calls,
+                tokens, users, users_with_positive, user_ctr_sum, user_ctr_sq_sum
+         FROM experiment_arms WHERE experiment_id = $1",
+    )
+    .bind(id)
+    .fetch_all(pool)
+    .await?;
+    let latency: Vec<(String, i32, i64)> = sqlx::query_as(
+        "SELECT arm, latency_ms, n FROM experiment_latency WHERE experiment_id = $1",
+    )
+    .bind(id)
+    .fetch_all(pool)
+    .await?;
+    let mut out: [(ArmSums, BTreeMap<i32, i64>); 2] = Default::default();
+    for r in rows {
+        let i = usize::from(Arm::parse(&r.0) == Some(Arm::Treatment));
+        out[i].0 = ArmSums {
+            requests: r.1,
+            positives: r.2,
+            positive_at_k: r.3,
+            reciprocal_rank_sum: r.4,
+            fallbacks: r.5,
+            llm_calls: r.6,
+            tokens: r.7,
+            users: r.8,
+            users_with_positive: r.9,
+            user_ctr_sum: r.10,
+            user_ctr_sq_sum: r.11,
+        };
+    }
+    for (arm, ms, n) in latency {
+        let i = usize::from(Arm::parse(&arm) == Some(Arm::Treatment));
+        out[i].1.insert(ms, n);
+    }
+    Ok(out)
+}
+
+/// The figures of both arms (control, treatment) from the stored statistics.
+pub async fn metrics(
+    pool: &PgPool,
+    e: &ExperimentRow,
+) -> Result<(ArmMetrics, ArmMetrics), sqlx::Error> {
+    let [(c, cl), (t, tl)] = arm_sums(pool, e.id).await?;
+    Ok((c.metrics(e.control, &cl), t.metrics(e.treatment, &tl)))
+}
+
+/// Entries waiting in an experiment's inbox (monitoring, tests).
+pub async fn pending(pool: &PgPool, id: Uuid) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("SELECT count(*) FROM experiment_inbox WHERE experiment_id = $1")
+        .bind(id)
+        .fetch_one(pool)
+        .await
+}
