@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use agp_rerank::catalog::{NewInteraction, NewItem};
 use agp_rerank::config::AppConfig;
+use agp_rerank::experiment;
 use agp_rerank::import::Dataset;
 use agp_rerank::llm::config::LlmSettings;
 use agp_rerank::llm::test_server::{Reply, Seen, TestLlm};
@@ -181,6 +182,55 @@ impl Rig {
         assert_eq!(s, 200, "{b}");
         b
     }
+
+    /// The figures the decision was made on (folded incrementally) against a recomputation
+    /// over the whole log of the simulated traffic, and the decision that one gives.
+    async fn check_decided_as_the_whole_log_would(&self, e: &Value) {
+        let id = e["id"].as_str().unwrap().parse().unwrap();
+        let row = agp_rerank::store::experiments::get(&self.app.pool, "default", id)
+            .await
+            .unwrap()
+            .unwrap();
+        let observed =
+            agp_rerank::store::experiments::observed_full(&self.app.pool, "default", &row)
+                .await
+                .unwrap();
+        let (t, c): (Vec<_>, Vec<_>) = observed.iter().partition(|o| o.treatment);
+        let k = row.settings.k;
+        let whole = [
+            experiment::arm_metrics(row.control, &c, k),
+            experiment::arm_metrics(row.treatment, &t, k),
+        ];
+        for (arm, w) in ["control", "treatment"].iter().zip(&whole) {
+            let folded = &e["result"][arm];
+            let w = serde_json::to_value(w).unwrap();
+            for (name, x) in w.as_object().unwrap() {
+                let (x, y) = (x.as_f64().unwrap(), folded[name].as_f64().unwrap());
+                assert!(
+                    (x - y).abs() < 1e-9,
+                    "{arm}.{name}: whole log {x}, folded {y}"
+                );
+            }
+        }
+        // The same look over the whole log's figures decides the same.
+        let previous: f64 = e["result"]["look"]["p_value"].as_f64().unwrap();
+        let look = experiment::look(
+            &whole[0],
+            &whole[1],
+            &row.settings,
+            row.treatment_share,
+            previous,
+        );
+        let outcome = serde_json::to_value(look.outcome).unwrap();
+        let status = e["status"].as_str().unwrap();
+        let expected = match status {
+            "promoted" => "promote",
+            "kept_control" => "keep_control",
+            "rolled_back" => "roll_back",
+            other => other,
+        };
+        assert_eq!(outcome, expected, "{look:?}");
+    }
 }
 
 #[tokio::test]
@@ -215,6 +265,7 @@ async fn a_better_treatment_is_promoted_and_a_worse_one_keeps_the_control() {
     );
     assert!(e["p_value"].as_f64() < Some(0.05));
     assert_eq!(r.production().await["version"], 2);
+    r.check_decided_as_the_whole_log_would(&e).await;
 
     // Now the plain version as treatment against the GOOD one: the control stays.
     let id = r.start(2, 3).await;
@@ -222,6 +273,7 @@ async fn a_better_treatment_is_promoted_and_a_worse_one_keeps_the_control() {
     let e = r.read(&id).await;
     assert_eq!(e["status"], "kept_control", "{e}");
     assert!(e["reason"].as_str().unwrap().contains("treatment worse"));
+    r.check_decided_as_the_whole_log_would(&e).await;
     assert_eq!(r.production().await["version"], 2);
 }
 
@@ -237,6 +289,7 @@ async fn a_guardrail_rolls_back_a_treatment_that_falls_back() {
         "{e}"
     );
     assert_eq!(e["result"]["treatment"]["fallback_rate"], 1.0);
+    r.check_decided_as_the_whole_log_would(&e).await;
     assert_eq!(r.production().await["version"], 2);
 }
 
