@@ -95,6 +95,12 @@ CREATE TABLE experiment_inbox (
     PRIMARY KEY (experiment_id, request_id, feedback_id)
 );
 
+-- A queue: rows come and go all day. Vacuum it after every few thousand deletions (the leader
+-- also vacuums it after large folds), or a fold's index scan walks every dead entry.
+ALTER TABLE experiment_inbox SET (autovacuum_vacuum_scale_factor = 0,
+                                  autovacuum_vacuum_threshold = 5000,
+                                  autovacuum_vacuum_cost_delay = 0);
+
 -- Sums per arm: every figure of a look is a ratio of these (see `experiment::fold`).
 CREATE TABLE experiment_arms (
     experiment_id       uuid NOT NULL REFERENCES experiments(id) ON DELETE CASCADE,
@@ -124,6 +130,10 @@ CREATE TABLE experiment_users (
     PRIMARY KEY (experiment_id, arm, user_id)
 );
 
+-- Rewritten at every fold: small tables, vacuumed early.
+ALTER TABLE experiment_arms SET (autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 200);
+ALTER TABLE experiment_users SET (autovacuum_vacuum_scale_factor = 0.05, autovacuum_vacuum_threshold = 1000);
+
 -- Latencies are whole milliseconds: a count per value is an exact, bounded histogram.
 CREATE TABLE experiment_latency (
     experiment_id   uuid NOT NULL REFERENCES experiments(id) ON DELETE CASCADE,
@@ -136,5 +146,6 @@ CREATE TABLE experiment_latency (
 -- The first fold of an experiment puts what was logged since it started into the inbox
 -- (requests drained while its start committed; experiments running before this migration).
 ALTER TABLE experiments ADD COLUMN stats_backfilled boolean NOT NULL DEFAULT false;
+ALTER TABLE experiments SET (autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 200);
 INSERT INTO experiment_arms (experiment_id, arm)
 SELECT id, a FROM experiments, unnest(ARRAY['control', 'treatment']) a;

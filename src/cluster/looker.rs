@@ -28,20 +28,30 @@ pub async fn look(
     id: Uuid,
     wait: Duration,
 ) -> Result<Option<ExperimentRow>, sqlx::Error> {
+    look_folding(pool, project, id, wait).await.map(|(e, _)| e)
+}
+
+/// [`look`], also returning the requests folded.
+async fn look_folding(
+    pool: &PgPool,
+    project: &str,
+    id: Uuid,
+    wait: Duration,
+) -> Result<(Option<ExperimentRow>, usize), sqlx::Error> {
     let Some(e) = db::get(pool, project, id).await? else {
-        return Ok(None);
+        return Ok((None, 0));
     };
     if e.status != "running" {
-        return Ok(Some(e));
+        return Ok((Some(e), 0));
     }
-    match stats::fold_pending(pool, project, &e, wait).await {
-        Ok(n) if n > 0 => tracing::debug!(experiment = %e.id, requests = n, "folded"),
-        Ok(_) => {}
+    let folded = match stats::fold_pending(pool, project, &e, wait).await {
+        Ok(n) => n,
         Err(FoldError::Busy) => {
-            tracing::debug!(experiment = %e.id, "another process is folding; looking at what is folded")
+            tracing::debug!(experiment = %e.id, "another process is folding; looking at what is folded");
+            0
         }
         Err(FoldError::Db(err)) => return Err(err),
-    }
+    };
     let (c, t) = stats::metrics(pool, &e).await?;
     let look = experiment::look(&c, &t, &e.settings, e.treatment_share, e.p_value);
     let result = json!({"control": c, "treatment": t, "look": look});
@@ -71,7 +81,7 @@ pub async fn look(
             }
         }
     }
-    db::get(pool, project, id).await
+    Ok((db::get(pool, project, id).await?, folded))
 }
 
 /// Ends a running experiment by hand: the label goes back to the control.
@@ -98,17 +108,22 @@ pub async fn stop(
     db::get(pool, project, id).await
 }
 
-/// Looks at every running experiment once (the leader's pass). A fold another process is
-/// running is not waited for: this pass looks at what is folded.
-pub async fn look_all(pool: &PgPool) {
-    match db::running(pool).await {
-        Ok(running) => {
-            for (project, id) in running {
-                if let Err(e) = look(pool, &project, id, Duration::ZERO).await {
-                    tracing::warn!(experiment = %id, error = %e, "look failed");
-                }
-            }
+/// Looks at every running experiment once (the leader's pass); returns the requests folded.
+/// A fold another process is running is not waited for: this pass looks at what is folded.
+pub async fn look_all(pool: &PgPool) -> usize {
+    let running = match db::running(pool).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not list running experiments");
+            return 0;
         }
-        Err(e) => tracing::warn!(error = %e, "could not list running experiments"),
+    };
+    let mut folded = 0;
+    for (project, id) in running {
+        match look_folding(pool, &project, id, Duration::ZERO).await {
+            Ok((_, n)) => folded += n,
+            Err(e) => tracing::warn!(experiment = %id, error = %e, "look failed"),
+        }
     }
+    folded
 }

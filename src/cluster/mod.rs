@@ -31,6 +31,10 @@ pub const LOOK_EVERY: Duration = Duration::from_secs(5);
 /// How often a process that does not lead tries to take over.
 pub const TRY_EVERY: Duration = Duration::from_secs(2);
 
+/// Requests folded after which the leader vacuums the experiment inbox (at most once a
+/// minute).
+const VACUUM_AFTER: usize = 20_000;
+
 /// The leader's settings.
 #[derive(Debug, Clone)]
 pub struct LeaderOptions {
@@ -151,6 +155,8 @@ async fn lead(
     stop: &mut watch::Receiver<bool>,
 ) -> bool {
     let mut next_maintenance = Instant::now();
+    let mut folded_since_vacuum = 0;
+    let mut last_vacuum = Instant::now();
     loop {
         match tokio::time::timeout(Duration::from_secs(5), db::holds(conn)).await {
             Ok(Ok(true)) => {}
@@ -168,9 +174,16 @@ async fn lead(
             }
         }
         let started = Instant::now();
-        looker::look_all(pool).await;
+        folded_since_vacuum += looker::look_all(pool).await;
         crate::jobs::autopilot::tick_all(pool).await;
         metrics::histogram!("agp_leader_pass_seconds").record(started.elapsed().as_secs_f64());
+        if folded_since_vacuum >= VACUUM_AFTER && last_vacuum.elapsed() >= Duration::from_secs(60) {
+            if let Err(e) = crate::store::experiment_stats::vacuum_inbox(pool).await {
+                tracing::warn!(error = %e, "could not vacuum the experiment inbox");
+            }
+            folded_since_vacuum = 0;
+            last_vacuum = Instant::now();
+        }
         if Instant::now() >= next_maintenance {
             let again = if maintain(pool, opts.retention_days).await {
                 opts.maintain_every

@@ -429,7 +429,7 @@ pub async fn insert_feedback(
          inbox AS (
            INSERT INTO experiment_inbox (experiment_id, request_id, request_at, feedback_id)
            SELECT e.id, f.request_id, f.request_at, f.id
-           FROM f JOIN rerank_requests r ON r.id = f.request_id AND r.created_at = f.request_at
+           FROM f JOIN rerank_requests r ON r.id = $2 AND r.created_at = $3
                   JOIN experiments e ON {} AND e.settings->'positive_kinds' ? f.kind
            ON CONFLICT DO NOTHING)
          SELECT count(*) FROM f",
