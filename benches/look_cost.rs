@@ -74,7 +74,7 @@ impl Traffic {
                 let order: Vec<String> = (0..20)
                     .map(|j| self.items[(start + j * 13) % self.items.len()].clone())
                     .collect();
-                let version = if agp_rerank::hash::stable_hash(&user) % 2 == 0 {
+                let version = if agp_rerank::hash::stable_hash(&user).is_multiple_of(2) {
                     control
                 } else {
                     treatment
@@ -114,7 +114,7 @@ async fn write(pool: &PgPool, t: &mut Traffic, n: usize, at: DateTime<Utc>, arms
             .expect("insert log");
         let mut clicks = Vec::new();
         for r in &rows {
-            if t.next() % 7 == 0 {
+            if t.next().is_multiple_of(7) {
                 let shown: Vec<String> =
                     serde_json::from_value(r.result_order.clone()).unwrap_or_default();
                 let pick = (t.next() % 5) as usize;
