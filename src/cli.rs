@@ -403,11 +403,11 @@ async fn run_serve(db_args: &DbArgs, args: ServeArgs) -> anyhow::Result<()> {
         e.stop().await;
     }
     workers.stop().await;
-    reranker.flush().await;
-    llm.flush_usage().await;
     if let Some(l) = local {
         l.stop().await;
     }
+    // Drains the journal (answered reranks, usage rows) for at most JOURNAL_DRAIN; what
+    // Postgres does not take by then stays on disk for the next process on this data dir.
     db.close().await;
     result.context("serving HTTP")
 }
@@ -696,7 +696,6 @@ async fn run_worker_cmd(db_args: &DbArgs, args: WorkerArgs) -> anyhow::Result<()
         e.stop().await;
     }
     workers.stop().await;
-    llm.flush_usage().await;
     if let Some(l) = local {
         l.stop().await;
     }

@@ -648,3 +648,102 @@ async fn one_process_leads_and_another_takes_over_within_seconds_when_it_is_kill
     assert!(looks(&app.pool, e.id).await > after, "the new leader looks");
     common::proc::terminate(procs[survivor].take().unwrap()).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_postgres_away_stops_in_bounded_time_and_the_next_process_drains_the_journal()
+{
+    use sqlx::ConnectOptions;
+    let (direct, db_url) = common::fresh_db().await;
+    let opts: sqlx::postgres::PgConnectOptions = db_url.parse().unwrap();
+    let proxy = common::proxy::PgProxy::start(opts.get_host().to_string(), opts.get_port()).await;
+    let via_proxy = opts.clone().port(proxy.port).to_url_lossy().to_string();
+    let llm = agp_rerank::llm::test_server::TestLlm::start(common::reversing_llm).await;
+    let client = reqwest::Client::new();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let start = || {
+        let mut c = common::proc::agp(dir.path());
+        c.args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+            .env("DATABASE_URL", &via_proxy)
+            .env("AGP_LLM_BASE_URL", &llm.base_url)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::inherit());
+        Proc::spawned(c.spawn().expect("spawn agp serve"))
+    };
+    let mut server = start();
+    wait_ready(&client, &base, &mut server).await;
+    let items: Vec<Value> = (0..4)
+        .map(|i| json!({"id": format!("i{i}"), "title": format!("Item {i}")}))
+        .collect();
+    let r = client
+        .put(format!("{base}/v1/items"))
+        .json(&json!({"items": items}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = client
+        .post(format!("{base}/v1/interactions"))
+        .json(&json!({"interactions": [{"user_id": "u1", "item_id": "i0"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let body = json!({"user_id": "u1", "candidates": [{"id": "i1"}, {"id": "i2"}, {"id": "i3"}]});
+    let rerank = || async {
+        let r = client
+            .post(format!("{base}/v1/rerank"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let b: Value = r.json().await.unwrap();
+        b["id"].as_str().unwrap().to_string()
+    };
+    rerank().await;
+    proxy.set_down(true);
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        ids.push(rerank().await);
+    }
+    // SIGTERM while Postgres is away: the drain is given up after its bound, exit 0.
+    let stopping = Instant::now();
+    common::proc::terminate(server).await;
+    let took = stopping.elapsed();
+    assert!(took < Duration::from_secs(20), "stopped after {took:?}");
+    let in_log = |ids: Vec<String>| {
+        let direct = direct.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>("SELECT count(*) FROM rerank_requests WHERE id = ANY($1)")
+                .bind(&ids)
+                .fetch_one(&direct)
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(
+        in_log(ids.clone()).await,
+        0,
+        "the rows were still in the journal"
+    );
+    // Postgres back, a new process on the data dir: the rows arrive.
+    proxy.set_down(false);
+    let mut next = start();
+    wait_ready(&client, &base, &mut next).await;
+    let since = Instant::now();
+    while in_log(ids.clone()).await < 3 {
+        assert!(
+            since.elapsed() < Duration::from_secs(20),
+            "journal rows never arrived"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    eprintln!(
+        "SIGTERM with Postgres away: stopped in {} ms",
+        took.as_millis()
+    );
+    common::proc::terminate(next).await;
+}

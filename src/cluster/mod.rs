@@ -92,9 +92,17 @@ impl Election {
 
     /// Stops (finishing the current pass) and releases the lock, so another process takes
     /// over at its next try instead of after this one's connection times out.
+    /// A pass stuck on an unreachable database is abandoned after 3 s (its connection, and
+    /// with it the lock, goes).
     pub async fn stop(self) {
         let _ = self.stop.send(true);
-        let _ = self.handle.await;
+        let mut handle = self.handle;
+        if tokio::time::timeout(Duration::from_secs(3), &mut handle)
+            .await
+            .is_err()
+        {
+            handle.abort();
+        }
     }
 }
 
