@@ -251,7 +251,7 @@ async fn run(url: String) {
                 let (_, v) = post(
                     &http,
                     format!("{}/v1/blends/versions", bases[0]),
-                    json!({"weights": {"llm": 1, "incoming": 1, "popularity": 0.5}}),
+                    json!({"weights": {"llm": 1, "incoming": 2}}),
                 )
                 .await;
                 let (s, e) = post(
