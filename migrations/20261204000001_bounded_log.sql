@@ -87,8 +87,11 @@ ALTER TABLE feedback ADD CONSTRAINT feedback_once UNIQUE (request_id, item_id, k
 -- (2) Experiment statistics. The inbox holds what is not folded in yet: a logged request of
 -- an arm (feedback_id 0) or a positive feedback event on one. Entries are made exactly once,
 -- by the insert that makes the row (a replayed row inserts nothing), and deleted by the fold.
+-- No foreign key: a key check would share-lock the experiment's row on every logged rerank
+-- and wait behind every fold (which locks that row); entries of ended experiments are deleted
+-- when they end.
 CREATE TABLE experiment_inbox (
-    experiment_id   uuid NOT NULL REFERENCES experiments(id) ON DELETE CASCADE,
+    experiment_id   uuid NOT NULL,
     request_id      text NOT NULL,
     request_at      timestamptz NOT NULL,
     feedback_id     bigint NOT NULL DEFAULT 0,

@@ -4,7 +4,8 @@
 //! a latency histogram, never the log; a fold reads only what arrived since the last one.
 //!
 //! Exactly once: a fold runs in one REPEATABLE READ transaction that first locks the
-//! experiment's row (`FOR UPDATE NOWAIT`) and always updates it, so two folds never overlap
+//! experiment's row (`FOR NO KEY UPDATE NOWAIT`: inserts that only read the row never wait)
+//! and always updates it, so two folds never overlap
 //! and a fold whose snapshot predates another's commit fails with a serialization error and
 //! is retried. Within one snapshot, the feedback rows visible are exactly those already
 //! folded plus those whose inbox entries it takes, so the "before" of a late positive is
@@ -92,7 +93,7 @@ async fn fold_batch(
         .execute(&mut *tx)
         .await?;
     let guard: Option<(String, bool)> = sqlx::query_as(
-        "SELECT status, stats_backfilled FROM experiments WHERE id = $1 FOR UPDATE NOWAIT",
+        "SELECT status, stats_backfilled FROM experiments WHERE id = $1 FOR NO KEY UPDATE NOWAIT",
     )
     .bind(e.id)
     .fetch_optional(&mut *tx)
@@ -185,32 +186,38 @@ async fn read_pending(
     if keys.is_empty() {
         return Ok(Vec::new());
     }
-    // `id = ANY` within the entries' time range: an index scan of the primary key on the
-    // partitions of those days (a join on UNNEST lets the planner hash the whole partition).
+    // One index probe per entry, in the partition of its day: a hash or merge join would
+    // read whole partitions (the planner cannot know the entries are few of the day's rows),
+    // and a range over the entries' times may span most of a backlog.
+    sqlx::query("SET LOCAL enable_hashjoin = off")
+        .execute(&mut **tx)
+        .await?;
+    sqlx::query("SET LOCAL enable_mergejoin = off")
+        .execute(&mut **tx)
+        .await?;
     let ids: Vec<&str> = keys.keys().map(|k| k.0.as_str()).collect();
-    let from = keys.keys().map(|k| k.1).min();
-    let to = keys.keys().map(|k| k.1).max();
+    let ats: Vec<DateTime<Utc>> = keys.keys().map(|k| k.1).collect();
     let rows: Vec<RequestTuple> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT r.id, r.created_at, r.user_id, {}, r.result_order, r.fallback IS NOT NULL,
                 r.latency_ms, r.usage
-         FROM rerank_requests r
-         WHERE r.id = ANY($1) AND r.created_at BETWEEN $2 AND $3 AND r.project = $4",
+         FROM UNNEST($1::text[], $2::timestamptz[]) AS k(id, at)
+         JOIN rerank_requests r ON r.id = k.id AND r.created_at = k.at
+         WHERE r.project = $3",
         version_of(&e.name)
     )))
     .bind(&ids)
-    .bind(from)
-    .bind(to)
+    .bind(&ats)
     .bind(project)
     .fetch_all(&mut **tx)
     .await?;
     let feedback: Vec<(String, DateTime<Utc>, i64, String)> = sqlx::query_as(
-        "SELECT f.request_id, f.request_at, f.id, f.item_id FROM feedback f
-         WHERE f.request_id = ANY($1) AND f.request_at BETWEEN $2 AND $3 AND f.kind = ANY($4)
-         ORDER BY f.id",
+        "SELECT f.request_id, f.request_at, f.id, f.item_id
+         FROM UNNEST($1::text[], $2::timestamptz[]) AS k(id, at)
+         JOIN feedback f ON f.request_id = k.id AND f.request_at = k.at
+         WHERE f.kind = ANY($3) ORDER BY f.id",
     )
     .bind(&ids)
-    .bind(from)
-    .bind(to)
+    .bind(&ats)
     .bind(&e.settings.positive_kinds)
     .fetch_all(&mut **tx)
     .await?;
