@@ -186,41 +186,47 @@ async fn read_pending(
     if keys.is_empty() {
         return Ok(Vec::new());
     }
-    // One index probe per entry, in the partition of its day: a hash or merge join would
-    // read whole partitions (the planner cannot know the entries are few of the day's rows),
-    // and a range over the entries' times may span most of a backlog.
-    sqlx::query("SET LOCAL enable_hashjoin = off")
-        .execute(&mut **tx)
-        .await?;
-    sqlx::query("SET LOCAL enable_mergejoin = off")
-        .execute(&mut **tx)
-        .await?;
-    let ids: Vec<&str> = keys.keys().map(|k| k.0.as_str()).collect();
-    let ats: Vec<DateTime<Utc>> = keys.keys().map(|k| k.1).collect();
-    let rows: Vec<RequestTuple> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT r.id, r.created_at, r.user_id, {}, r.result_order, r.fallback IS NOT NULL,
-                r.latency_ms, r.usage
-         FROM UNNEST($1::text[], $2::timestamptz[]) AS k(id, at)
-         JOIN rerank_requests r ON r.id = k.id AND r.created_at = k.at
-         WHERE r.project = $3",
-        version_of(&e.name)
-    )))
-    .bind(&ids)
-    .bind(&ats)
-    .bind(project)
-    .fetch_all(&mut **tx)
-    .await?;
-    let feedback: Vec<(String, DateTime<Utc>, i64, String)> = sqlx::query_as(
-        "SELECT f.request_id, f.request_at, f.id, f.item_id
-         FROM UNNEST($1::text[], $2::timestamptz[]) AS k(id, at)
-         JOIN feedback f ON f.request_id = k.id AND f.request_at = k.at
-         WHERE f.kind = ANY($3) ORDER BY f.id",
-    )
-    .bind(&ids)
-    .bind(&ats)
-    .bind(&e.settings.positive_kinds)
-    .fetch_all(&mut **tx)
-    .await?;
+    // `id = ANY` within a time range: an index scan of the partitions of those days (a join
+    // on UNNEST lets the planner hash whole partitions; a nested loop of probes pays the
+    // partition routing per entry). Entries are read in windows of close times, so a few late
+    // positives on old requests do not widen the range over hours of other traffic.
+    let mut by_time: Vec<(&str, DateTime<Utc>)> =
+        keys.keys().map(|k| (k.0.as_str(), k.1)).collect();
+    by_time.sort_by_key(|k| k.1);
+    let mut rows: Vec<RequestTuple> = Vec::new();
+    let mut feedback: Vec<(String, DateTime<Utc>, i64, String)> = Vec::new();
+    for window in time_windows(&by_time, chrono::Duration::seconds(60)) {
+        let ids: Vec<&str> = window.iter().map(|k| k.0).collect();
+        let (from, to) = (window[0].1, window[window.len() - 1].1);
+        rows.extend(
+            sqlx::query_as::<_, RequestTuple>(sqlx::AssertSqlSafe(format!(
+                "SELECT r.id, r.created_at, r.user_id, {}, r.result_order, r.fallback IS NOT NULL,
+                        r.latency_ms, r.usage
+                 FROM rerank_requests r
+                 WHERE r.id = ANY($1) AND r.created_at BETWEEN $2 AND $3 AND r.project = $4",
+                version_of(&e.name)
+            )))
+            .bind(&ids)
+            .bind(from)
+            .bind(to)
+            .bind(project)
+            .fetch_all(&mut **tx)
+            .await?,
+        );
+        feedback.extend(
+            sqlx::query_as::<_, (String, DateTime<Utc>, i64, String)>(
+                "SELECT f.request_id, f.request_at, f.id, f.item_id FROM feedback f
+                 WHERE f.request_id = ANY($1) AND f.request_at BETWEEN $2 AND $3 AND f.kind = ANY($4)
+                 ORDER BY f.id",
+            )
+            .bind(&ids)
+            .bind(from)
+            .bind(to)
+            .bind(&e.settings.positive_kinds)
+            .fetch_all(&mut **tx)
+            .await?,
+        );
+    }
     let mut positives: HashMap<(String, DateTime<Utc>), Vec<Positive>> = HashMap::new();
     for (id, at, feedback_id, item) in feedback {
         positives
@@ -255,6 +261,24 @@ async fn read_pending(
         });
     }
     Ok(pending)
+}
+
+/// Splits entries sorted by time wherever two neighbours are more than `gap` apart.
+fn time_windows<T>(
+    sorted: &[(T, DateTime<Utc>)],
+    gap: chrono::Duration,
+) -> Vec<&[(T, DateTime<Utc>)]> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    for i in 1..=sorted.len() {
+        if i == sorted.len() || sorted[i].1 - sorted[i - 1].1 > gap {
+            if i > start {
+                out.push(&sorted[start..i]);
+            }
+            start = i;
+        }
+    }
+    out
 }
 
 /// Adds a batch's change to the stored sums, users and histogram.
@@ -441,4 +465,25 @@ pub async fn vacuum_inbox(pool: &PgPool) -> Result<(), sqlx::Error> {
         .execute(pool)
         .await
         .map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_are_read_in_windows_of_close_times() {
+        let t = |s: i64| DateTime::<Utc>::from_timestamp(s, 0).unwrap();
+        let sorted = [
+            ("a", t(0)),
+            ("b", t(30)),
+            ("c", t(100)),
+            ("d", t(5000)),
+            ("e", t(5001)),
+        ];
+        let w = time_windows(&sorted, chrono::Duration::seconds(60));
+        let names: Vec<Vec<&str>> = w.iter().map(|w| w.iter().map(|x| x.0).collect()).collect();
+        assert_eq!(names, vec![vec!["a", "b"], vec!["c"], vec!["d", "e"]]);
+        assert!(time_windows::<&str>(&[], chrono::Duration::seconds(60)).is_empty());
+    }
 }
