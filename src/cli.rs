@@ -406,7 +406,7 @@ async fn run_serve(db_args: &DbArgs, args: ServeArgs) -> anyhow::Result<()> {
     if let Some(l) = local {
         l.stop().await;
     }
-    // Drains the journal (answered reranks, usage rows) for at most JOURNAL_DRAIN; what
+    // Drains the journal (answered reranks, usage rows) for at most journal::DRAIN_ON_CLOSE; what
     // Postgres does not take by then stays on disk for the next process on this data dir.
     db.close().await;
     result.context("serving HTTP")

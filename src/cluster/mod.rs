@@ -80,11 +80,6 @@ impl Election {
         }
     }
 
-    /// True while this process leads.
-    pub fn is_leading(&self) -> bool {
-        self.leading.load(Ordering::Relaxed)
-    }
-
     /// A handle to the flag (for `/readyz`).
     pub fn leading_flag(&self) -> Arc<AtomicBool> {
         self.leading.clone()

@@ -19,7 +19,7 @@ use sqlx::{PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
 use super::experiments::ExperimentRow;
-use super::rerank::in_running_experiment;
+use super::rerank::{IN_RUNNING_EXPERIMENT, arm_version};
 use crate::experiment::ArmMetrics;
 use crate::experiment::fold::{
     Arm, ArmSums, LoggedRequest, Pending, Positive, UserCounts, fold, fold_users,
@@ -38,15 +38,11 @@ pub enum FoldError {
     Db(#[from] sqlx::Error),
 }
 
-fn is_retryable(e: &sqlx::Error) -> Option<FoldError> {
+/// lock_not_available (NOWAIT: someone else folds), serialization_failure and
+/// deadlock_detected (a fresh snapshot will do).
+fn is_retryable(e: &sqlx::Error) -> bool {
     let code = e.as_database_error().and_then(|d| d.code());
-    match code.as_deref() {
-        // lock_not_available (NOWAIT): someone else folds
-        Some("55P03") => Some(FoldError::Busy),
-        // serialization_failure, deadlock_detected: a fresh snapshot will do
-        Some("40001") | Some("40P01") => Some(FoldError::Busy),
-        _ => None,
-    }
+    matches!(code.as_deref(), Some("55P03" | "40001" | "40P01"))
 }
 
 /// Folds everything pending of a running experiment, in batches. Waits up to `wait` while
@@ -63,21 +59,10 @@ pub async fn fold_pending(
         match fold_batch(pool, project, e, BATCH).await {
             Ok(0) => return Ok(folded),
             Ok(n) => folded += n,
-            Err(err) => match is_retryable(&err) {
-                Some(busy) if started.elapsed() >= wait => return Err(busy),
-                Some(_) => tokio::time::sleep(Duration::from_millis(20)).await,
-                None => return Err(err.into()),
-            },
+            Err(err) if !is_retryable(&err) => return Err(err.into()),
+            Err(_) if started.elapsed() >= wait => return Err(FoldError::Busy),
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
         }
-    }
-}
-
-/// The version expression of the request row `r` for an experiment on `name`.
-fn version_of(name: &str) -> &'static str {
-    if name == "blend" {
-        "(r.blend->>'version')::int"
-    } else {
-        "(r.prompt_versions->>'p_gen')::int"
     }
 }
 
@@ -140,7 +125,7 @@ async fn backfill(tx: &mut Transaction<'_, Postgres>, id: Uuid) -> Result<(), sq
          JOIN rerank_requests r ON r.project = e.project AND r.created_at >= e.started_at
          WHERE e.id = $1 AND {}
          ON CONFLICT DO NOTHING",
-        in_running_experiment()
+        *IN_RUNNING_EXPERIMENT
     )))
     .bind(id)
     .execute(&mut **tx)
@@ -204,7 +189,7 @@ async fn read_pending(
                         r.latency_ms, r.usage
                  FROM rerank_requests r
                  WHERE r.id = ANY($1) AND r.created_at BETWEEN $2 AND $3 AND r.project = $4",
-                version_of(&e.name)
+                arm_version(&e.name)
             )))
             .bind(&ids)
             .bind(from)

@@ -211,11 +211,7 @@ pub async fn observed_full(
     project: &str,
     e: &ExperimentRow,
 ) -> Result<Vec<Observed>, sqlx::Error> {
-    let version = if e.name == "blend" {
-        "(r.blend->>'version')::int"
-    } else {
-        "(r.prompt_versions->>'p_gen')::int"
-    };
+    let version = super::rerank::arm_version(&e.name);
     let rows: Vec<LoggedTuple> =
         sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "SELECT r.user_id, {version}, r.result_order, r.fallback IS NOT NULL, r.latency_ms, r.usage,

@@ -242,31 +242,31 @@ pub struct RerankLogRow {
     pub history: serde_json::Value,
 }
 
-/// The version a logged request was answered with, for an experiment on `e.name` (`p_gen`
-/// or `blend`); `r` is the request row, `e` the experiment row.
-const ARM_VERSION: &str = "(CASE WHEN e.name = 'blend' THEN (r.blend->>'version')::int
-                               ELSE (r.prompt_versions->>'p_gen')::int END)";
-
-/// Which running experiments a logged request `r` belongs to: its project, answered since
-/// the experiment started, with one of its two versions.
-pub(crate) fn in_running_experiment() -> String {
-    format!(
-        "e.status = 'running' AND e.project = r.project AND r.created_at >= e.started_at
-         AND {ARM_VERSION} IN (e.control, e.treatment)"
-    )
+/// The version the logged request `r` was answered with, for an experiment on `name`
+/// (`p_gen` or `blend`), as SQL.
+pub(crate) fn arm_version(name: &str) -> &'static str {
+    if name == "blend" {
+        "(r.blend->>'version')::int"
+    } else {
+        "(r.prompt_versions->>'p_gen')::int"
+    }
 }
 
-/// Inserts request log rows in one statement (a row already there is left as it is), and
-/// puts the new rows that belong to a running experiment into its inbox
-/// (`store::experiment_stats`), in the same statement: a row and its entry commit together.
-pub async fn insert_rerank_logs<'e>(
-    db: impl sqlx::PgExecutor<'e>,
-    rows: &[RerankLogRow],
-) -> Result<(), sqlx::Error> {
-    let j = |f: fn(&RerankLogRow) -> &serde_json::Value| {
-        rows.iter().map(|r| f(r).to_string()).collect::<Vec<_>>()
-    };
-    let sql = format!(
+/// Which running experiments `e` a logged request `r` belongs to (SQL): its project,
+/// answered since the experiment started, with one of its two versions.
+pub(crate) static IN_RUNNING_EXPERIMENT: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| {
+        format!(
+            "e.status = 'running' AND e.project = r.project AND r.created_at >= e.started_at
+             AND (CASE WHEN e.name = 'blend' THEN {} ELSE {} END) IN (e.control, e.treatment)",
+            arm_version("blend"),
+            arm_version("p_gen")
+        )
+    });
+
+/// The request log insert with its inbox entries (built once: it runs on every drain).
+static INSERT_LOGS: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
         "WITH r AS (
            INSERT INTO rerank_requests (id, project, user_id, candidates, result_order, prompt_version, prompt_versions,
                                         profile_id, model, fallback, repaired, latency_ms, usage, created_at, blend,
@@ -282,9 +282,40 @@ pub async fn insert_rerank_logs<'e>(
          INSERT INTO experiment_inbox (experiment_id, request_id, request_at)
          SELECT e.id, r.id, r.created_at FROM r JOIN experiments e ON {}
          ON CONFLICT DO NOTHING",
-        in_running_experiment()
-    );
-    sqlx::query(sqlx::AssertSqlSafe(sql))
+        *IN_RUNNING_EXPERIMENT
+    )
+});
+
+/// The feedback insert with its inbox entry (built once: it runs on every feedback).
+static INSERT_FEEDBACK: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "WITH f AS (
+           INSERT INTO feedback (project, request_id, request_at, user_id, item_id, kind)
+           VALUES ($1, $2, $3, $4, $5, $6)
+           ON CONFLICT (request_id, item_id, kind, request_at) DO NOTHING
+           RETURNING id, request_id, request_at, kind),
+         inbox AS (
+           INSERT INTO experiment_inbox (experiment_id, request_id, request_at, feedback_id)
+           SELECT e.id, f.request_id, f.request_at, f.id
+           FROM f JOIN rerank_requests r ON r.id = $2 AND r.created_at = $3
+                  JOIN experiments e ON {} AND e.settings->'positive_kinds' ? f.kind
+           ON CONFLICT DO NOTHING)
+         SELECT count(*) FROM f",
+        *IN_RUNNING_EXPERIMENT
+    )
+});
+
+/// Inserts request log rows in one statement (a row already there is left as it is), and
+/// puts the new rows that belong to a running experiment into its inbox
+/// (`store::experiment_stats`), in the same statement: a row and its entry commit together.
+pub async fn insert_rerank_logs<'e>(
+    db: impl sqlx::PgExecutor<'e>,
+    rows: &[RerankLogRow],
+) -> Result<(), sqlx::Error> {
+    let j = |f: fn(&RerankLogRow) -> &serde_json::Value| {
+        rows.iter().map(|r| f(r).to_string()).collect::<Vec<_>>()
+    };
+    sqlx::query(sqlx::AssertSqlSafe(INSERT_LOGS.as_str()))
         .bind(rows.iter().map(|r| r.id.as_str()).collect::<Vec<_>>())
         .bind(rows.iter().map(|r| r.project.as_str()).collect::<Vec<_>>())
         .bind(rows.iter().map(|r| r.user_id.as_str()).collect::<Vec<_>>())
@@ -420,22 +451,7 @@ pub async fn insert_feedback(
     item: &str,
     kind: &str,
 ) -> Result<bool, sqlx::Error> {
-    let sql = format!(
-        "WITH f AS (
-           INSERT INTO feedback (project, request_id, request_at, user_id, item_id, kind)
-           VALUES ($1, $2, $3, $4, $5, $6)
-           ON CONFLICT (request_id, item_id, kind, request_at) DO NOTHING
-           RETURNING id, request_id, request_at, kind),
-         inbox AS (
-           INSERT INTO experiment_inbox (experiment_id, request_id, request_at, feedback_id)
-           SELECT e.id, f.request_id, f.request_at, f.id
-           FROM f JOIN rerank_requests r ON r.id = $2 AND r.created_at = $3
-                  JOIN experiments e ON {} AND e.settings->'positive_kinds' ? f.kind
-           ON CONFLICT DO NOTHING)
-         SELECT count(*) FROM f",
-        in_running_experiment()
-    );
-    let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+    let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(INSERT_FEEDBACK.as_str()))
         .bind(project)
         .bind(request_id)
         .bind(request_at)
