@@ -166,23 +166,7 @@ fn cpu_seconds() -> (f64, std::collections::HashMap<String, f64>) {
 
 async fn run(url: String) {
     let pool = store::connect(&url, 16).await.expect("connect");
-    agp_rerank::app::prepare_database(&pool)
-        .await
-        .expect("migrate");
-    let sample = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("data/amazon-games-sample");
-    let data =
-        agp_rerank::import::read(agp_rerank::import::Format::Recbole, &[sample]).expect("sample");
-    store::import::write(&pool, "default", &data.items, &data.interactions, |_| {})
-        .await
-        .expect("import");
-    let mut users: Vec<String> = data
-        .interactions
-        .iter()
-        .map(|i| i.user_id.clone())
-        .collect();
-    users.sort();
-    users.dedup();
-    let items: Vec<String> = data.items.iter().map(|i| i.id.clone()).collect();
+    let (users, items) = support::load_sample(&pool).await;
     let base = support::serve_app(AppState::new(pool.clone(), AppConfig::default())).await;
     let http = reqwest::Client::new();
     let post = |path: &str, body: Value| {

@@ -65,25 +65,12 @@ fn spawn(bin: &Path, url: &str, llm: &str, data_dir: &Path, port: u16) -> Child 
         .expect("agp serve")
 }
 
-async fn ready(http: &reqwest::Client, base: &str) {
-    let by = Instant::now() + Duration::from_secs(60);
-    while !http
-        .get(format!("{base}/readyz"))
-        .send()
-        .await
-        .is_ok_and(|r| r.status() == 200)
-    {
-        assert!(Instant::now() < by, "replica not ready");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 async fn start(bin: &Path, url: &str, llm: &str, root: &Path, i: usize) -> Replica {
     let port = support::free_port();
     let data_dir = root.join(format!("replica{i}"));
     let child = spawn(bin, url, llm, &data_dir, port);
     let base = format!("http://127.0.0.1:{port}");
-    ready(&reqwest::Client::new(), &base).await;
+    support::wait_ready(&base).await;
     Replica {
         child: Some(child),
         base,
@@ -209,23 +196,7 @@ async fn run(url: String) {
     let clients = num("--clients", 32) as usize;
     let kill_secs = num("--kill-secs", 30);
     let pool = agp_rerank::store::connect(&url, 4).await.expect("connect");
-    agp_rerank::app::prepare_database(&pool)
-        .await
-        .expect("migrate");
-    let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/amazon-games-sample");
-    let data =
-        agp_rerank::import::read(agp_rerank::import::Format::Recbole, &[sample]).expect("sample");
-    agp_rerank::store::import::write(&pool, "default", &data.items, &data.interactions, |_| {})
-        .await
-        .expect("import");
-    let mut users: Vec<String> = data
-        .interactions
-        .iter()
-        .map(|i| i.user_id.clone())
-        .collect();
-    users.sort();
-    users.dedup();
-    let items: Vec<String> = data.items.iter().map(|i| i.id.clone()).collect();
+    let (users, items) = support::load_sample(&pool).await;
     let llm = TestLlm::start(support::upstream(0)).await;
     let root = tempfile::tempdir().expect("temp dir");
     let http = reqwest::Client::new();
@@ -405,7 +376,7 @@ async fn kill_run(
     // The killed replica comes back on its data dir and drains what its journal held.
     let r = &mut replicas[leader];
     r.child = Some(spawn(bin, url, llm, &r.data_dir, r.port));
-    ready(&http, &r.base).await;
+    support::wait_ready(&r.base).await;
     let deadline = Instant::now() + Duration::from_secs(30);
     let missing = loop {
         let n: i64 = sqlx::query_scalar(

@@ -76,6 +76,12 @@ pub async fn serve(bin: &Path, data_dir: &Path, llm_url: &str) -> (Child, String
         .spawn()
         .expect("agp serve");
     let base = format!("http://127.0.0.1:{port}");
+    wait_ready(&base).await;
+    (child, base)
+}
+
+/// Waits (60 s at most) until `base` answers `/readyz` with 200.
+pub async fn wait_ready(base: &str) {
     let http = reqwest::Client::new();
     let by = Instant::now() + Duration::from_secs(60);
     while !http
@@ -84,10 +90,31 @@ pub async fn serve(bin: &Path, data_dir: &Path, llm_url: &str) -> (Child, String
         .await
         .is_ok_and(|r| r.status() == 200)
     {
-        assert!(Instant::now() < by, "agp serve not ready");
+        assert!(Instant::now() < by, "agp serve not ready at {base}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    (child, base)
+}
+
+/// Migrates `pool` and writes the Amazon Games sample into the default project; returns its
+/// distinct users (sorted) and its items.
+pub async fn load_sample(pool: &sqlx::PgPool) -> (Vec<String>, Vec<String>) {
+    agp_rerank::app::prepare_database(pool)
+        .await
+        .expect("migrate");
+    let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/amazon-games-sample");
+    let data =
+        agp_rerank::import::read(agp_rerank::import::Format::Recbole, &[sample]).expect("sample");
+    agp_rerank::store::import::write(pool, "default", &data.items, &data.interactions, |_| {})
+        .await
+        .expect("import");
+    let mut users: Vec<String> = data
+        .interactions
+        .iter()
+        .map(|i| i.user_id.clone())
+        .collect();
+    users.sort();
+    users.dedup();
+    (users, data.items.iter().map(|i| i.id.clone()).collect())
 }
 
 /// A rerank body: 20 of the catalog's items for `user`.
