@@ -285,17 +285,18 @@ impl LlmClient {
                     },
                     None => permit.await,
                 };
-                let timeout = match ctx.deadline {
-                    Some(d) => self
-                        .inner
-                        .settings
-                        .timeout
-                        .min(d.saturating_duration_since(Instant::now())),
-                    None => self.inner.settings.timeout,
-                };
-                if timeout.is_zero() {
+                let left = ctx
+                    .deadline
+                    .map(|d| d.saturating_duration_since(Instant::now()));
+                // A call that queued behind a hung server until its deadline does not fire a
+                // doomed request: it would only add a timeout that says nothing new about the
+                // server's health (and open the circuit on queueing alone).
+                if left.is_some_and(|left| left < MIN_ATTEMPT) {
                     return Err(LlmError::Timeout(started.elapsed()));
                 }
+                let timeout = left.map_or(self.inner.settings.timeout, |left| {
+                    self.inner.settings.timeout.min(left)
+                });
                 self.attempt(role, rr, &body, timeout).await
             };
             let err = match result {
@@ -474,8 +475,8 @@ pub const ROLE_HEADER: &str = "x-agp-role";
 /// Longest wait of an interactive call for its cache lookup.
 const INTERACTIVE_CACHE_WAIT: Duration = Duration::from_millis(250);
 
-/// Shortest attempt worth starting before a caller's deadline.
-const MIN_ATTEMPT: Duration = Duration::from_millis(50);
+/// Shortest attempt worth starting before a caller's deadline (no chat answer comes faster).
+const MIN_ATTEMPT: Duration = Duration::from_millis(250);
 
 fn exhausted(attempts: u32, started: Instant, last: LlmError) -> LlmError {
     if attempts == 1 {
