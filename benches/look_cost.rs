@@ -96,6 +96,7 @@ impl Traffic {
                     usage: json!({"llm_calls": 1, "prompt_tokens": 900, "completion_tokens": 60, "cache_hits": 0}),
                     blend: json!({"version": version, "weights": {"llm": 1.0, "incoming": 1.0}}),
                     history: json!(["a", "b", "c", "d", "e"]),
+                    teams: None,
                 }
             })
             .collect()
@@ -292,7 +293,15 @@ async fn run(url: String) {
         let (tr, co): (Vec<_>, Vec<_>) = observed.iter().partition(|o| o.treatment);
         let c = experiment::arm_metrics(e.control, &co, e.settings.k);
         let tm = experiment::arm_metrics(e.treatment, &tr, e.settings.k);
-        let _ = experiment::look(&c, &tm, &e.settings, e.treatment_share, e.p_value);
+        let plan = experiment::Plan {
+            settings: &e.settings,
+            design: e.design,
+            share: e.treatment_share,
+            cost_factor: e.design.cost_factor(&e.name),
+            previous_p: e.p_value,
+            previous_srm_p: e.srm_p,
+        };
+        let _ = experiment::look(&c, &tm, &plan);
         let before_ms = started.elapsed().as_secs_f64() * 1e3;
         let logged: i64 = sqlx::query_scalar("SELECT count(*) FROM rerank_requests")
             .fetch_one(&pool)

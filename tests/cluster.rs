@@ -54,6 +54,7 @@ fn log_row(
         usage: json!({"llm_calls": rng.below(3), "prompt_tokens": rng.below(400), "completion_tokens": rng.below(50)}),
         blend: json!({"version": 1}),
         history: json!(["h1"]),
+        teams: None,
     }
 }
 
@@ -111,8 +112,16 @@ async fn check_against_whole_log(pool: &PgPool, e: &ExperimentRow) -> (usize, us
     assert_same(&t, &wt);
     let mut settings = e.settings.clone();
     settings.min_users = 2;
-    let folded = experiment::look(&c, &t, &settings, e.treatment_share, 1.0);
-    let whole = experiment::look(&wc, &wt, &settings, e.treatment_share, 1.0);
+    let plan = experiment::Plan {
+        settings: &settings,
+        design: e.design,
+        share: e.treatment_share,
+        cost_factor: 1.0,
+        previous_p: 1.0,
+        previous_srm_p: 1.0,
+    };
+    let folded = experiment::look(&c, &t, &plan);
+    let whole = experiment::look(&wc, &wt, &plan);
     assert_eq!(folded.outcome, whole.outcome, "{folded:?} vs {whole:?}");
     assert!((folded.p_value - whole.p_value).abs() < 1e-9);
     (c.requests, t.requests)

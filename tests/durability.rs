@@ -279,6 +279,7 @@ async fn a_dead_journal_with_drained_files_is_recovered_from_its_first_file_left
             usage: json!({}),
             blend: json!({"version": 1, "weights": {"llm": 1.0}}),
             history: json!(["c"]),
+            teams: None,
         })
     };
     // Two files left, starting at offset 5000 (the first file, 0..5000, is gone).

@@ -214,13 +214,15 @@ impl Rig {
         }
         // The same look over the whole log's figures decides the same.
         let previous: f64 = e["result"]["look"]["p_value"].as_f64().unwrap();
-        let look = experiment::look(
-            &whole[0],
-            &whole[1],
-            &row.settings,
-            row.treatment_share,
-            previous,
-        );
+        let plan = experiment::Plan {
+            settings: &row.settings,
+            design: row.design,
+            share: row.treatment_share,
+            cost_factor: row.design.cost_factor(&row.name),
+            previous_p: previous,
+            previous_srm_p: row.srm_p,
+        };
+        let look = experiment::look(&whole[0], &whole[1], &plan);
         let outcome = serde_json::to_value(look.outcome).unwrap();
         let status = e["status"].as_str().unwrap();
         let expected = match status {

@@ -11,7 +11,7 @@ use serde_json::json;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::experiment::{self, Outcome};
+use crate::experiment::{self, LookPoint, Outcome, Plan};
 use crate::store::experiment_stats::{self as stats, FoldError};
 use crate::store::experiments::{self as db, ExperimentRow};
 
@@ -53,8 +53,23 @@ async fn look_folding(
         Err(FoldError::Db(err)) => return Err(err),
     };
     let (c, t) = stats::metrics(pool, &e).await?;
-    let look = experiment::look(&c, &t, &e.settings, e.treatment_share, e.p_value);
-    let result = json!({"control": c, "treatment": t, "look": look});
+    let plan = Plan {
+        settings: &e.settings,
+        design: e.design,
+        share: e.treatment_share,
+        cost_factor: e.design.cost_factor(&e.name),
+        previous_p: e.p_value,
+        previous_srm_p: e.srm_p,
+    };
+    let look = experiment::look(&c, &t, &plan);
+    let mut history: Vec<LookPoint> = e
+        .result
+        .as_ref()
+        .and_then(|r| serde_json::from_value(r["history"].clone()).ok())
+        .unwrap_or_default();
+    let point = LookPoint::of(&look, c.users + t.users, chrono::Utc::now());
+    experiment::record_point(&mut history, point, experiment::HISTORY_POINTS);
+    let result = json!({"control": c, "treatment": t, "look": look, "history": history});
     let ending = match look.outcome {
         Outcome::Continue => None,
         Outcome::Promote => Some(("promoted", e.treatment)),

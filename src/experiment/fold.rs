@@ -13,10 +13,24 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 
-use super::ArmMetrics;
+use super::interleave::{Credit, Preference, user_preference};
+use super::{ArmMetrics, TeamMetrics};
 
-/// The two arms of an experiment (as stored: `control`, `treatment`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+/// The two arms of an experiment (as stored: `control`, `treatment`); in an interleaved
+/// list, the teams.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Arm {
     Control,
@@ -72,6 +86,22 @@ pub struct ArmSums {
     pub user_ctr_sum: f64,
     /// Sum over users of its square.
     pub user_ctr_sq_sum: f64,
+    /// Interleaved requests the treatment's team won (more of its items clicked).
+    pub wins: i64,
+    /// Interleaved requests the control's team won.
+    pub losses: i64,
+    /// Interleaved requests with clicks on both teams alike.
+    pub ties: i64,
+    /// Distinct positive items supplied by the control's team.
+    pub control_team_clicks: i64,
+    /// Distinct positive items supplied by the treatment's team.
+    pub treatment_team_clicks: i64,
+    /// Users with a non-tie interleaved request.
+    pub pref_users: i64,
+    /// Sum over those users of their preference, (wins - losses) / (wins + losses).
+    pub pref_sum: f64,
+    /// Sum over those users of its square.
+    pub pref_sq_sum: f64,
 }
 
 impl ArmSums {
@@ -88,24 +118,37 @@ impl ArmSums {
         self.users_with_positive += d.users_with_positive;
         self.user_ctr_sum += d.user_ctr_sum;
         self.user_ctr_sq_sum += d.user_ctr_sq_sum;
+        self.wins += d.wins;
+        self.losses += d.losses;
+        self.ties += d.ties;
+        self.control_team_clicks += d.control_team_clicks;
+        self.treatment_team_clicks += d.treatment_team_clicks;
+        self.pref_users += d.pref_users;
+        self.pref_sum += d.pref_sum;
+        self.pref_sq_sum += d.pref_sq_sum;
+    }
+
+    /// The interleaving figures of an interleaved arm.
+    pub fn team_metrics(&self) -> TeamMetrics {
+        let (mean, var) = mean_var_of_sums(self.pref_users, self.pref_sum, self.pref_sq_sum);
+        TeamMetrics {
+            wins: self.wins.max(0) as usize,
+            losses: self.losses.max(0) as usize,
+            ties: self.ties.max(0) as usize,
+            control_clicks: self.control_team_clicks.max(0) as usize,
+            treatment_clicks: self.treatment_team_clicks.max(0) as usize,
+            preference_users: self.pref_users.max(0) as usize,
+            preference: mean,
+            preference_var: var,
+        }
     }
 
     /// The arm's figures, with its latency histogram (whole milliseconds -> count).
     pub fn metrics(&self, version: i32, latency: &BTreeMap<i32, i64>) -> ArmMetrics {
         let n = self.requests;
         let per = |x: f64| if n <= 0 { 0.0 } else { x / n as f64 };
-        let users = self.users.max(0) as f64;
-        let user_mean = if self.users > 0 {
-            self.user_ctr_sum / users
-        } else {
-            0.0
-        };
-        let user_var = if self.users >= 2 {
-            ((self.user_ctr_sq_sum - self.user_ctr_sum * self.user_ctr_sum / users) / (users - 1.0))
-                .max(0.0)
-        } else {
-            0.0
-        };
+        let (user_mean, user_var) =
+            mean_var_of_sums(self.users, self.user_ctr_sum, self.user_ctr_sq_sum);
         ArmMetrics {
             version,
             requests: n.max(0) as usize,
@@ -121,8 +164,21 @@ impl ArmSums {
             tokens_per_rerank: per(self.tokens),
             user_click_through: user_mean,
             user_click_through_var: user_var,
+            interleaving: None,
         }
     }
+}
+
+/// Mean and sample variance of `n` values from their sum and sum of squares.
+fn mean_var_of_sums(n: i64, sum: f64, sq_sum: f64) -> (f64, f64) {
+    let nf = n.max(0) as f64;
+    let mean = if n > 0 { sum / nf } else { 0.0 };
+    let var = if n >= 2 {
+        ((sq_sum - sum * sum / nf) / (nf - 1.0)).max(0.0)
+    } else {
+        0.0
+    };
+    (mean, var)
 }
 
 /// The value at rank `round((n - 1) p)` of the sorted values a histogram counts (the same
@@ -148,6 +204,9 @@ pub fn histogram_percentile(h: &BTreeMap<i32, i64>, p: f64) -> f64 {
 pub struct UserCounts {
     pub requests: i64,
     pub positive_requests: i64,
+    /// Interleaved requests the treatment's team won / lost.
+    pub wins: i64,
+    pub losses: i64,
 }
 
 impl UserCounts {
@@ -171,6 +230,8 @@ pub struct LoggedRequest {
     pub latency_ms: i32,
     pub llm_calls: f64,
     pub tokens: f64,
+    /// Per position of `order`, the team that supplied it (interleaved requests only).
+    pub teams: Option<Vec<Option<Arm>>>,
 }
 
 /// A positive feedback event on a request.
@@ -200,23 +261,42 @@ pub struct Contribution {
     pub first_positive: Option<usize>,
     /// Distinct positive items.
     pub positives: usize,
+    /// The teams' credit (interleaved requests only).
+    pub credit: Option<Credit>,
 }
 
 impl Contribution {
-    /// The contribution of a request shown in `order` with these positive items.
-    pub fn of<'a>(order: &[String], items: impl IntoIterator<Item = &'a str>) -> Contribution {
+    /// The contribution of a request shown in `order` (with its teams, if interleaved) with
+    /// these positive items.
+    pub fn of<'a>(
+        order: &[String],
+        teams: Option<&[Option<Arm>]>,
+        items: impl IntoIterator<Item = &'a str>,
+    ) -> Contribution {
         let items: HashSet<&str> = items.into_iter().collect();
         Contribution {
             first_positive: order.iter().position(|id| items.contains(id.as_str())),
             positives: items.len(),
+            credit: teams.map(|t| Credit::of(order, t, items.iter().copied())),
         }
     }
 
+    /// The preference it states (none for a request that was not interleaved).
+    pub fn preference(self) -> Option<Preference> {
+        self.credit.map(Credit::preference)
+    }
+
     fn sums(self, k: usize) -> ArmSums {
+        let pref = self.preference();
         ArmSums {
             positives: self.positives as i64,
             positive_at_k: i64::from(self.first_positive.is_some_and(|p| p < k)),
             reciprocal_rank_sum: self.first_positive.map_or(0.0, |p| 1.0 / (p + 1) as f64),
+            wins: i64::from(pref == Some(Preference::Win)),
+            losses: i64::from(pref == Some(Preference::Loss)),
+            ties: i64::from(pref == Some(Preference::Tie)),
+            control_team_clicks: self.credit.map_or(0, |c| c.control as i64),
+            treatment_team_clicks: self.credit.map_or(0, |c| c.treatment as i64),
             ..ArmSums::default()
         }
     }
@@ -250,6 +330,14 @@ fn sub(a: ArmSums, b: ArmSums) -> ArmSums {
         users_with_positive: a.users_with_positive - b.users_with_positive,
         user_ctr_sum: a.user_ctr_sum - b.user_ctr_sum,
         user_ctr_sq_sum: a.user_ctr_sq_sum - b.user_ctr_sq_sum,
+        wins: a.wins - b.wins,
+        losses: a.losses - b.losses,
+        ties: a.ties - b.ties,
+        control_team_clicks: a.control_team_clicks - b.control_team_clicks,
+        treatment_team_clicks: a.treatment_team_clicks - b.treatment_team_clicks,
+        pref_users: a.pref_users - b.pref_users,
+        pref_sum: a.pref_sum - b.pref_sum,
+        pref_sq_sum: a.pref_sq_sum - b.pref_sq_sum,
     }
 }
 
@@ -258,9 +346,10 @@ pub fn fold(pending: &[Pending], k: usize) -> Delta {
     let mut d = Delta::default();
     for p in pending {
         let r = &p.request;
-        let now = Contribution::of(&r.order, p.positives.iter().map(|x| x.item.as_str()));
+        let teams = r.teams.as_deref();
+        let now = Contribution::of(&r.order, teams, p.positives.iter().map(|x| x.item.as_str()));
         let mut change = now.sums(k);
-        let mut had_positive = false;
+        let mut before = Contribution::default();
         if p.new_request {
             change.requests = 1;
             change.fallbacks = i64::from(r.fallback);
@@ -268,21 +357,25 @@ pub fn fold(pending: &[Pending], k: usize) -> Delta {
             change.tokens = r.tokens;
             *d.latency.entry((r.arm, r.latency_ms)).or_default() += 1;
         } else {
-            let before = Contribution::of(
+            before = Contribution::of(
                 &r.order,
+                teams,
                 p.positives
                     .iter()
                     .filter(|x| !p.new_feedback.contains(&x.feedback_id))
                     .map(|x| x.item.as_str()),
             );
-            had_positive = before.first_positive.is_some();
             change = sub(change, before.sums(k));
         }
         let a = &mut d.arms[r.arm.index()];
         a.add(&change);
         let u = d.users.entry((r.arm, r.user.clone())).or_default();
         u.requests += i64::from(p.new_request);
-        u.positive_requests += i64::from(now.first_positive.is_some()) - i64::from(had_positive);
+        u.positive_requests +=
+            i64::from(now.first_positive.is_some()) - i64::from(before.first_positive.is_some());
+        let is = |c: Contribution, want: Preference| i64::from(c.preference() == Some(want));
+        u.wins += is(now, Preference::Win) - is(before, Preference::Win);
+        u.losses += is(now, Preference::Loss) - is(before, Preference::Loss);
     }
     d
 }
@@ -302,6 +395,8 @@ pub fn fold_users(
         let n = UserCounts {
             requests: o.requests + change.requests,
             positive_requests: o.positive_requests + change.positive_requests,
+            wins: o.wins + change.wins,
+            losses: o.losses + change.losses,
         };
         let a = &mut arms[key.0.index()];
         a.users += i64::from(old.is_none() && n.requests > 0);
@@ -310,6 +405,14 @@ pub fn fold_users(
         let (oc, nc) = (o.ctr(), n.ctr());
         a.user_ctr_sum += nc - oc;
         a.user_ctr_sq_sum += nc * nc - oc * oc;
+        let (op, np) = (
+            user_preference(o.wins, o.losses),
+            user_preference(n.wins, n.losses),
+        );
+        a.pref_users += i64::from(np.is_some()) - i64::from(op.is_some());
+        let (op, np) = (op.unwrap_or(0.0), np.unwrap_or(0.0));
+        a.pref_sum += np - op;
+        a.pref_sq_sum += np * np - op * op;
         after.push((key.clone(), n));
     }
     (arms, after)
@@ -386,6 +489,16 @@ mod tests {
         ] {
             assert!(close(x, y), "{name}: {x} vs {y}");
         }
+        assert_eq!(a.interleaving.is_some(), b.interleaving.is_some());
+        if let (Some(x), Some(y)) = (&a.interleaving, &b.interleaving) {
+            assert_eq!(
+                (x.wins, x.losses, x.ties, x.control_clicks, x.treatment_clicks),
+                (y.wins, y.losses, y.ties, y.control_clicks, y.treatment_clicks)
+            );
+            assert_eq!(x.preference_users, y.preference_users);
+            assert!(close(x.preference, y.preference), "{x:?} vs {y:?}");
+            assert!(close(x.preference_var, y.preference_var), "{x:?} vs {y:?}");
+        }
     }
 
     #[test]
@@ -408,19 +521,27 @@ mod tests {
                     });
                     next_feedback += 1;
                 }
+                let arm = if rng.below(2) == 0 {
+                    Arm::Control
+                } else {
+                    Arm::Treatment
+                };
+                // The treatment arm's requests are interleaved: a team per position.
+                let teams = (arm == Arm::Treatment).then(|| {
+                    (0..6)
+                        .map(|_| Some(Arm::BOTH[rng.below(2) as usize]))
+                        .collect::<Vec<_>>()
+                });
                 requests.push((
                     LoggedRequest {
                         user: format!("u{}", rng.below(30)),
-                        arm: if rng.below(2) == 0 {
-                            Arm::Control
-                        } else {
-                            Arm::Treatment
-                        },
+                        arm,
                         order,
                         fallback: rng.below(10) == 0,
                         latency_ms: 1 + rng.below(40) as i32,
                         llm_calls: rng.below(3) as f64,
                         tokens: rng.below(500) as f64,
+                        teams,
                     },
                     positives,
                 ));
@@ -470,7 +591,11 @@ mod tests {
             let observed: Vec<Observed> = requests
                 .iter()
                 .map(|(r, positives)| {
-                    let c = Contribution::of(&r.order, positives.iter().map(|p| p.item.as_str()));
+                    let c = Contribution::of(
+                        &r.order,
+                        r.teams.as_deref(),
+                        positives.iter().map(|p| p.item.as_str()),
+                    );
                     Observed {
                         user: r.user.clone(),
                         treatment: r.arm == Arm::Treatment,
@@ -480,6 +605,7 @@ mod tests {
                         latency_ms: f64::from(r.latency_ms),
                         llm_calls: r.llm_calls,
                         tokens: r.tokens,
+                        credit: c.credit,
                     }
                 })
                 .collect();
@@ -489,7 +615,11 @@ mod tests {
                     .filter(|o| o.treatment == (arm == Arm::Treatment))
                     .collect();
                 let whole = arm_metrics(7, &of_arm, k);
-                let folded = store.arms[arm.index()].metrics(7, &store.latency[arm.index()]);
+                let sums = &store.arms[arm.index()];
+                let mut folded = sums.metrics(7, &store.latency[arm.index()]);
+                if arm == Arm::Treatment {
+                    folded.interleaving = Some(sums.team_metrics());
+                }
                 assert_same(&folded, &whole);
             }
         }
@@ -506,6 +636,7 @@ mod tests {
             latency_ms: 5,
             llm_calls: 1.0,
             tokens: 10.0,
+            teams: None,
         };
         let mut store = Store::default();
         let p = |id: i64, item: &str| Positive {

@@ -15,14 +15,61 @@
 //!   treatment fallback rate more than `max_fallback_increase` above the control's, a p99
 //!   latency more than `max_latency_ratio` times the control's (and 50 ms more), or LLM
 //!   tokens per rerank more than `max_tokens_ratio` times the control's roll it back at once.
-//! - A sample ratio mismatch (users per arm against the configured share, chi-square p below
-//!   `srm_alpha`, checked from 100 users) voids the experiment: the control stays.
+//! - A sample ratio mismatch (users per arm against the configured share; a sequential
+//!   Dirichlet-multinomial test, always valid, p below `srm_alpha`) voids the experiment.
+//! - Interleaved experiments (`Design::Interleave`) decide on the users' preference instead:
+//!   per user, wins minus losses over their non-tie interleaved requests, tested by the same
+//!   mSPRT; `min_users`/`max_users` count users with a preference / interleaved users.
 
 pub mod fold;
+pub mod interleave;
 pub mod stats;
 
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
+
+/// How an experiment shows its arms to users.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Design {
+    /// Users are split: each sees one arm's ranking; arms are compared by per-user
+    /// click-through.
+    #[default]
+    Ab,
+    /// Users in the treatment's share see one list merged from both arms' rankings
+    /// (team-draft interleaving); clicks say which arm's items were preferred. The other
+    /// users see the control (its figures are the cost and guardrail baseline).
+    Interleave,
+}
+
+impl Design {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Design::Ab => "ab",
+            Design::Interleave => "interleave",
+        }
+    }
+
+    /// Reads a stored name.
+    pub fn parse(s: &str) -> Option<Design> {
+        match s {
+            "ab" => Some(Design::Ab),
+            "interleave" => Some(Design::Interleave),
+            _ => None,
+        }
+    }
+
+    /// How many times the control's LLM cost an interleaved request of an experiment on
+    /// `name` is expected to cost: two profiles and two rankings for `p_gen`, one ranking
+    /// fused two ways for a blend. The token guardrail allows this factor.
+    pub fn cost_factor(self, name: &str) -> f64 {
+        match (self, name) {
+            (Design::Interleave, "p_gen") => 2.0,
+            _ => 1.0,
+        }
+    }
+}
 
 /// Settings of an experiment (all optional in the request; defaults shown).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -170,6 +217,30 @@ pub struct Observed {
     pub latency_ms: f64,
     pub llm_calls: f64,
     pub tokens: f64,
+    /// The teams' credit, for an interleaved request.
+    pub credit: Option<interleave::Credit>,
+}
+
+/// What an interleaved arm's clicks say about the two rankings.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct TeamMetrics {
+    /// Requests whose clicks favoured the treatment's items.
+    pub wins: usize,
+    /// Requests whose clicks favoured the control's items.
+    pub losses: usize,
+    /// Requests with clicks on both teams alike.
+    pub ties: usize,
+    /// Distinct positive items the control's team supplied.
+    pub control_clicks: usize,
+    /// Distinct positive items the treatment's team supplied.
+    pub treatment_clicks: usize,
+    /// Users with at least one non-tie request.
+    pub preference_users: usize,
+    /// Mean over those users of (wins - losses) / (wins + losses): the decision metric
+    /// (above 0: the treatment is preferred).
+    pub preference: f64,
+    /// Its variance over users.
+    pub preference_var: f64,
 }
 
 /// The figures of one arm.
@@ -194,6 +265,9 @@ pub struct ArmMetrics {
     pub user_click_through: f64,
     /// Its variance over users.
     pub user_click_through_var: f64,
+    /// An interleaved arm's team figures (interleaved experiments only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interleaving: Option<TeamMetrics>,
 }
 
 fn percentile(values: &mut [f64], p: f64) -> f64 {
@@ -220,6 +294,10 @@ pub fn arm_metrics(version: i32, requests: &[&Observed], k: usize) -> ArmMetrics
         .collect();
     let (user_mean, user_var) = stats::mean_var(&user_ctr);
     let mut latencies: Vec<f64> = requests.iter().map(|r| r.latency_ms).collect();
+    let interleaving = requests
+        .iter()
+        .any(|r| r.credit.is_some())
+        .then(|| team_metrics(requests));
     ArmMetrics {
         version,
         requests: n,
@@ -242,7 +320,34 @@ pub fn arm_metrics(version: i32, requests: &[&Observed], k: usize) -> ArmMetrics
         tokens_per_rerank: per(requests.iter().map(|r| r.tokens).sum()),
         user_click_through: user_mean,
         user_click_through_var: user_var,
+        interleaving,
     }
+}
+
+/// The team figures of interleaved requests.
+fn team_metrics(requests: &[&Observed]) -> TeamMetrics {
+    use interleave::Preference;
+    let mut m = TeamMetrics::default();
+    let mut by_user: std::collections::BTreeMap<&str, (i64, i64)> = Default::default();
+    for r in requests {
+        let Some(c) = r.credit else { continue };
+        m.control_clicks += c.control;
+        m.treatment_clicks += c.treatment;
+        let e = by_user.entry(r.user.as_str()).or_default();
+        match c.preference() {
+            Preference::Win => (m.wins, e.0) = (m.wins + 1, e.0 + 1),
+            Preference::Loss => (m.losses, e.1) = (m.losses + 1, e.1 + 1),
+            Preference::Tie => m.ties += 1,
+            Preference::NoClick => {}
+        }
+    }
+    let prefs: Vec<f64> = by_user
+        .values()
+        .filter_map(|(w, l)| interleave::user_preference(*w, *l))
+        .collect();
+    (m.preference, m.preference_var) = stats::mean_var(&prefs);
+    m.preference_users = prefs.len();
+    m
 }
 
 /// What a look concludes.
@@ -267,44 +372,96 @@ pub enum Outcome {
 /// outcome with its reason.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Look {
-    /// Treatment minus control, per-user click-through.
+    /// `ab`: treatment minus control per-user click-through. `interleave`: the mean per-user
+    /// preference for the treatment (wins - losses over non-tie requests; 0: no preference).
     pub difference: f64,
     /// Always-valid (1 - alpha) interval of the difference.
     pub interval: (f64, f64),
     /// Always-valid p-value (the minimum over looks).
     pub p_value: f64,
-    /// p-value of the sample ratio check.
+    /// Always-valid p-value of the sequential sample ratio check (the minimum over looks).
     pub sample_ratio_p: f64,
     pub outcome: Outcome,
     pub reason: String,
 }
 
-/// Decides at a look from the two arms, the settings, the treatment's share of users and the
-/// p-value of the previous look.
-pub fn look(
-    control: &ArmMetrics,
-    treatment: &ArmMetrics,
-    s: &ExperimentSettings,
-    share: f64,
-    previous_p: f64,
-) -> Look {
-    let d = treatment.user_click_through - control.user_click_through;
-    let have_variance = control.users >= 2 && treatment.users >= 2;
-    let v = if have_variance {
-        treatment.user_click_through_var / treatment.users as f64
-            + control.user_click_through_var / control.users as f64
-    } else {
-        0.0
-    };
+/// What a look knows of the experiment besides its arms' figures.
+#[derive(Debug, Clone, Copy)]
+pub struct Plan<'a> {
+    pub settings: &'a ExperimentSettings,
+    pub design: Design,
+    /// Share of users in the treatment (ab) or seeing the interleaved list (interleave).
+    pub share: f64,
+    /// How many times the control's LLM tokens per rerank the treatment arm may cost by
+    /// design (before the guardrail's own ratio): [`Design::cost_factor`].
+    pub cost_factor: f64,
+    /// The decision's p-value at the previous look.
+    pub previous_p: f64,
+    /// The sample ratio check's p-value at the previous look.
+    pub previous_srm_p: f64,
+}
+
+/// The tested statistic of a look: difference, its variance, and the users it rests on.
+struct Statistic {
+    d: f64,
+    v: f64,
+    /// Whether both sides have the two units a variance needs.
+    have_variance: bool,
+}
+
+fn statistic(c: &ArmMetrics, t: &ArmMetrics, design: Design) -> Statistic {
+    match design {
+        Design::Ab => {
+            let have_variance = c.users >= 2 && t.users >= 2;
+            Statistic {
+                d: t.user_click_through - c.user_click_through,
+                v: if have_variance {
+                    t.user_click_through_var / t.users as f64
+                        + c.user_click_through_var / c.users as f64
+                } else {
+                    0.0
+                },
+                have_variance,
+            }
+        }
+        Design::Interleave => {
+            let m = t.interleaving.clone().unwrap_or_default();
+            let have_variance = m.preference_users >= 2;
+            Statistic {
+                d: m.preference,
+                v: if have_variance {
+                    m.preference_var / m.preference_users as f64
+                } else {
+                    0.0
+                },
+                have_variance,
+            }
+        }
+    }
+}
+
+/// Decides at a look from the two arms (for `interleave`: the control-only users and the
+/// interleaved users) and the plan.
+pub fn look(control: &ArmMetrics, treatment: &ArmMetrics, plan: &Plan<'_>) -> Look {
+    let s = plan.settings;
+    let Statistic {
+        d,
+        v,
+        have_variance,
+    } = statistic(control, treatment, plan.design);
     let tau2 = s.tau * s.tau;
     let p_value = if have_variance {
-        stats::always_valid_p(previous_p, d, v, tau2)
+        stats::always_valid_p(plan.previous_p, d, v, tau2)
     } else {
-        previous_p
+        plan.previous_p
     };
     let hw = stats::confidence_half_width(v, tau2, s.alpha);
-    let srm = stats::sample_ratio_p(control.users, treatment.users, share);
-    let (outcome, reason) = decide(control, treatment, s, d, p_value, srm);
+    let srm = stats::sequential_srm_p(
+        plan.previous_srm_p,
+        &[control.users as u64, treatment.users as u64],
+        &[1.0 - plan.share, plan.share],
+    );
+    let (outcome, reason) = decide(control, treatment, plan, d, p_value, srm);
     Look {
         difference: d,
         interval: (d - hw, d + hw),
@@ -318,56 +475,141 @@ pub fn look(
 fn decide(
     c: &ArmMetrics,
     t: &ArmMetrics,
-    s: &ExperimentSettings,
+    plan: &Plan<'_>,
     d: f64,
     p: f64,
     srm: f64,
 ) -> (Outcome, String) {
-    if c.users + t.users >= 100 && srm < s.srm_alpha {
+    let s = plan.settings;
+    if srm < s.srm_alpha {
         return (
             Outcome::Void,
             format!(
-                "sample ratio mismatch: {} control and {} treatment users (p = {srm:.2e})",
-                c.users, t.users
+                "sample ratio mismatch: {} control and {} {} users where {:.0}% were planned \
+                 (sequential p = {srm:.2e})",
+                c.users,
+                t.users,
+                match plan.design {
+                    Design::Ab => "treatment",
+                    Design::Interleave => "interleaved",
+                },
+                100.0 * plan.share
             ),
         );
     }
-    if let Some(why) = guardrail(c, t, &s.guardrails) {
+    if let Some(why) = guardrail(c, t, &s.guardrails, plan.cost_factor) {
         return (Outcome::RollBack, why);
     }
-    let enough = c.users >= s.min_users && t.users >= s.min_users;
+    let team = t.interleaving.clone().unwrap_or_default();
+    let (enough, done) = match plan.design {
+        Design::Ab => (
+            c.users >= s.min_users && t.users >= s.min_users,
+            c.users >= s.max_users && t.users >= s.max_users,
+        ),
+        Design::Interleave => (team.preference_users >= s.min_users, t.users >= s.max_users),
+    };
     if enough && p < s.alpha {
-        let what = format!(
-            "per-user click-through {:.4} (treatment) vs {:.4} (control), p = {p:.4} < {}",
-            t.user_click_through, c.user_click_through, s.alpha
-        );
+        let what = match plan.design {
+            Design::Ab => format!(
+                "per-user click-through {:.4} (treatment) vs {:.4} (control), p = {p:.4} < {}",
+                t.user_click_through, c.user_click_through, s.alpha
+            ),
+            Design::Interleave => format!(
+                "per-user preference {d:+.4} over {} users ({} wins, {} losses, {} ties), p = {p:.4} < {}",
+                team.preference_users, team.wins, team.losses, team.ties, s.alpha
+            ),
+        };
         return if d > 0.0 {
             (Outcome::Promote, format!("treatment better: {what}"))
         } else {
             (Outcome::KeepControl, format!("treatment worse: {what}"))
         };
     }
-    if c.users >= s.max_users && t.users >= s.max_users {
+    if done {
         return (
             Outcome::Inconclusive,
             format!(
-                "{} users per arm without a decision (p = {p:.4})",
-                s.max_users
+                "{} users {} without a decision (p = {p:.4})",
+                s.max_users,
+                match plan.design {
+                    Design::Ab => "per arm",
+                    Design::Interleave => "interleaved",
+                }
             ),
         );
     }
-    let wait = if enough {
-        format!("p = {p:.4}, not below {}", s.alpha)
-    } else {
-        format!(
+    let wait = match (enough, plan.design) {
+        (true, _) => format!("p = {p:.4}, not below {}", s.alpha),
+        (false, Design::Ab) => format!(
             "{} and {} users of the {} per arm needed before a decision",
             c.users, t.users, s.min_users
-        )
+        ),
+        (false, Design::Interleave) => format!(
+            "{} users with a preference of the {} needed before a decision",
+            team.preference_users, s.min_users
+        ),
     };
     (Outcome::Continue, wait)
 }
 
-fn guardrail(c: &ArmMetrics, t: &ArmMetrics, g: &Guardrails) -> Option<String> {
+/// One look in an experiment's history (the console's chart of the p-value and the
+/// interval over time).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct LookPoint {
+    pub at: chrono::DateTime<chrono::Utc>,
+    /// Users in both arms.
+    pub users: usize,
+    pub difference: f64,
+    /// The always-valid interval (null while unbounded).
+    pub lower: Option<f64>,
+    pub upper: Option<f64>,
+    pub p_value: f64,
+    pub sample_ratio_p: f64,
+}
+
+impl LookPoint {
+    /// The point of a look.
+    pub fn of(look: &Look, users: usize, at: chrono::DateTime<chrono::Utc>) -> LookPoint {
+        let finite = |x: f64| x.is_finite().then_some(x);
+        LookPoint {
+            at,
+            users,
+            difference: look.difference,
+            lower: finite(look.interval.0),
+            upper: finite(look.interval.1),
+            p_value: look.p_value,
+            sample_ratio_p: look.sample_ratio_p,
+        }
+    }
+}
+
+/// Most points an experiment's history keeps.
+pub const HISTORY_POINTS: usize = 120;
+
+/// Adds a look to a history: a new point once 10 s passed or the users grew by a tenth since
+/// the last one (else the newest look replaces the last point); a full history keeps every
+/// other point, so it spans the whole experiment in at most `cap` points.
+pub fn record_point(history: &mut Vec<LookPoint>, p: LookPoint, cap: usize) {
+    let apart = history.last().is_none_or(|last| {
+        (p.at - last.at) >= chrono::Duration::seconds(10)
+            || p.users >= last.users + (last.users / 10).max(10)
+    });
+    if !apart {
+        history.pop();
+    }
+    history.push(p);
+    if history.len() > cap.max(2) {
+        let last = history.len() - 1;
+        let mut i = 0;
+        history.retain(|_| {
+            let keep = i % 2 == 0 || i == last;
+            i += 1;
+            keep
+        });
+    }
+}
+
+fn guardrail(c: &ArmMetrics, t: &ArmMetrics, g: &Guardrails, cost_factor: f64) -> Option<String> {
     if c.requests < g.min_requests || t.requests < g.min_requests {
         return None;
     }
@@ -385,10 +627,18 @@ fn guardrail(c: &ArmMetrics, t: &ArmMetrics, g: &Guardrails) -> Option<String> {
             t.latency_p99_ms, c.latency_p99_ms, g.max_latency_ratio
         ));
     }
-    if c.tokens_per_rerank > 0.0 && t.tokens_per_rerank > c.tokens_per_rerank * g.max_tokens_ratio {
+    let allowed = g.max_tokens_ratio * cost_factor;
+    if c.tokens_per_rerank > 0.0 && t.tokens_per_rerank > c.tokens_per_rerank * allowed {
         return Some(format!(
-            "guardrail: {:.0} LLM tokens per rerank (treatment) vs {:.0} (control), over {} times",
-            t.tokens_per_rerank, c.tokens_per_rerank, g.max_tokens_ratio
+            "guardrail: {:.0} LLM tokens per rerank (treatment) vs {:.0} (control), over {} times{}",
+            t.tokens_per_rerank,
+            c.tokens_per_rerank,
+            g.max_tokens_ratio,
+            if cost_factor > 1.0 {
+                format!(" the {cost_factor}x an interleaved request costs by design")
+            } else {
+                String::new()
+            }
         ));
     }
     None

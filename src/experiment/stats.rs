@@ -28,37 +28,63 @@ pub fn confidence_half_width(v: f64, tau2: f64, alpha: f64) -> f64 {
     (v * (v + tau2) / tau2 * (((v + tau2) / v).ln() + 2.0 * (1.0 / alpha).ln())).sqrt()
 }
 
-/// Complementary error function (Abramowitz and Stegun 7.1.26; absolute error below 1.5e-7).
-pub fn erfc(x: f64) -> f64 {
-    let z = x.abs();
-    let t = 1.0 / (1.0 + 0.327_591_1 * z);
-    let poly = t
-        * (0.254_829_592
-            + t * (-0.284_496_736
-                + t * (1.421_413_741 + t * (-1.453_152_027 + t * 1.061_405_429))));
-    let r = poly * (-z * z).exp();
-    if x >= 0.0 { r } else { 2.0 - r }
+/// ln Γ(x) for x > 0 (Lanczos, g = 7, nine terms; relative error below 1e-14).
+pub fn ln_gamma(x: f64) -> f64 {
+    const G: f64 = 7.0;
+    const C: [f64; 9] = [
+        0.999_999_999_999_809_9,
+        676.520_368_121_885_1,
+        -1_259.139_216_722_402_8,
+        771.323_428_777_653_1,
+        -176.615_029_162_140_6,
+        12.507_343_278_686_905,
+        -0.138_571_095_265_720_12,
+        9.984_369_578_019_572e-6,
+        1.505_632_735_149_311_6e-7,
+    ];
+    if x < 0.5 {
+        // Reflection: Γ(x) Γ(1 - x) = π / sin(π x).
+        let pi = std::f64::consts::PI;
+        return (pi / (pi * x).sin()).ln() - ln_gamma(1.0 - x);
+    }
+    let x = x - 1.0;
+    let mut a = C[0];
+    let t = x + G + 0.5;
+    for (i, c) in C.iter().enumerate().skip(1) {
+        a += c / (x + i as f64);
+    }
+    0.5 * (2.0 * std::f64::consts::PI).ln() + (x + 0.5) * t.ln() - t + a.ln()
 }
 
-/// p-value of a chi-square statistic with one degree of freedom.
-pub fn chi2_1_p(stat: f64) -> f64 {
-    if stat <= 0.0 {
-        1.0
-    } else {
-        erfc((stat / 2.0).sqrt())
+/// Strength of the Dirichlet prior of the sample-ratio check: its mean is the planned split,
+/// its concentration that of 100 observations (most sensitive to shares off by a few points).
+pub const SRM_PRIOR: f64 = 100.0;
+
+/// ln of the Bayes factor of the counts under a Dirichlet-multinomial (prior mean `planned`,
+/// concentration `prior`) against the multinomial with the planned shares (Lindon and Malek
+/// 2022, "Anytime-valid inference for multinomial count data"):
+/// `ln Γ(A) - ln Γ(A + n) + Σ [ln Γ(α_i + n_i) - ln Γ(α_i)] - Σ n_i ln p_i`, α = prior × planned.
+pub fn srm_log_bayes_factor(counts: &[u64], planned: &[f64], prior: f64) -> f64 {
+    let total: f64 = planned.iter().sum();
+    if counts.len() != planned.len() || total <= 0.0 || planned.iter().any(|p| *p <= 0.0) {
+        return 0.0;
     }
+    let n: f64 = counts.iter().map(|c| *c as f64).sum();
+    let mut lbf = ln_gamma(prior) - ln_gamma(prior + n);
+    for (c, p) in counts.iter().zip(planned) {
+        let (c, p) = (*c as f64, p / total);
+        let a = prior * p;
+        lbf += ln_gamma(a + c) - ln_gamma(a) - c * p.ln();
+    }
+    lbf
 }
 
-/// Sample ratio check: p-value that `control` and `treatment` users came from a split giving
-/// `share` to the treatment (chi-square, one degree of freedom).
-pub fn sample_ratio_p(control: usize, treatment: usize, share: f64) -> f64 {
-    let n = (control + treatment) as f64;
-    if n == 0.0 || share <= 0.0 || share >= 1.0 {
-        return 1.0;
-    }
-    let (et, ec) = (n * share, n * (1.0 - share));
-    let stat = (treatment as f64 - et).powi(2) / et + (control as f64 - ec).powi(2) / ec;
-    chi2_1_p(stat)
+/// The sequential sample-ratio check after a look: the always-valid p-value
+/// `min(previous, 1 / BF)` from the cumulative counts (users per arm) and the planned shares.
+/// O(arms) per look; any number of looks keeps the false alarm rate at the level used.
+pub fn sequential_srm_p(previous: f64, counts: &[u64], planned: &[f64]) -> f64 {
+    let lbf = srm_log_bayes_factor(counts, planned, SRM_PRIOR);
+    previous.min((-lbf).exp()).clamp(0.0, 1.0)
 }
 
 /// Mean and sample variance (0 for fewer than two values).
@@ -107,17 +133,56 @@ mod tests {
     }
 
     #[test]
-    fn erfc_and_the_sample_ratio_check() {
-        assert!((erfc(0.0) - 1.0).abs() < 1e-7);
-        assert!((erfc(1.0) - 0.157_299_2).abs() < 1e-6);
-        assert!((erfc(-1.0) - 1.842_700_8).abs() < 1e-6);
-        // chi2 = 3.841 -> p = 0.05
-        assert!((chi2_1_p(3.841_459) - 0.05).abs() < 1e-4);
-        assert!(sample_ratio_p(500, 500, 0.5) > 0.99);
-        // 900 vs 100 where 50/50 was asked: chi2 = 640
-        assert!(sample_ratio_p(900, 100, 0.5) < 1e-10);
-        // 900 vs 100 with a 10% treatment share is exactly as asked
-        assert!(sample_ratio_p(900, 100, 0.1) > 0.99);
+    fn ln_gamma_matches_known_values() {
+        assert!((ln_gamma(1.0)).abs() < 1e-13);
+        assert!((ln_gamma(0.5) - 0.572_364_942_924_700_1).abs() < 1e-12);
+        assert!((ln_gamma(10.0) - 362_880f64.ln()).abs() < 1e-11);
+        assert!((ln_gamma(0.1) - 2.252_712_651_734_206).abs() < 1e-11);
+        assert!((ln_gamma(1000.5) - 5_908.674_175_848_678).abs() < 1e-8);
+    }
+
+    #[test]
+    fn the_sequential_sample_ratio_check_by_hand() {
+        // One user: the prior predictive is the planned split itself, BF = 1.
+        assert!(srm_log_bayes_factor(&[1, 0], &[0.5, 0.5], 100.0).abs() < 1e-12);
+        // Two users in one arm: Γ(100)/Γ(102) · Γ(52)/Γ(50) / 0.5² = 2550 / 10100 / 0.25.
+        let bf = srm_log_bayes_factor(&[2, 0], &[0.5, 0.5], 100.0).exp();
+        assert!((bf - 2550.0 / 10100.0 / 0.25).abs() < 1e-9, "{bf}");
+        // As planned: the evidence is against a mismatch, the p-value stays at 1.
+        assert_eq!(sequential_srm_p(1.0, &[500, 500], &[0.5, 0.5]), 1.0);
+        assert_eq!(sequential_srm_p(1.0, &[900, 100], &[0.9, 0.1]), 1.0);
+        // 900 vs 100 where 50/50 was planned: overwhelming.
+        assert!(sequential_srm_p(1.0, &[900, 100], &[0.5, 0.5]) < 1e-50);
+        // 600 vs 400 of 1,000 against 50/50: ln BF = 17.099 (by lgamma), p = e^-17.1.
+        let lbf = srm_log_bayes_factor(&[600, 400], &[0.5, 0.5], 100.0);
+        assert!((lbf - 17.098_940_416).abs() < 1e-6, "{lbf}");
+        // Never rises again once low.
+        assert_eq!(sequential_srm_p(0.01, &[500, 500], &[0.5, 0.5]), 0.01);
+        // Unequal planned weights need not sum to one.
+        assert_eq!(
+            srm_log_bayes_factor(&[30, 10], &[3.0, 1.0], 100.0),
+            srm_log_bayes_factor(&[30, 10], &[0.75, 0.25], 100.0)
+        );
+    }
+
+    #[test]
+    fn the_sequential_sample_ratio_check_rarely_fires_on_a_fair_split() {
+        // 200 seeded fair 50/50 streams of 5,000 users, looked at after every user: the
+        // always-valid check must fire in at most alpha of them (alpha 0.01 here: <= ~2).
+        let mut fired = 0;
+        let mut x: u64 = 0x2545_F491_4F6C_DD1D;
+        for _ in 0..200 {
+            let (mut c, mut p) = ([0u64; 2], 1.0f64);
+            for _ in 0..5_000 {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                c[(x >> 63) as usize] += 1;
+                p = sequential_srm_p(p, &c, &[0.5, 0.5]);
+            }
+            fired += usize::from(p < 0.01);
+        }
+        assert!(fired <= 4, "{fired} of 200 fair streams flagged at 0.01");
     }
 
     #[test]

@@ -14,7 +14,7 @@ use super::error::{AppError, ErrorBody, Json, Path};
 use super::state::AppState;
 use crate::auth::Principal;
 use crate::cluster::looker;
-use crate::experiment::ExperimentSettings;
+use crate::experiment::{Design, ExperimentSettings};
 use crate::store::experiments::{self as db, ExperimentRow, NewExperiment, StartError};
 use crate::store::prompts::{self as prompts_db, PRODUCTION};
 
@@ -54,6 +54,12 @@ pub struct NewExperimentBody {
     /// `p_gen` (default) or `blend`.
     #[serde(default)]
     pub name: Compared,
+    /// `ab` (default): users are split between control and treatment. `interleave`: users
+    /// in the treatment's share see one list merged from both rankings (team-draft), and
+    /// clicks say which ranking's items they preferred; the others see the control. An
+    /// interleaved `p_gen` request costs two profiles and two rankings; a blend's, one.
+    #[serde(default)]
+    pub design: Design,
     /// The label whose traffic is split (default `production`).
     #[serde(default)]
     #[schema(pattern = "LABEL")]
@@ -119,6 +125,7 @@ pub async fn create(
         project: &who.project,
         name,
         label: &label,
+        design: body.design,
         control,
         treatment: body.treatment,
         treatment_share: share,
@@ -127,7 +134,9 @@ pub async fn create(
     };
     match db::start(&state.pool, &new).await {
         Ok(row) => Ok((StatusCode::CREATED, Json(row))),
-        Err(e @ StartError::Running { .. }) => Err(AppError::Conflict(e.to_string())),
+        Err(e @ (StartError::Running { .. } | StartError::Interleaving(_))) => {
+            Err(AppError::Conflict(e.to_string()))
+        }
         Err(StartError::Db(e)) => Err(e.into()),
     }
 }

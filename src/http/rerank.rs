@@ -1,5 +1,6 @@
 //! `POST /v1/rerank`, `POST /v1/feedback`, `GET /v1/users/{id}/profile`.
 
+use crate::experiment::fold::Arm;
 use std::collections::HashSet;
 
 use axum::extract::State;
@@ -212,8 +213,23 @@ pub struct RerankMeta {
     /// answered without log-probabilities (ranked again by generation). Null when the LLM
     /// was not asked or failed.
     pub rank: Option<RankInfo>,
+    /// Present when the list was interleaved (the user is in an interleaved experiment's
+    /// share): what was merged, and per result the arm (team) that supplied it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interleaving: Option<InterleavingMeta>,
     pub usage: Usage,
     pub latency_ms: u64,
+}
+
+/// An interleaved answer.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct InterleavingMeta {
+    /// `p_gen` or `blend`: what the experiment compares.
+    pub name: String,
+    pub control: i32,
+    pub treatment: i32,
+    /// Per result, in order: `control` or `treatment`.
+    pub teams: Vec<Arm>,
 }
 
 /// Answer of `POST /v1/rerank`.
@@ -282,6 +298,7 @@ pub async fn rerank(
     Json(body): Json<RerankBody>,
 ) -> Result<Json<RerankResponse>, AppError> {
     let req = request(&state, &who, body)?;
+    let req_top_n = req.top_n;
     let out = state.reranker.rerank(&req).await.map_err(|e| match e {
         RerankError::Invalid(m) => AppError::Validation(m),
         RerankError::StrictTimeout(m) => AppError::UpstreamTimeout(m),
@@ -312,6 +329,12 @@ pub async fn rerank(
             repaired: out.repaired,
             blend: out.blend,
             rank: out.rank,
+            interleaving: out.interleaving.map(|i| InterleavingMeta {
+                name: i.name.to_string(),
+                control: i.control,
+                treatment: i.treatment,
+                teams: i.teams.into_iter().take(req_top_n).collect(),
+            }),
             usage: out.usage.into(),
             latency_ms: out.latency_ms,
         },

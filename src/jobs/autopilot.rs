@@ -18,7 +18,7 @@ use utoipa::ToSchema;
 
 use super::optimize::OptParams;
 use crate::eval::Protocol;
-use crate::experiment::ExperimentSettings;
+use crate::experiment::{Design, ExperimentSettings};
 use crate::store::autopilot::{self as db, Run};
 use crate::store::experiments::{self as experiments_db, NewExperiment, StartError};
 use crate::store::jobs as jobs_db;
@@ -37,6 +37,9 @@ pub struct AutopilotSettings {
     /// Share of users given the candidate in the experiment.
     #[schema(minimum = 0.01, maximum = 0.5)]
     pub treatment_share: f64,
+    /// How the experiment shows the candidate: `ab` (a share of users sees it) or
+    /// `interleave` (a share of users sees it merged with production's ranking).
+    pub design: Design,
     pub experiment: ExperimentSettings,
 }
 
@@ -51,6 +54,7 @@ impl Default for AutopilotSettings {
             min_new_positives: 200,
             optimization,
             treatment_share: 0.1,
+            design: Design::Ab,
             experiment: ExperimentSettings::default(),
         }
     }
@@ -211,6 +215,7 @@ async fn after_optimization(
                         project,
                         name: "p_gen",
                         label: PRODUCTION,
+                        design: s.design,
                         control: base_v,
                         treatment: best_v,
                         treatment_share: s.treatment_share,
@@ -234,10 +239,8 @@ async fn after_optimization(
                             )
                             .await?;
                         }
-                        Err(StartError::Running { id, .. }) => {
-                            let why = format!(
-                                "{why}; not started: experiment {id} is running on production"
-                            );
+                        Err(StartError::Running { id, .. } | StartError::Interleaving(id)) => {
+                            let why = format!("{why}; not started: experiment {id} is running");
                             db::advance(pool, run.id, "optimizing", "skipped", None, &why).await?;
                         }
                         Err(StartError::Db(e)) => return Err(e),

@@ -40,6 +40,19 @@ pub struct BlendUsed {
     pub skipped: Vec<String>,
 }
 
+/// A stored blend version as used.
+fn stored_blend(version: i32, text: &str) -> Result<BlendUsed, RerankError> {
+    let spec = blends::decode(text).ok_or_else(|| {
+        RerankError::Invalid(format!("blend version {version} holds no readable weights"))
+    })?;
+    Ok(BlendUsed {
+        version: Some(version),
+        weights: spec.weights,
+        rank_mode: spec.rank_mode,
+        skipped: Vec::new(),
+    })
+}
+
 /// How often a project's item-kNN model is refit from its interactions.
 pub const KNN_REFRESH: Duration = Duration::from_secs(600);
 /// Wait before retrying a failed fit.
@@ -58,32 +71,34 @@ struct KnnEntry {
 }
 
 impl Reranker {
-    /// The request's blend: its own weights, or the stored version its selector names.
-    pub(super) async fn blend_for(&self, req: &RerankRequest) -> Result<BlendUsed, RerankError> {
-        let (version, spec) = match &req.blend {
-            BlendSelector::Weights(w) => (
-                None,
-                blends::BlendSpec {
+    /// The request's blend: its own weights, or the stored version its selector names; and
+    /// the control's when the blend label interleaves and the user is in the interleaved
+    /// share (the first is then the treatment's).
+    pub(super) async fn blend_for(
+        &self,
+        req: &RerankRequest,
+    ) -> Result<(BlendUsed, Option<BlendUsed>), RerankError> {
+        match &req.blend {
+            BlendSelector::Weights(w) => Ok((
+                BlendUsed {
+                    version: None,
                     weights: *w,
                     rank_mode: None,
+                    skipped: Vec::new(),
                 },
-            ),
+                None,
+            )),
             BlendSelector::Stored(sel) => {
-                let (v, text) = self
-                    .resolve_entry(&req.project, BLEND, "blend", sel, &req.user_id)
+                let pair = self
+                    .resolve_pair(&req.project, BLEND, "blend", sel, &req.user_id)
                     .await?;
-                let spec = blends::decode(&text).ok_or_else(|| {
-                    RerankError::Invalid(format!("blend version {v} holds no readable weights"))
-                })?;
-                (Some(v), spec)
+                let control = match pair.control {
+                    Some((v, text)) => Some(stored_blend(v, &text)?),
+                    None => None,
+                };
+                Ok((stored_blend(pair.chosen.0, &pair.chosen.1)?, control))
             }
-        };
-        Ok(BlendUsed {
-            version,
-            weights: spec.weights,
-            rank_mode: spec.rank_mode,
-            skipped: Vec::new(),
-        })
+        }
     }
 
     /// The answer's order: the blend's components fused. `llm` is the LLM's order, `None`

@@ -58,6 +58,10 @@ impl Reranker {
             usage: serde_json::to_value(out.usage).unwrap_or_default(),
             blend: serde_json::to_value(&out.blend).unwrap_or_default(),
             history: serde_json::Value::from(out.history.clone()),
+            teams: out
+                .interleaving
+                .as_ref()
+                .map(|i| crate::experiment::interleave::encode_teams(&i.teams)),
         };
         let Some(journal) = &self.journal else {
             if let Err(e) = db::insert_rerank_logs(&self.pool, std::slice::from_ref(&row)).await {

@@ -33,6 +33,8 @@ use uuid::Uuid;
 
 use crate::agp::profile;
 use crate::agp::rank::{self, RankMode, RankOptions};
+use crate::experiment::fold::Arm;
+use crate::experiment::interleave::{self, team_draft};
 use crate::llm::usage::TallySnapshot;
 use crate::llm::{CallContext, LlmClient, LlmError, Role, Tally};
 use crate::store::journal::{Journal, JournalOptions};
@@ -184,8 +186,21 @@ pub struct RerankOutcome {
     pub rank: Option<RankInfo>,
     /// The history the answer was made for (item ids, oldest first), as logged.
     pub history: Vec<String>,
+    /// An interleaved request's two sides and the team of every position of `order`.
+    pub interleaving: Option<InterleavingUsed>,
     pub usage: TallySnapshot,
     pub latency_ms: u64,
+}
+
+/// An interleaved answer: what was merged, and which side supplied each position.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct InterleavingUsed {
+    /// `p_gen` or `blend`: what the experiment compares.
+    pub name: &'static str,
+    pub control: i32,
+    pub treatment: i32,
+    /// Per position of the order, the arm (team) that supplied it.
+    pub teams: Vec<Arm>,
 }
 
 /// Failures that are not answered with a fallback.
@@ -227,12 +242,26 @@ impl std::fmt::Debug for Reranker {
 }
 
 /// The LLM's part of an answer: its order, or the fallback reason.
+#[derive(Clone)]
 struct Answer {
     order: Option<Vec<usize>>,
     fallback: Option<(Fallback, String)>,
     repaired: bool,
     profile_id: Option<Uuid>,
     rank: Option<RankInfo>,
+}
+
+impl Answer {
+    /// No LLM answer (the blend does not ask the LLM).
+    fn none() -> Answer {
+        Answer {
+            order: None,
+            fallback: None,
+            repaired: false,
+            profile_id: None,
+            rank: None,
+        }
+    }
 }
 
 impl Reranker {
@@ -261,8 +290,11 @@ impl Reranker {
     /// Reranks. Client mistakes are errors; LLM faults are fallbacks unless `strict`.
     pub async fn rerank(&self, req: &RerankRequest) -> Result<RerankOutcome, RerankError> {
         let started = Instant::now();
-        let prompts = self.prompts_for(req).await?;
-        let mut blend = self.blend_for(req).await?;
+        let (prompts, control_prompts) = self.prompts_for(req).await?;
+        let (mut blend, control_blend) = self.blend_for(req).await?;
+        // One interleaved experiment per project (checked at start); should a `p_gen` and a
+        // blend label both interleave for this user, the `p_gen` one is served.
+        let control_blend = control_blend.filter(|_| control_prompts.is_none());
         let candidates = self
             .load_items(&req.project, &req.candidates, "candidates")
             .await?;
@@ -272,24 +304,43 @@ impl Reranker {
             .rank_mode
             .or(blend.rank_mode)
             .unwrap_or(self.settings.rank.mode);
-        let answer = if blend.weights.llm > 0.0 {
-            match self
-                .ranked_by_llm(req, &prompts, &history, &candidates, &tally, mode)
-                .await
-            {
-                Ok(answer) => answer,
-                Err((reason, detail)) => self.fall_back(req, reason, detail)?,
-            }
-        } else {
-            Answer {
-                order: None,
-                fallback: None,
-                repaired: false,
-                profile_id: None,
-                rank: None,
+        let llm_needed =
+            blend.weights.llm > 0.0 || control_blend.as_ref().is_some_and(|b| b.weights.llm > 0.0);
+        let (history_ref, candidates_ref) = (&history[..], &candidates[..]);
+        let ranked = |p: Prompts| {
+            let tally = tally.clone();
+            async move {
+                self.llm_answer(req, &p, history_ref, candidates_ref, &tally, mode)
+                    .await
             }
         };
-        let order = self
+        let (answer, control_answer) = match (&control_prompts, llm_needed) {
+            (_, false) => (Answer::none(), None),
+            (None, true) => (ranked(prompts.clone()).await?, None),
+            // An interleaved `p_gen` request: both profiles and both rankings, side by side.
+            (Some(cp), true) => {
+                let (t, c) = tokio::join!(ranked(prompts.clone()), ranked(cp.clone()));
+                (t?, Some(c?))
+            }
+        };
+        let control_side = match (&control_prompts, control_blend) {
+            (Some(cp), _) => Some((
+                "p_gen",
+                cp.profile.0,
+                prompts.profile.0,
+                blend.clone(),
+                control_answer.unwrap_or_else(Answer::none),
+            )),
+            (None, Some(cb)) => Some((
+                crate::store::blends::BLEND,
+                cb.version.unwrap_or_default(),
+                blend.version.unwrap_or_default(),
+                cb,
+                answer.clone(),
+            )),
+            (None, None) => None,
+        };
+        let mut order = self
             .fused_order(
                 req,
                 &mut blend,
@@ -298,6 +349,20 @@ impl Reranker {
                 &history,
             )
             .await;
+        let mut interleaving = None;
+        if let Some((name, control, treatment, mut cb, ca)) = control_side {
+            let control_order = self
+                .fused_order(req, &mut cb, ca.order.as_deref(), &candidates, &history)
+                .await;
+            let merged = team_draft(&control_order, &order, interleave::seed(&req.request_id));
+            order = merged.order;
+            interleaving = Some(InterleavingUsed {
+                name,
+                control,
+                treatment,
+                teams: merged.teams,
+            });
+        }
         let n = candidates.len();
         let outcome = RerankOutcome {
             results: order
@@ -313,7 +378,7 @@ impl Reranker {
             prompt_version: prompts.profile_version(),
             prompt_versions: prompts.versions(),
             profile_id: answer.profile_id,
-            model: (blend.weights.llm > 0.0)
+            model: llm_needed
                 .then(|| self.llm.model(Role::Rank).map(str::to_string))
                 .flatten(),
             fallback: answer.fallback.as_ref().map(|f| f.0),
@@ -325,9 +390,29 @@ impl Reranker {
             usage: tally.snapshot(),
             latency_ms: started.elapsed().as_millis() as u64,
             order,
+            interleaving,
         };
         self.log(req, &outcome, started).await;
         Ok(outcome)
+    }
+
+    /// The LLM's answer with these prompts, or the fallback's (an error if `strict`).
+    async fn llm_answer(
+        &self,
+        req: &RerankRequest,
+        prompts: &Prompts,
+        history: &[Arc<crate::store::rerank::ItemLite>],
+        candidates: &[Arc<crate::store::rerank::ItemLite>],
+        tally: &Arc<Tally>,
+        mode: RankMode,
+    ) -> Result<Answer, RerankError> {
+        match self
+            .ranked_by_llm(req, prompts, history, candidates, tally, mode)
+            .await
+        {
+            Ok(answer) => Ok(answer),
+            Err((reason, detail)) => self.fall_back(req, reason, detail),
+        }
     }
 
     /// The call context of a rerank's LLM calls: interactive, bounded by the deadline.

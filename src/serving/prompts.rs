@@ -41,12 +41,22 @@ impl Prompts {
 }
 
 impl Reranker {
-    /// The prompts of this request.
-    pub(super) async fn prompts_for(&self, req: &RerankRequest) -> Result<Prompts, RerankError> {
+    /// The prompts of this request, and the control's when its `p_gen` label interleaves
+    /// and the user is in the interleaved share (the first are then the treatment's).
+    pub(super) async fn prompts_for(
+        &self,
+        req: &RerankRequest,
+    ) -> Result<(Prompts, Option<Prompts>), RerankError> {
         let project = req.project.as_str();
         let production = PromptSelector::Label(PRODUCTION.into());
         let profile = self
-            .resolve_prompt(project, PromptName::PGen, &req.prompt, &req.user_id)
+            .resolve_pair(
+                project,
+                PromptName::PGen.as_str(),
+                "prompt",
+                &req.prompt,
+                &req.user_id,
+            )
             .await?;
         let rank = self
             .resolve_prompt(project, PromptName::PRank, &production, &req.user_id)
@@ -59,11 +69,16 @@ impl Reranker {
         } else {
             None
         };
-        Ok(Prompts {
-            profile,
+        let prompts = Prompts {
+            profile: profile.chosen,
             rank,
             summary,
-        })
+        };
+        let control = profile.control.map(|c| Prompts {
+            profile: c,
+            ..prompts.clone()
+        });
+        Ok((prompts, control))
     }
 
     /// Resolves a prompt by version or label (an A/B split picks by a stable hash of the user).
@@ -88,43 +103,81 @@ impl Reranker {
         sel: &PromptSelector,
         user: &str,
     ) -> Result<(i32, Arc<String>), RerankError> {
-        let version = match sel {
-            PromptSelector::Version(v) => *v,
+        Ok(self
+            .resolve_pair(project, name, what, sel, user)
+            .await?
+            .chosen)
+    }
+
+    /// Resolves a registry entry like [`Self::resolve_entry`], with the control's version
+    /// too when the label interleaves and this user is in the interleaved share.
+    pub(super) async fn resolve_pair(
+        &self,
+        project: &str,
+        name: &'static str,
+        what: &str,
+        sel: &PromptSelector,
+        user: &str,
+    ) -> Result<Resolved, RerankError> {
+        let (version, control) = match sel {
+            PromptSelector::Version(v) => (*v, None),
             PromptSelector::Label(label) => {
-                let key = LabelKey {
-                    project: project.to_string(),
-                    name,
-                    label: label.clone(),
-                };
-                let row = match self.caches.labels.get(&key) {
-                    Some(r) => r,
-                    None => {
-                        let r = crate::store::prompts::label(&self.pool, project, name, label)
-                            .await?
-                            .ok_or_else(|| {
-                                RerankError::Invalid(format!(
-                                    "{what} label {label:?} does not exist for {name}"
-                                ))
-                            })?;
-                        let r = Arc::new(r);
-                        self.caches.labels.insert(key, r.clone());
-                        r
-                    }
-                };
-                label_version(&row, user).ok_or_else(|| {
+                let row = self.label_row(project, name, what, label).await?;
+                let version = label_version(&row, user).ok_or_else(|| {
                     RerankError::Invalid(format!(
                         "{what} label {label:?} of {name} points at no version"
                     ))
-                })?
+                })?;
+                (version, interleaved_control(&row, version))
             }
         };
+        let chosen = (version, self.template(project, name, what, version).await?);
+        let control = match control {
+            Some(c) => Some((c, self.template(project, name, what, c).await?)),
+            None => None,
+        };
+        Ok(Resolved { chosen, control })
+    }
+
+    async fn label_row(
+        &self,
+        project: &str,
+        name: &'static str,
+        what: &str,
+        label: &str,
+    ) -> Result<Arc<LabelRow>, RerankError> {
+        let key = LabelKey {
+            project: project.to_string(),
+            name,
+            label: label.to_string(),
+        };
+        if let Some(r) = self.caches.labels.get(&key) {
+            return Ok(r);
+        }
+        let r = crate::store::prompts::label(&self.pool, project, name, label)
+            .await?
+            .ok_or_else(|| {
+                RerankError::Invalid(format!("{what} label {label:?} does not exist for {name}"))
+            })?;
+        let r = Arc::new(r);
+        self.caches.labels.insert(key, r.clone());
+        Ok(r)
+    }
+
+    async fn template(
+        &self,
+        project: &str,
+        name: &'static str,
+        what: &str,
+        version: i32,
+    ) -> Result<Arc<String>, RerankError> {
         let tkey = TemplateKey {
             project: project.to_string(),
             name,
             version,
         };
         if let Some(t) = self.caches.templates.get(&tkey) {
-            return Ok((version, t));
+            return Ok(t);
         }
         let row = crate::store::prompts::version(&self.pool, project, name, version)
             .await?
@@ -135,8 +188,25 @@ impl Reranker {
             })?;
         let t = Arc::new(row.template);
         self.caches.templates.insert(tkey, t.clone());
-        Ok((version, t))
+        Ok(t)
     }
+}
+
+/// A resolved entry: the version that answers (for an interleaved user, the treatment), and
+/// the control's when the user sees both interleaved.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    pub chosen: (i32, Arc<String>),
+    pub control: Option<(i32, Arc<String>)>,
+}
+
+/// The control an interleaving label merges with `chosen` (the version drawn for the user):
+/// some when the label interleaves and the user was drawn into its last arm.
+pub fn interleaved_control(row: &LabelRow, chosen: i32) -> Option<i32> {
+    let arms = row.split.as_deref().filter(|_| row.interleave)?;
+    let (first, last) = (arms.first()?, arms.last()?);
+    (arms.len() >= 2 && chosen == last.version && first.version != last.version)
+        .then_some(first.version)
 }
 
 /// The version a label gives this user: its version, or the A/B arm chosen by a stable hash

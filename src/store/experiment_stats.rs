@@ -20,10 +20,11 @@ use uuid::Uuid;
 
 use super::experiments::ExperimentRow;
 use super::rerank::{IN_RUNNING_EXPERIMENT, arm_version};
-use crate::experiment::ArmMetrics;
 use crate::experiment::fold::{
     Arm, ArmSums, LoggedRequest, Pending, Positive, UserCounts, fold, fold_users,
 };
+use crate::experiment::interleave::decode_teams;
+use crate::experiment::{ArmMetrics, Design};
 
 /// Requests folded per transaction.
 pub const BATCH: i64 = 5_000;
@@ -140,7 +141,7 @@ async fn backfill(tx: &mut Transaction<'_, Postgres>, id: Uuid) -> Result<(), sq
     Ok(())
 }
 
-/// (id, created_at, user, version, order shown, fell back, latency, usage).
+/// (id, created_at, user, version, order shown, fell back, latency, usage, teams).
 type RequestTuple = (
     String,
     DateTime<Utc>,
@@ -150,6 +151,7 @@ type RequestTuple = (
     bool,
     i32,
     serde_json::Value,
+    Option<String>,
 );
 
 /// Reads the requests of the taken entries with every positive event on them.
@@ -186,7 +188,7 @@ async fn read_pending(
         rows.extend(
             sqlx::query_as::<_, RequestTuple>(sqlx::AssertSqlSafe(format!(
                 "SELECT r.id, r.created_at, r.user_id, {}, r.result_order, r.fallback IS NOT NULL,
-                        r.latency_ms, r.usage
+                        r.latency_ms, r.usage, r.teams
                  FROM rerank_requests r
                  WHERE r.id = ANY($1) AND r.created_at BETWEEN $2 AND $3 AND r.project = $4",
                 arm_version(&e.name)
@@ -220,7 +222,7 @@ async fn read_pending(
             .push(Positive { feedback_id, item });
     }
     let mut pending = Vec::with_capacity(rows.len());
-    for (id, at, user, version, order, fallback, latency_ms, usage) in rows {
+    for (id, at, user, version, order, fallback, latency_ms, usage, teams) in rows {
         let key = (id, at);
         let Some((new_request, new_feedback)) = keys.remove(&key) else {
             continue;
@@ -239,6 +241,7 @@ async fn read_pending(
                 latency_ms,
                 llm_calls: u("llm_calls"),
                 tokens: u("prompt_tokens") + u("completion_tokens"),
+                teams: teams.as_deref().map(decode_teams),
             },
             positives: positives.remove(&key).unwrap_or_default(),
             new_request,
@@ -276,8 +279,8 @@ async fn write_delta(
     let delta = fold(pending, k);
     let arms: Vec<&str> = delta.users.keys().map(|(a, _)| a.as_str()).collect();
     let users: Vec<&str> = delta.users.keys().map(|(_, u)| u.as_str()).collect();
-    let before: Vec<(String, String, i32, i32)> = sqlx::query_as(
-        "SELECT u.arm, u.user_id, u.requests, u.positive_requests
+    let before: Vec<(String, String, i32, i32, i32, i32)> = sqlx::query_as(
+        "SELECT u.arm, u.user_id, u.requests, u.positive_requests, u.wins, u.losses
          FROM experiment_users u JOIN UNNEST($2::text[], $3::text[]) AS k(arm, user_id)
               ON u.arm = k.arm AND u.user_id = k.user_id
          WHERE u.experiment_id = $1",
@@ -289,22 +292,25 @@ async fn write_delta(
     .await?;
     let before: HashMap<(Arm, String), UserCounts> = before
         .into_iter()
-        .filter_map(|(arm, user, requests, positive)| {
+        .filter_map(|(arm, user, requests, positive, wins, losses)| {
             Some((
                 (Arm::parse(&arm)?, user),
                 UserCounts {
                     requests: i64::from(requests),
                     positive_requests: i64::from(positive),
+                    wins: i64::from(wins),
+                    losses: i64::from(losses),
                 },
             ))
         })
         .collect();
     let (user_sums, after) = fold_users(&delta.users, &before);
     sqlx::query(
-        "INSERT INTO experiment_users (experiment_id, arm, user_id, requests, positive_requests)
-         SELECT $1, * FROM UNNEST($2::text[], $3::text[], $4::int4[], $5::int4[])
+        "INSERT INTO experiment_users (experiment_id, arm, user_id, requests, positive_requests, wins, losses)
+         SELECT $1, * FROM UNNEST($2::text[], $3::text[], $4::int4[], $5::int4[], $6::int4[], $7::int4[])
          ON CONFLICT (experiment_id, arm, user_id)
-           DO UPDATE SET requests = EXCLUDED.requests, positive_requests = EXCLUDED.positive_requests",
+           DO UPDATE SET requests = EXCLUDED.requests, positive_requests = EXCLUDED.positive_requests,
+                         wins = EXCLUDED.wins, losses = EXCLUDED.losses",
     )
     .bind(id)
     .bind(after.iter().map(|((a, _), _)| a.as_str()).collect::<Vec<_>>())
@@ -316,6 +322,8 @@ async fn write_delta(
             .map(|(_, c)| c.positive_requests as i32)
             .collect::<Vec<_>>(),
     )
+    .bind(after.iter().map(|(_, c)| c.wins as i32).collect::<Vec<_>>())
+    .bind(after.iter().map(|(_, c)| c.losses as i32).collect::<Vec<_>>())
     .execute(&mut **tx)
     .await?;
     for (i, arm) in Arm::BOTH.iter().enumerate() {
@@ -329,7 +337,12 @@ async fn write_delta(
                 positive_at_k = positive_at_k + $5, reciprocal_rank_sum = reciprocal_rank_sum + $6,
                 fallbacks = fallbacks + $7, llm_calls = llm_calls + $8, tokens = tokens + $9,
                 users = users + $10, users_with_positive = users_with_positive + $11,
-                user_ctr_sum = user_ctr_sum + $12, user_ctr_sq_sum = user_ctr_sq_sum + $13
+                user_ctr_sum = user_ctr_sum + $12, user_ctr_sq_sum = user_ctr_sq_sum + $13,
+                wins = wins + $14, losses = losses + $15, ties = ties + $16,
+                control_team_clicks = control_team_clicks + $17,
+                treatment_team_clicks = treatment_team_clicks + $18,
+                pref_users = pref_users + $19, pref_sum = pref_sum + $20,
+                pref_sq_sum = pref_sq_sum + $21
              WHERE experiment_id = $1 AND arm = $2",
         )
         .bind(id)
@@ -345,6 +358,14 @@ async fn write_delta(
         .bind(d.users_with_positive)
         .bind(d.user_ctr_sum)
         .bind(d.user_ctr_sq_sum)
+        .bind(d.wins)
+        .bind(d.losses)
+        .bind(d.ties)
+        .bind(d.control_team_clicks)
+        .bind(d.treatment_team_clicks)
+        .bind(d.pref_users)
+        .bind(d.pref_sum)
+        .bind(d.pref_sq_sum)
         .execute(&mut **tx)
         .await?;
     }
@@ -366,31 +387,40 @@ async fn write_delta(
     Ok(())
 }
 
-/// (arm, requests, positives, positive_at_k, reciprocal_rank_sum, fallbacks, llm_calls,
-/// tokens, users, users_with_positive, user_ctr_sum, user_ctr_sq_sum).
-type ArmTuple = (
-    String,
-    i64,
-    i64,
-    i64,
-    f64,
-    i64,
-    f64,
-    f64,
-    i64,
-    i64,
-    f64,
-    f64,
-);
+/// An `experiment_arms` row as stored.
+#[derive(sqlx::FromRow)]
+struct StoredArm {
+    arm: String,
+    requests: i64,
+    positives: i64,
+    positive_at_k: i64,
+    reciprocal_rank_sum: f64,
+    fallbacks: i64,
+    llm_calls: f64,
+    tokens: f64,
+    users: i64,
+    users_with_positive: i64,
+    user_ctr_sum: f64,
+    user_ctr_sq_sum: f64,
+    wins: i64,
+    losses: i64,
+    ties: i64,
+    control_team_clicks: i64,
+    treatment_team_clicks: i64,
+    pref_users: i64,
+    pref_sum: f64,
+    pref_sq_sum: f64,
+}
 
 /// The stored sums and latency histogram of both arms (control, treatment).
 pub async fn arm_sums(
     pool: &PgPool,
     id: Uuid,
 ) -> Result<[(ArmSums, BTreeMap<i32, i64>); 2], sqlx::Error> {
-    let rows: Vec<ArmTuple> = sqlx::query_as(
+    let rows: Vec<StoredArm> = sqlx::query_as(
         "SELECT arm, requests, positives, positive_at_k, reciprocal_rank_sum, fallbacks, llm_calls,
-                tokens, users, users_with_positive, user_ctr_sum, user_ctr_sq_sum
+                tokens, users, users_with_positive, user_ctr_sum, user_ctr_sq_sum, wins, losses, ties,
+                control_team_clicks, treatment_team_clicks, pref_users, pref_sum, pref_sq_sum
          FROM experiment_arms WHERE experiment_id = $1",
     )
     .bind(id)
@@ -404,19 +434,27 @@ pub async fn arm_sums(
     .await?;
     let mut out: [(ArmSums, BTreeMap<i32, i64>); 2] = Default::default();
     for r in rows {
-        let i = usize::from(Arm::parse(&r.0) == Some(Arm::Treatment));
+        let i = usize::from(Arm::parse(&r.arm) == Some(Arm::Treatment));
         out[i].0 = ArmSums {
-            requests: r.1,
-            positives: r.2,
-            positive_at_k: r.3,
-            reciprocal_rank_sum: r.4,
-            fallbacks: r.5,
-            llm_calls: r.6,
-            tokens: r.7,
-            users: r.8,
-            users_with_positive: r.9,
-            user_ctr_sum: r.10,
-            user_ctr_sq_sum: r.11,
+            requests: r.requests,
+            positives: r.positives,
+            positive_at_k: r.positive_at_k,
+            reciprocal_rank_sum: r.reciprocal_rank_sum,
+            fallbacks: r.fallbacks,
+            llm_calls: r.llm_calls,
+            tokens: r.tokens,
+            users: r.users,
+            users_with_positive: r.users_with_positive,
+            user_ctr_sum: r.user_ctr_sum,
+            user_ctr_sq_sum: r.user_ctr_sq_sum,
+            wins: r.wins,
+            losses: r.losses,
+            ties: r.ties,
+            control_team_clicks: r.control_team_clicks,
+            treatment_team_clicks: r.treatment_team_clicks,
+            pref_users: r.pref_users,
+            pref_sum: r.pref_sum,
+            pref_sq_sum: r.pref_sq_sum,
         };
     }
     for (arm, ms, n) in latency {
@@ -432,7 +470,11 @@ pub async fn metrics(
     e: &ExperimentRow,
 ) -> Result<(ArmMetrics, ArmMetrics), sqlx::Error> {
     let [(c, cl), (t, tl)] = arm_sums(pool, e.id).await?;
-    Ok((c.metrics(e.control, &cl), t.metrics(e.treatment, &tl)))
+    let mut treatment = t.metrics(e.treatment, &tl);
+    if e.design == Design::Interleave {
+        treatment.interleaving = Some(t.team_metrics());
+    }
+    Ok((c.metrics(e.control, &cl), treatment))
 }
 
 /// Entries waiting in an experiment's inbox (monitoring, tests).

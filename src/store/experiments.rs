@@ -7,8 +7,9 @@ use sqlx::PgPool;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::prompts::{SplitArm, set_label_tx};
-use crate::experiment::{ExperimentSettings, Look, Observed};
+use super::prompts::{LabelTarget, SplitArm, set_label_tx};
+use crate::experiment::interleave::{Credit, decode_teams};
+use crate::experiment::{Design, ExperimentSettings, Look, Observed};
 
 /// A stored experiment.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -17,14 +18,20 @@ pub struct ExperimentRow {
     /// `p_gen` or `blend`.
     pub name: String,
     pub label: String,
+    /// `ab`: users split between the arms; `interleave`: users in the treatment's share see
+    /// both arms' rankings merged (team-draft), the rest the control.
+    pub design: Design,
     pub control: i32,
     pub treatment: i32,
+    /// Share of users in the treatment (`ab`) or seeing the interleaved list (`interleave`).
     pub treatment_share: f64,
     pub settings: ExperimentSettings,
     /// `running`, `promoted`, `kept_control`, `rolled_back`, `inconclusive` or `stopped`.
     pub status: String,
     /// Always-valid p-value (the minimum over looks).
     pub p_value: f64,
+    /// Always-valid p-value of the sequential sample ratio check (the minimum over looks).
+    pub srm_p: f64,
     pub looks: i32,
     /// The last look's figures and decision.
     #[schema(value_type = Option<Object>)]
@@ -36,43 +43,49 @@ pub struct ExperimentRow {
     pub ended_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
-type Tuple = (
-    Uuid,
-    String,
-    String,
-    i32,
-    i32,
-    f64,
-    serde_json::Value,
-    String,
-    f64,
-    i32,
-    Option<serde_json::Value>,
-    Option<String>,
-    String,
-    chrono::DateTime<chrono::Utc>,
-    Option<chrono::DateTime<chrono::Utc>>,
-);
+/// An `experiments` row as stored.
+#[derive(sqlx::FromRow)]
+struct Stored {
+    id: Uuid,
+    name: String,
+    label: String,
+    design: String,
+    control: i32,
+    treatment: i32,
+    treatment_share: f64,
+    settings: serde_json::Value,
+    status: String,
+    p_value: f64,
+    srm_p: f64,
+    looks: i32,
+    result: Option<serde_json::Value>,
+    reason: Option<String>,
+    source: String,
+    started_at: chrono::DateTime<chrono::Utc>,
+    ended_at: Option<chrono::DateTime<chrono::Utc>>,
+}
 
-const COLUMNS: &str = "id, name, label, control, treatment, treatment_share, settings, status, p_value, looks, result, reason, source, started_at, ended_at";
+const COLUMNS: &str = "id, name, label, design, control, treatment, treatment_share, settings, status, p_value, srm_p, looks, result, reason, source, started_at, ended_at";
 
-fn row(t: Tuple) -> ExperimentRow {
+fn row(t: Stored) -> ExperimentRow {
     ExperimentRow {
-        id: t.0,
-        name: t.1,
-        label: t.2,
-        control: t.3,
-        treatment: t.4,
-        treatment_share: t.5,
-        settings: serde_json::from_value(t.6).unwrap_or_default(),
-        status: t.7,
-        p_value: t.8,
-        looks: t.9,
-        result: t.10,
-        reason: t.11,
-        source: t.12,
-        started_at: t.13,
-        ended_at: t.14,
+        id: t.id,
+        name: t.name,
+        label: t.label,
+        design: Design::parse(&t.design).unwrap_or_default(),
+        control: t.control,
+        treatment: t.treatment,
+        treatment_share: t.treatment_share,
+        settings: serde_json::from_value(t.settings).unwrap_or_default(),
+        status: t.status,
+        p_value: t.p_value,
+        srm_p: t.srm_p,
+        looks: t.looks,
+        result: t.result,
+        reason: t.reason,
+        source: t.source,
+        started_at: t.started_at,
+        ended_at: t.ended_at,
     }
 }
 
@@ -82,6 +95,7 @@ pub struct NewExperiment<'a> {
     pub project: &'a str,
     pub name: &'a str,
     pub label: &'a str,
+    pub design: Design,
     pub control: i32,
     pub treatment: i32,
     pub treatment_share: f64,
@@ -98,6 +112,8 @@ pub enum StartError {
         label: String,
         id: Uuid,
     },
+    #[error("an interleaved experiment is already running in this project: {0}")]
+    Interleaving(Uuid),
     #[error(transparent)]
     Db(#[from] sqlx::Error),
 }
@@ -120,14 +136,27 @@ pub async fn start(pool: &PgPool, e: &NewExperiment<'_>) -> Result<ExperimentRow
             id,
         });
     }
-    let t: Tuple = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "INSERT INTO experiments (id, project, name, label, control, treatment, treatment_share, settings, source)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING {COLUMNS}"
+    // One interleaved experiment per project at a time: a request merges one pair of rankings.
+    if e.design == Design::Interleave {
+        let other: Option<(Uuid,)> = sqlx::query_as(
+            "SELECT id FROM experiments WHERE project = $1 AND design = 'interleave' AND status = 'running' FOR UPDATE",
+        )
+        .bind(e.project)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some((id,)) = other {
+            return Err(StartError::Interleaving(id));
+        }
+    }
+    let t: Stored = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO experiments (id, project, name, label, design, control, treatment, treatment_share, settings, source)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING {COLUMNS}"
     )))
     .bind(Uuid::new_v4())
     .bind(e.project)
     .bind(e.name)
     .bind(e.label)
+    .bind(e.design.as_str())
     .bind(e.control)
     .bind(e.treatment)
     .bind(e.treatment_share)
@@ -145,11 +174,15 @@ pub async fn start(pool: &PgPool, e: &NewExperiment<'_>) -> Result<ExperimentRow
             weight: e.treatment_share,
         },
     ];
-    set_label_tx(&mut tx, e.project, e.name, e.label, None, Some(&split)).await?;
+    let target = LabelTarget::Split {
+        arms: &split,
+        interleave: e.design == Design::Interleave,
+    };
+    set_label_tx(&mut tx, e.project, e.name, e.label, target).await?;
     sqlx::query(
         "INSERT INTO experiment_arms (experiment_id, arm) VALUES ($1, 'control'), ($1, 'treatment')",
     )
-    .bind(t.0)
+    .bind(t.id)
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;
@@ -162,7 +195,7 @@ pub async fn get(
     project: &str,
     id: Uuid,
 ) -> Result<Option<ExperimentRow>, sqlx::Error> {
-    let t: Option<Tuple> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+    let t: Option<Stored> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT {COLUMNS} FROM experiments WHERE project = $1 AND id = $2"
     )))
     .bind(project)
@@ -174,7 +207,7 @@ pub async fn get(
 
 /// A project's experiments, newest first.
 pub async fn list(pool: &PgPool, project: &str) -> Result<Vec<ExperimentRow>, sqlx::Error> {
-    let t: Vec<Tuple> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+    let t: Vec<Stored> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT {COLUMNS} FROM experiments WHERE project = $1 ORDER BY started_at DESC LIMIT 100"
     )))
     .bind(project)
@@ -192,7 +225,7 @@ pub async fn running(pool: &PgPool) -> Result<Vec<(String, Uuid)>, sqlx::Error> 
     .await
 }
 
-/// (user, version, order shown, fell back, latency, usage, positive items).
+/// (user, version, order shown, fell back, latency, usage, positive items, teams).
 type LoggedTuple = (
     String,
     i32,
@@ -201,6 +234,7 @@ type LoggedTuple = (
     i32,
     serde_json::Value,
     Vec<String>,
+    Option<String>,
 );
 
 /// The logged requests of the experiment's arms since it started, with their positives,
@@ -215,7 +249,8 @@ pub async fn observed_full(
     let rows: Vec<LoggedTuple> =
         sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "SELECT r.user_id, {version}, r.result_order, r.fallback IS NOT NULL, r.latency_ms, r.usage,
-                    COALESCE(array_agg(f.item_id ORDER BY f.id) FILTER (WHERE f.kind = ANY($5)), '{{}}')
+                    COALESCE(array_agg(f.item_id ORDER BY f.id) FILTER (WHERE f.kind = ANY($5)), '{{}}'),
+                    r.teams
              FROM rerank_requests r
              LEFT JOIN feedback f ON f.request_id = r.id AND f.request_at = r.created_at
              WHERE r.project = $1 AND r.created_at >= $2 AND {version} IN ($3, $4)
@@ -230,23 +265,32 @@ pub async fn observed_full(
         .await?;
     Ok(rows
         .into_iter()
-        .map(|(user, v, order, fallback, latency, usage, positives)| {
-            let order: Vec<String> = serde_json::from_value(order).unwrap_or_default();
-            let mut distinct = positives.clone();
-            distinct.sort();
-            distinct.dedup();
-            let u = |k: &str| usage.get(k).and_then(|x| x.as_f64()).unwrap_or(0.0);
-            Observed {
-                user,
-                treatment: v == e.treatment,
-                first_positive: order.iter().position(|id| positives.contains(id)),
-                positives: distinct.len(),
-                fallback,
-                latency_ms: latency as f64,
-                llm_calls: u("llm_calls"),
-                tokens: u("prompt_tokens") + u("completion_tokens"),
-            }
-        })
+        .map(
+            |(user, v, order, fallback, latency, usage, positives, teams)| {
+                let order: Vec<String> = serde_json::from_value(order).unwrap_or_default();
+                let mut distinct = positives.clone();
+                distinct.sort();
+                distinct.dedup();
+                let u = |k: &str| usage.get(k).and_then(|x| x.as_f64()).unwrap_or(0.0);
+                Observed {
+                    user,
+                    treatment: v == e.treatment,
+                    first_positive: order.iter().position(|id| positives.contains(id)),
+                    credit: teams.map(|t| {
+                        Credit::of(
+                            &order,
+                            &decode_teams(&t),
+                            positives.iter().map(String::as_str),
+                        )
+                    }),
+                    positives: distinct.len(),
+                    fallback,
+                    latency_ms: latency as f64,
+                    llm_calls: u("llm_calls"),
+                    tokens: u("prompt_tokens") + u("completion_tokens"),
+                }
+            },
+        )
         .collect())
 }
 
@@ -258,13 +302,15 @@ pub async fn record_look(
     result: &serde_json::Value,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "UPDATE experiments SET p_value = LEAST(p_value, $2), looks = looks + 1, result = $3, reason = $4
+        "UPDATE experiments SET p_value = LEAST(p_value, $2), looks = looks + 1, result = $3, reason = $4,
+                srm_p = LEAST(srm_p, $5)
          WHERE id = $1 AND status = 'running'",
     )
     .bind(id)
     .bind(look.p_value)
     .bind(result)
     .bind(&look.reason)
+    .bind(look.sample_ratio_p)
     .execute(pool)
     .await
     .map(|_| ())
@@ -284,7 +330,8 @@ pub async fn end(
     let mut tx = pool.begin().await?;
     let ended = sqlx::query(
         "UPDATE experiments SET status = $2, reason = $3, ended_at = now(), looks = looks + 1,
-                result = COALESCE($4, result), p_value = LEAST(p_value, COALESCE($5, 1))
+                result = COALESCE($4, result), p_value = LEAST(p_value, COALESCE($5, 1)),
+                srm_p = LEAST(srm_p, COALESCE($6, 1))
          WHERE id = $1 AND status = 'running'",
     )
     .bind(e.id)
@@ -292,13 +339,21 @@ pub async fn end(
     .bind(reason)
     .bind(look.map(|l| l.1))
     .bind(look.map(|l| l.0.p_value))
+    .bind(look.map(|l| l.0.sample_ratio_p))
     .execute(&mut *tx)
     .await?
     .rows_affected();
     if ended == 0 {
         return Ok(false);
     }
-    set_label_tx(&mut tx, project, &e.name, &e.label, Some(version), None).await?;
+    set_label_tx(
+        &mut tx,
+        project,
+        &e.name,
+        &e.label,
+        LabelTarget::Version(version),
+    )
+    .await?;
     // The result keeps the figures; what only folding needed goes.
     for table in ["experiment_inbox", "experiment_users"] {
         sqlx::query(sqlx::AssertSqlSafe(format!(

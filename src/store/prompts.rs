@@ -44,7 +44,22 @@ pub struct LabelRow {
     pub version: Option<i32>,
     /// The split, when the label divides traffic.
     pub split: Option<Vec<SplitArm>>,
+    /// The split interleaves (an interleaved experiment): a user drawn into its last arm
+    /// sees the first arm's and the last arm's rankings merged.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub interleave: bool,
     pub updated_at: DateTime<Utc>,
+}
+
+/// Where a label is set to point.
+#[derive(Debug, Clone, Copy)]
+pub enum LabelTarget<'a> {
+    Version(i32),
+    Split {
+        arms: &'a [SplitArm],
+        /// Users drawn into the last arm see the first and the last interleaved.
+        interleave: bool,
+    },
 }
 
 type LabelTuple = (
@@ -52,16 +67,20 @@ type LabelTuple = (
     String,
     Option<i32>,
     Option<serde_json::Value>,
+    bool,
     DateTime<Utc>,
 );
 
-fn label_row((name, label, version, split, updated_at): LabelTuple) -> LabelRow {
+const LABEL_COLUMNS: &str = "name, label, version, split, interleave, updated_at";
+
+fn label_row((name, label, version, split, interleave, updated_at): LabelTuple) -> LabelRow {
     let split = split.and_then(|s| serde_json::from_value(s).ok());
     LabelRow {
         name,
         label,
         version,
         split,
+        interleave,
         updated_at,
     }
 }
@@ -171,9 +190,9 @@ pub async fn list(
     .bind(project)
     .fetch_all(pool)
     .await?;
-    let labels: Vec<LabelTuple> = sqlx::query_as(
-        "SELECT name, label, version, split, updated_at FROM prompt_labels WHERE project = $1 ORDER BY name, label",
-    )
+    let labels: Vec<LabelTuple> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {LABEL_COLUMNS} FROM prompt_labels WHERE project = $1 ORDER BY name, label"
+    )))
     .bind(project)
     .fetch_all(pool)
     .await?;
@@ -279,9 +298,9 @@ pub async fn label(
     name: &str,
     label: &str,
 ) -> Result<Option<LabelRow>, sqlx::Error> {
-    let row: Option<LabelTuple> = sqlx::query_as(
-        "SELECT name, label, version, split, updated_at FROM prompt_labels WHERE project = $1 AND name = $2 AND label = $3",
-    )
+    let row: Option<LabelTuple> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {LABEL_COLUMNS} FROM prompt_labels WHERE project = $1 AND name = $2 AND label = $3"
+    )))
     .bind(project)
     .bind(name)
     .bind(label)
@@ -300,8 +319,15 @@ pub async fn set_label(
     version: Option<i32>,
     split: Option<&[SplitArm]>,
 ) -> Result<LabelRow, sqlx::Error> {
+    let target = match (version, split) {
+        (Some(v), _) => LabelTarget::Version(v),
+        (None, split) => LabelTarget::Split {
+            arms: split.unwrap_or_default(),
+            interleave: false,
+        },
+    };
     let mut tx = pool.begin().await?;
-    let row = set_label_tx(&mut tx, project, name, label, version, split).await?;
+    let row = set_label_tx(&mut tx, project, name, label, target).await?;
     tx.commit().await?;
     Ok(row)
 }
@@ -312,29 +338,39 @@ pub async fn set_label_tx(
     project: &str,
     name: &str,
     label: &str,
-    version: Option<i32>,
-    split: Option<&[SplitArm]>,
+    target: LabelTarget<'_>,
 ) -> Result<LabelRow, sqlx::Error> {
-    let split_json = split.map(|s| serde_json::to_value(s).unwrap_or_default());
-    let row: LabelTuple = sqlx::query_as(
-        "INSERT INTO prompt_labels (project, name, label, version, split, updated_at) VALUES ($1, $2, $3, $4, $5, now())
+    let (version, split_json, interleave) = match target {
+        LabelTarget::Version(v) => (Some(v), None, false),
+        LabelTarget::Split { arms, interleave } => (
+            None,
+            Some(serde_json::to_value(arms).unwrap_or_default()),
+            interleave,
+        ),
+    };
+    let row: LabelTuple = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO prompt_labels (project, name, label, version, split, interleave, updated_at)
+         VALUES ($1, $2, $3, $4, $5, $6, now())
          ON CONFLICT (project, name, label) DO UPDATE
-           SET version = excluded.version, split = excluded.split, updated_at = now()
-         RETURNING name, label, version, split, updated_at",
-    )
+           SET version = excluded.version, split = excluded.split, interleave = excluded.interleave,
+               updated_at = now()
+         RETURNING {LABEL_COLUMNS}"
+    )))
     .bind(project)
     .bind(name)
     .bind(label)
     .bind(version)
     .bind(&split_json)
+    .bind(interleave)
     .fetch_one(&mut **tx)
     .await?;
-    sqlx::query("INSERT INTO prompt_label_history (project, name, label, version, split) VALUES ($1, $2, $3, $4, $5)")
+    sqlx::query("INSERT INTO prompt_label_history (project, name, label, version, split, interleave) VALUES ($1, $2, $3, $4, $5, $6)")
         .bind(project)
         .bind(name)
         .bind(label)
         .bind(version)
         .bind(&split_json)
+        .bind(interleave)
         .execute(&mut **tx)
         .await?;
     super::notify_tx(tx, &super::Invalidation::Labels(project.to_string())).await?;

@@ -240,6 +240,10 @@ pub struct RerankLogRow {
     /// journaled before it was logged.
     #[serde(default)]
     pub history: serde_json::Value,
+    /// An interleaved request's teams, per position of `result_order` (`c`: control, `t`:
+    /// treatment); none for any other request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub teams: Option<String>,
 }
 
 /// The version the logged request `r` was answered with, for an experiment on `name`
@@ -270,13 +274,13 @@ static INSERT_LOGS: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
         "WITH r AS (
            INSERT INTO rerank_requests (id, project, user_id, candidates, result_order, prompt_version, prompt_versions,
                                         profile_id, model, fallback, repaired, latency_ms, usage, created_at, blend,
-                                        history)
+                                        history, teams)
            SELECT id, project, user_id, c::jsonb, o::jsonb, v, pv::jsonb, pid, m, f, r, l, u::jsonb, at,
-                  nullif(b, 'null')::jsonb, nullif(h, 'null')::jsonb
+                  nullif(b, 'null')::jsonb, nullif(h, 'null')::jsonb, tm
            FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int4[], $7::text[],
                        $8::uuid[], $9::text[], $10::text[], $11::bool[], $12::int4[], $13::text[], $14::timestamptz[],
-                       $15::text[], $16::text[])
-                AS t(id, project, user_id, c, o, v, pv, pid, m, f, r, l, u, at, b, h)
+                       $15::text[], $16::text[], $17::text[])
+                AS t(id, project, user_id, c, o, v, pv, pid, m, f, r, l, u, at, b, h, tm)
            ON CONFLICT (id, created_at) DO NOTHING
            RETURNING id, project, created_at, prompt_versions, blend)
          INSERT INTO experiment_inbox (experiment_id, request_id, request_at)
@@ -332,6 +336,7 @@ pub async fn insert_rerank_logs<'e>(
         .bind(rows.iter().map(|r| r.created_at).collect::<Vec<_>>())
         .bind(j(|r| &r.blend))
         .bind(j(|r| &r.history))
+        .bind(rows.iter().map(|r| r.teams.clone()).collect::<Vec<_>>())
         .execute(db)
         .await
         .map(|_| ())

@@ -1,0 +1,275 @@
+//! Team-draft interleaving (Radlinski, Kurup and Joachims 2008, "How does clickthrough data
+//! reflect retrieval quality?"): one list merged from two rankings of the same candidates.
+//! In every round a coin says which team picks first; each team then adds its highest
+//! ranked item not yet in the list, and the item remembers its team. Clicks credit the team
+//! whose item was clicked: a request is a win for the treatment, a loss, or a tie.
+//!
+//! The coins come from the request id, so the same request merges the same way on every
+//! replica and in every replay.
+
+use super::fold::Arm;
+
+/// The merged list (indices into the candidates) and, per position, the team that supplied it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Interleaved {
+    pub order: Vec<usize>,
+    pub teams: Vec<Arm>,
+}
+
+/// A deterministic stream of coin flips from a seed (splitmix64).
+struct Coins(u64);
+
+impl Coins {
+    fn flip(&mut self) -> bool {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        (z ^ (z >> 31)) & 1 == 1
+    }
+}
+
+/// The seed of a request's coin flips.
+pub fn seed(request_id: &str) -> u64 {
+    crate::hash::stable_hash(&format!("interleave\u{0}{request_id}"))
+}
+
+/// Team-draft merges `control` and `treatment` (two orders of the same candidates, best
+/// first). An item either ranking lacks is still placed, by the other team; the merged list
+/// holds every item of both once.
+pub fn team_draft(control: &[usize], treatment: &[usize], seed: u64) -> Interleaved {
+    let mut coins = Coins(seed);
+    let total = {
+        let mut all: Vec<usize> = control.iter().chain(treatment).copied().collect();
+        all.sort_unstable();
+        all.dedup();
+        all.len()
+    };
+    let mut taken = std::collections::HashSet::with_capacity(total);
+    let mut out = Interleaved {
+        order: Vec::with_capacity(total),
+        teams: Vec::with_capacity(total),
+    };
+    let (mut ci, mut ti) = (0usize, 0usize);
+    let (mut picks_c, mut picks_t) = (0usize, 0usize);
+    while out.order.len() < total {
+        let control_picks = picks_c < picks_t || (picks_c == picks_t && coins.flip());
+        let (list, cursor, team) = if control_picks {
+            (control, &mut ci, Arm::Control)
+        } else {
+            (treatment, &mut ti, Arm::Treatment)
+        };
+        while *cursor < list.len() && taken.contains(&list[*cursor]) {
+            *cursor += 1;
+        }
+        let Some(&item) = list.get(*cursor) else {
+            // This team has nothing left: the other one gives the rest.
+            let (rest, rest_team) = if control_picks {
+                (treatment, Arm::Treatment)
+            } else {
+                (control, Arm::Control)
+            };
+            for &i in rest {
+                if taken.insert(i) {
+                    out.order.push(i);
+                    out.teams.push(rest_team);
+                }
+            }
+            break;
+        };
+        taken.insert(item);
+        out.order.push(item);
+        out.teams.push(team);
+        match team {
+            Arm::Control => picks_c += 1,
+            Arm::Treatment => picks_t += 1,
+        }
+    }
+    out
+}
+
+/// Teams as stored (`c`/`t` per position).
+pub fn encode_teams(teams: &[Arm]) -> String {
+    teams
+        .iter()
+        .map(|t| match t {
+            Arm::Control => 'c',
+            Arm::Treatment => 't',
+        })
+        .collect()
+}
+
+/// Reads stored teams (an unknown letter is no team).
+pub fn decode_teams(s: &str) -> Vec<Option<Arm>> {
+    s.chars()
+        .map(|c| match c {
+            'c' => Some(Arm::Control),
+            't' => Some(Arm::Treatment),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Distinct positive items credited to each team: (control, treatment).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Credit {
+    pub control: usize,
+    pub treatment: usize,
+}
+
+/// What a request says about the two rankings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Preference {
+    /// More clicks on the treatment's items.
+    Win,
+    /// More clicks on the control's items.
+    Loss,
+    /// Clicks, as many on each team.
+    Tie,
+    /// No click: says nothing.
+    NoClick,
+}
+
+impl Credit {
+    /// The credit of a list shown in `order` with `teams`, given the positive items.
+    pub fn of<'a>(
+        order: &[String],
+        teams: &[Option<Arm>],
+        positives: impl IntoIterator<Item = &'a str>,
+    ) -> Credit {
+        let positives: std::collections::HashSet<&str> = positives.into_iter().collect();
+        let mut c = Credit::default();
+        for (id, team) in order.iter().zip(teams) {
+            if !positives.contains(id.as_str()) {
+                continue;
+            }
+            match team {
+                Some(Arm::Control) => c.control += 1,
+                Some(Arm::Treatment) => c.treatment += 1,
+                None => {}
+            }
+        }
+        c
+    }
+
+    pub fn preference(self) -> Preference {
+        use std::cmp::Ordering::*;
+        match (
+            self.treatment.cmp(&self.control),
+            self.control + self.treatment,
+        ) {
+            (_, 0) => Preference::NoClick,
+            (Greater, _) => Preference::Win,
+            (Less, _) => Preference::Loss,
+            (Equal, _) => Preference::Tie,
+        }
+    }
+}
+
+/// A user's preference for the treatment: (wins - losses) / (wins + losses), none without a
+/// non-tie request.
+pub fn user_preference(wins: i64, losses: i64) -> Option<f64> {
+    let n = wins + losses;
+    (n > 0).then(|| (wins - losses) as f64 / n as f64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids(order: &[usize]) -> Vec<String> {
+        order.iter().map(|i| format!("i{i}")).collect()
+    }
+
+    #[test]
+    fn both_top_items_come_first_and_each_order_is_kept() {
+        let control = [0, 1, 2, 3, 4, 5, 6, 7];
+        let treatment = [7, 6, 5, 4, 3, 2, 1, 0];
+        let mut first_control = 0;
+        for r in 0..200 {
+            let m = team_draft(&control, &treatment, seed(&format!("req-{r}")));
+            assert_eq!(m.order.len(), 8);
+            let mut sorted = m.order.clone();
+            sorted.sort_unstable();
+            assert_eq!(sorted, control.to_vec(), "every item once");
+            let top2: Vec<usize> = m.order[..2].to_vec();
+            assert!(top2.contains(&0) && top2.contains(&7), "{m:?}");
+            // Each team's items appear in its own ranking's relative order.
+            for (team, ranking) in [
+                (Arm::Control, &control[..]),
+                (Arm::Treatment, &treatment[..]),
+            ] {
+                let picked: Vec<usize> = m
+                    .order
+                    .iter()
+                    .zip(&m.teams)
+                    .filter(|(_, t)| **t == team)
+                    .map(|(i, _)| *i)
+                    .collect();
+                let pos = |i: usize| ranking.iter().position(|x| *x == i).unwrap();
+                assert!(picked.windows(2).all(|w| pos(w[0]) < pos(w[1])), "{m:?}");
+            }
+            // Teams stay balanced: after every even position, as many picks each.
+            for n in (2..=8).step_by(2) {
+                let c = m.teams[..n].iter().filter(|t| **t == Arm::Control).count();
+                assert_eq!(c, n / 2, "{m:?}");
+            }
+            first_control += usize::from(m.teams[0] == Arm::Control);
+        }
+        assert!(
+            (70..130).contains(&first_control),
+            "fair coin: {first_control}"
+        );
+    }
+
+    #[test]
+    fn the_same_request_merges_the_same_way() {
+        let (c, t) = ([3, 1, 4, 0, 2], [2, 4, 0, 1, 3]);
+        let a = team_draft(&c, &t, seed("abc"));
+        assert_eq!(a, team_draft(&c, &t, seed("abc")));
+        let differs = (0..50).any(|r| team_draft(&c, &t, seed(&format!("r{r}"))) != a);
+        assert!(differs, "other requests flip other coins");
+    }
+
+    #[test]
+    fn identical_rankings_merge_into_the_same_order() {
+        let order = [4, 2, 0, 1, 3];
+        let m = team_draft(&order, &order, 42);
+        assert_eq!(m.order, order.to_vec());
+    }
+
+    #[test]
+    fn an_item_one_ranking_lacks_is_placed_by_the_other() {
+        let m = team_draft(&[0, 1], &[1, 0, 2], 7);
+        let mut sorted = m.order.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, vec![0, 1, 2]);
+        let at = m.order.iter().position(|i| *i == 2).unwrap();
+        assert_eq!(m.teams[at], Arm::Treatment);
+    }
+
+    #[test]
+    fn clicks_credit_the_team_that_supplied_the_item() {
+        let order = ids(&[0, 7, 1, 6]);
+        let teams = decode_teams("ctct");
+        assert_eq!(encode_teams(&[Arm::Control, Arm::Treatment]), "ct");
+        let c = Credit::of(&order, &teams, ["i7"]);
+        assert_eq!((c.control, c.treatment), (0, 1));
+        assert_eq!(c.preference(), Preference::Win);
+        let c = Credit::of(&order, &teams, ["i0", "i1", "i6"]);
+        assert_eq!(c.preference(), Preference::Loss);
+        let c = Credit::of(&order, &teams, ["i0", "i7"]);
+        assert_eq!(c.preference(), Preference::Tie);
+        assert_eq!(
+            Credit::of(&order, &teams, []).preference(),
+            Preference::NoClick
+        );
+        // An item not shown earns nothing.
+        assert_eq!(
+            Credit::of(&order, &teams, ["i9"]).preference(),
+            Preference::NoClick
+        );
+        assert_eq!(user_preference(3, 1), Some(0.5));
+        assert_eq!(user_preference(0, 0), None);
+    }
+}
