@@ -492,8 +492,20 @@ mod tests {
         assert_eq!(a.interleaving.is_some(), b.interleaving.is_some());
         if let (Some(x), Some(y)) = (&a.interleaving, &b.interleaving) {
             assert_eq!(
-                (x.wins, x.losses, x.ties, x.control_clicks, x.treatment_clicks),
-                (y.wins, y.losses, y.ties, y.control_clicks, y.treatment_clicks)
+                (
+                    x.wins,
+                    x.losses,
+                    x.ties,
+                    x.control_clicks,
+                    x.treatment_clicks
+                ),
+                (
+                    y.wins,
+                    y.losses,
+                    y.ties,
+                    y.control_clicks,
+                    y.treatment_clicks
+                )
             );
             assert_eq!(x.preference_users, y.preference_users);
             assert!(close(x.preference, y.preference), "{x:?} vs {y:?}");

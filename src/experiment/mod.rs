@@ -82,6 +82,10 @@ pub struct ExperimentSettings {
     /// in per-user click-through it is most sensitive to).
     #[schema(minimum = 0.001, maximum = 1.0)]
     pub tau: f64,
+    /// The same for interleaved experiments, on the per-user preference (in [-1, 1]: a
+    /// coarser scale than click-through, so a wider mixing distribution).
+    #[schema(minimum = 0.001, maximum = 1.0)]
+    pub preference_tau: f64,
     /// Users per arm before any decision.
     #[schema(minimum = 2, maximum = 10000000)]
     pub min_users: usize,
@@ -105,6 +109,7 @@ impl Default for ExperimentSettings {
         ExperimentSettings {
             alpha: 0.05,
             tau: 0.05,
+            preference_tau: 0.2,
             min_users: 100,
             max_users: 100_000,
             positive_kinds: vec!["click".into(), "purchase".into()],
@@ -158,6 +163,7 @@ impl ExperimentSettings {
         };
         f("alpha", self.alpha, 0.0001, 0.5)?;
         f("tau", self.tau, 0.001, 1.0)?;
+        f("preference_tau", self.preference_tau, 0.001, 1.0)?;
         f("srm_alpha", self.srm_alpha, 0.0, 0.5)?;
         let g = &self.guardrails;
         f(
@@ -449,7 +455,11 @@ pub fn look(control: &ArmMetrics, treatment: &ArmMetrics, plan: &Plan<'_>) -> Lo
         v,
         have_variance,
     } = statistic(control, treatment, plan.design);
-    let tau2 = s.tau * s.tau;
+    let tau = match plan.design {
+        Design::Ab => s.tau,
+        Design::Interleave => s.preference_tau,
+    };
+    let tau2 = tau * tau;
     let p_value = if have_variance {
         stats::always_valid_p(plan.previous_p, d, v, tau2)
     } else {

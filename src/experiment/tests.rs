@@ -238,22 +238,19 @@ fn interleave_look(c: &ArmMetrics, t: &ArmMetrics, s: &ExperimentSettings, prev:
 #[test]
 fn interleaved_decisions_on_hand_computed_preferences() {
     let s = ExperimentSettings::default();
-    // 200 users with a preference, mean 0.1, variance 0.5: v = 0.5 / 200 = 0.0025,
-    // tau2 = 0.0025: L = sqrt(0.0025 / 0.005) exp(0.0025 * 0.01 / (2 * 0.0025 * 0.005))
-    //              = 0.707107 * e^1 = 1.922116; p = 0.520259.
+    // preference_tau 0.2 (tau2 = 0.04). 200 users with a preference, mean 0.1, variance 0.5:
+    // v = 0.5 / 200 = 0.0025; L = sqrt(0.0025 / 0.0425) exp(0.04 * 0.01 / (2 * 0.0025 * 0.0425))
+    //   = 0.242536 * e^1.882353 = 1.593203; p = 0.627667.
     let c = arm(300, 0.3, 0.2);
     let got = interleave_look(&c, &interleaved_arm(300, 200, 0.1, 0.5), &s, 1.0);
-    assert!(
-        (got.p_value - 1.0 / (0.5f64.sqrt() * 1f64.exp())).abs() < 1e-9,
-        "{got:?}"
-    );
+    assert!((got.p_value - 0.627_667).abs() < 1e-6, "{got:?}");
     assert_eq!(got.outcome, Outcome::Continue, "{}", got.reason);
     assert_eq!(got.difference, 0.1);
     // Mean 0.2 with variance 0.25 over 400 users: v = 0.000625,
-    // L = sqrt(0.000625 / 0.003125) e^(0.0025 * 0.04 / (2 * 0.000625 * 0.003125)) = 0.447214 e^25.6.
+    // L = sqrt(0.000625 / 0.040625) e^(0.04 * 0.04 / (2 * 0.000625 * 0.040625)) = 0.124035 e^31.507692.
     let got = interleave_look(&c, &interleaved_arm(300, 400, 0.2, 0.25), &s, 1.0);
-    let l = (0.2f64).sqrt() * 25.6f64.exp();
-    assert!((got.p_value - 1.0 / l).abs() < 1e-15, "{got:?}");
+    let l = 0.124_034_734f64 * 31.507_692_3f64.exp();
+    assert!((got.p_value * l - 1.0).abs() < 1e-6, "{got:?}");
     assert_eq!(got.outcome, Outcome::Promote, "{}", got.reason);
     assert!(
         got.reason
