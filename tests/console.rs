@@ -56,6 +56,27 @@ async fn shot(b: &Browser, name: &str, scroll_to: Option<&str>) {
     }
 }
 
+/// POSTs `body` (or nothing) with a key; the status and JSON answer.
+async fn call(
+    http: &reqwest::Client,
+    url: &str,
+    key: &str,
+    body: Option<serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    let mut req = http.post(url).bearer_auth(key);
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let r = req.send().await.unwrap();
+    (r.status().as_u16(), r.json().await.unwrap())
+}
+
+/// GETs with a key; the status and JSON answer.
+async fn get(http: &reqwest::Client, url: &str, key: &str) -> (u16, serde_json::Value) {
+    let r = http.get(url).bearer_auth(key).send().await.unwrap();
+    (r.status().as_u16(), r.json().await.unwrap())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_console_in_a_real_browser() {
     let Some(b) = Browser::start().await else {
@@ -226,35 +247,189 @@ async fn the_console_in_a_real_browser() {
 
     // An experiment with traffic: its arms and decision on the experiments page.
     let http = reqwest::Client::new();
-    let (s, e) = {
-        let r = http
-            .post(app.url("/v1/experiments"))
-            .bearer_auth(&admin)
-            .json(&json!({"control": 2, "treatment": 1, "treatment_share": 0.5}))
-            .send()
-            .await
-            .unwrap();
-        (
-            r.status().as_u16(),
-            r.json::<serde_json::Value>().await.unwrap(),
-        )
-    };
-    assert_eq!(s, 201, "{e}");
+    let (s, ab) = call(
+        &http,
+        &app.url("/v1/experiments"),
+        &admin,
+        Some(json!({"control": 2, "treatment": 1, "treatment_share": 0.5})),
+    )
+    .await;
+    assert_eq!(s, 201, "{ab}");
+    let ab_id = ab["id"].as_str().unwrap().to_string();
+    assert_eq!(ab["design"], "ab", "{ab}");
     for u in 0..30 {
-        let r = http
-            .post(app.url("/v1/rerank"))
-            .bearer_auth(&admin)
-            .json(&json!({"user_id": format!("u{u}"), "candidates": [{"id": "i5"}, {"id": "i90"}, {"id": "i40"}]}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status().as_u16(), 200);
+        let (s, r) = call(
+            &http,
+            &app.url("/v1/rerank"),
+            &admin,
+            Some(json!({"user_id": format!("u{u}"), "candidates": [{"id": "i5"}, {"id": "i90"}, {"id": "i40"}]})),
+        )
+        .await;
+        assert_eq!(s, 200, "{r}");
+        assert!(r["meta"].get("interleaving").is_none(), "an A/B list: {r}");
     }
+    // One look (a read looks first): its figures and one history point.
+    let (s, ab) = get(&http, &app.url(&format!("/v1/experiments/{ab_id}")), &admin).await;
+    assert_eq!(s, 200, "{ab}");
+    assert_eq!(
+        ab["result"]["history"].as_array().map(Vec::len),
+        Some(1),
+        "{ab}"
+    );
     b.click("#nav-experiments").await;
     b.wait_text("#exp", "p_gen on production: v2 vs v1", 10)
         .await;
-    b.wait_text("#exp", "per-user click-through", 10).await;
+    let page = b.wait_text("#exp", "per-user click-through", 10).await;
+    assert!(page.contains("design: ab"), "{page}");
+    assert!(page.contains("LLM calls / rerank"), "{page}");
+    assert!(page.contains("sample-ratio p ="), "{page}");
+    let ab_sel = format!("[id='exp-{ab_id}']");
+    let ab_text = b.text(&ab_sel).await;
+    assert!(ab_text.contains("not enough looks yet"), "{ab_text}");
     shot(&b, "experiments", None).await;
+
+    // Stop it; an interleaved experiment on the same label: 90% of users see v2 and v1 merged
+    // by team-draft interleaving, and a click on an item credits the team that supplied it.
+    let (s, stopped) = call(
+        &http,
+        &app.url(&format!("/v1/experiments/{ab_id}/stop")),
+        &admin,
+        None,
+    )
+    .await;
+    assert_eq!(s, 200, "{stopped}");
+    assert_eq!(stopped["status"], "stopped", "{stopped}");
+    let (s, il) = call(
+        &http,
+        &app.url("/v1/experiments"),
+        &admin,
+        Some(json!({"design": "interleave", "control": 2, "treatment": 1, "treatment_share": 0.9})),
+    )
+    .await;
+    assert_eq!(s, 201, "{il}");
+    assert_eq!(il["design"], "interleave", "{il}");
+    let il_id = il["id"].as_str().unwrap().to_string();
+    let il_url = app.url(&format!("/v1/experiments/{il_id}"));
+    // Three batches of users (the history keeps a point per 10 more users), a read after each.
+    let (mut interleaved, mut wins, mut losses) = (0, 0, 0);
+    let mut il = json!(null);
+    for batch in [0..13, 13..26, 26..40] {
+        for u in batch {
+            let user = format!("u{u}");
+            let (s, r) = call(
+                &http,
+                &app.url("/v1/rerank"),
+                &admin,
+                Some(json!({"user_id": user, "candidates": [{"id": "i5"}, {"id": "i90"}, {"id": "i40"}]})),
+            )
+            .await;
+            assert_eq!(s, 200, "{r}");
+            let Some(teams) = r["meta"]["interleaving"]["teams"].as_array() else {
+                continue;
+            };
+            interleaved += 1;
+            let results = r["results"].as_array().unwrap();
+            assert_eq!(teams.len(), results.len(), "a team per result: {r}");
+            // A click on the first or second result: team-draft puts one item of each team
+            // there, so both teams win some requests.
+            let pos = u % 2;
+            match teams[pos].as_str() {
+                Some("treatment") => wins += 1,
+                Some("control") => losses += 1,
+                t => panic!("team {t:?}: {r}"),
+            }
+            let (s, f) = call(
+                &http,
+                &app.url("/v1/feedback"),
+                &admin,
+                Some(json!({"request_id": r["id"], "user_id": user, "item_id": results[pos]["id"], "kind": "click"})),
+            )
+            .await;
+            assert_eq!((s, &f["recorded"]), (200, &json!(true)), "{f}");
+        }
+        let (s, e) = get(&http, &il_url, &admin).await;
+        assert_eq!(s, 200, "{e}");
+        il = e;
+    }
+    assert!(
+        interleaved >= 20,
+        "{interleaved} of 40 users interleaved at a 0.9 share"
+    );
+    assert!(wins > 0 && losses > 0, "{wins} wins, {losses} losses");
+    assert_eq!(il["status"], "running", "{il}");
+    let team = &il["result"]["treatment"]["interleaving"];
+    assert_eq!(
+        (&team["wins"], &team["losses"], &team["ties"]),
+        (&json!(wins), &json!(losses), &json!(0)),
+        "the clicks credited to the teams: {il}"
+    );
+    assert_eq!(
+        il["result"]["treatment"]["users"],
+        json!(interleaved),
+        "{il}"
+    );
+    let points = il["result"]["history"].as_array().map_or(0, Vec::len);
+    assert!(points >= 3, "a history point per batch: {il}");
+
+    // The page: the design, the interleaved column, the teams' figures and the chart.
+    // (Through the overview, once it has loaded: the same link again is no navigation.)
+    b.click("#nav-overview").await;
+    b.wait_text("#ov", "interactions", 10).await;
+    b.click("#nav-experiments").await;
+    let il_sel = format!("[id='exp-{il_id}']");
+    let text = b.wait_text(&il_sel, "design: interleave", 10).await;
+    for needle in [
+        "team-draft interleaving",
+        "control only",
+        "interleaved (v2 + v1)",
+        "preference for the treatment",
+        "LLM calls / rerank",
+        "sample-ratio p =",
+        "wins: requests whose clicks favoured the treatment",
+        "losses: requests whose clicks favoured the control",
+    ] {
+        assert!(text.contains(needle), "{needle:?} in {text}");
+    }
+    let cell = |row: &str| {
+        format!("return document.querySelector(\"{il_sel} .team-{row} td.num\").textContent")
+    };
+    assert_eq!(b.script(&cell("wins")).await, json!(wins.to_string()));
+    assert_eq!(b.script(&cell("losses")).await, json!(losses.to_string()));
+    assert_eq!(
+        b.script(&cell("preference_users")).await,
+        json!(team["preference_users"].to_string())
+    );
+    let charts = b
+        .script("return document.querySelectorAll('.exp-chart svg').length")
+        .await;
+    assert!(
+        charts.as_u64() >= Some(1),
+        "no experiment chart drawn: {charts}"
+    );
+    let chart = b
+        .script(&format!(
+            "const s = document.querySelector(\"[id='exp-chart-{il_id}'] svg\");
+             return s && [s.querySelector('title').textContent,
+                          s.querySelectorAll('.difference circle').length,
+                          s.querySelectorAll('.p-value circle').length]"
+        ))
+        .await;
+    assert_eq!(
+        chart,
+        json!([
+            "p_gen on production, v2 vs v1 (interleaved): preference and p-value by users",
+            points,
+            points
+        ]),
+        "a dot per look in both panels"
+    );
+    shot(&b, "experiments-interleaved", Some(&il_sel)).await;
+    shot(
+        &b,
+        "experiments-chart",
+        Some(&format!("[id='exp-chart-{il_id}']")),
+    )
+    .await;
 
     // The overview after this activity: reranks and LLM calls of the last hour.
     b.click("#nav-overview").await;

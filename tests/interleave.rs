@@ -421,9 +421,8 @@ async fn an_interleaved_blend_experiment_ranks_once() {
             ids[..2].contains(&"i0".to_string()) && ids[..2].contains(&incoming_top),
             "{b}"
         );
-        assert_eq!(
+        assert!(
             b["meta"]["usage"]["llm_calls"].as_u64().unwrap_or(0) <= 2,
-            true,
             "{b}"
         );
     }

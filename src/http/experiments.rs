@@ -18,6 +18,9 @@ use crate::experiment::{Design, ExperimentSettings};
 use crate::store::experiments::{self as db, ExperimentRow, NewExperiment, StartError};
 use crate::store::prompts::{self as prompts_db, PRODUCTION};
 
+/// How long a read waits for this replica's journal to drain before it looks.
+const READ_DRAINS_JOURNAL: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Routes of this area.
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -163,6 +166,9 @@ pub async fn read(
     Extension(who): Extension<Principal>,
     Path(id): Path<Uuid>,
 ) -> Result<Json<ExperimentRow>, AppError> {
+    // What this replica answered is counted: its journal drains into the log first (bounded:
+    // a read never waits on a sick database for long). Other replicas drain on their own.
+    state.reranker.flush_within(READ_DRAINS_JOURNAL).await;
     looker::look(&state.pool, &who.project, id, looker::READ_WAITS_FOR_FOLD)
         .await?
         .map(Json)

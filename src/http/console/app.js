@@ -37,7 +37,10 @@ function show(html) {
   view().innerHTML = html;
 }
 function fail(e, where = "#view") {
-  const el = $(where) || view();
+  // Gone: the user went to another page before this one's answer came (or its own
+  // rendering failed for that reason); the page now shown is not this one's to write.
+  const el = $(where);
+  if (!el) return;
   const msg = e.status === 401 ? "Enter an API key above (this server has keys on)." : e.message;
   el.innerHTML = `<p class="error" role="alert">${esc(msg)}</p>`;
 }
@@ -338,26 +341,189 @@ async function renderReport(id, kind, j) {
 }
 
 // ---- experiments ----------------------------------------------------------------------
+const DESIGNS = {
+  ab: "A/B: users are split between the arms by a stable hash of the user id; each user sees one arm's ranking.",
+  interleave: "Interleaved: users in the share see both rankings merged by team-draft interleaving, and their clicks say which ranking's items they preferred; the rest see the control.",
+};
+
+// A p-value: 4 decimals, or an exponent when that would round it to 0.
+function pval(p) {
+  return typeof p !== "number" ? "–" : p > 0 && p < 1e-4 ? p.toExponential(1) : fmt(p, 4);
+}
+function signed(x, d = 3) {
+  return typeof x === "number" ? (x > 0 ? "+" : "") + x.toFixed(d) : "–";
+}
+
 async function experiments() {
   show("<h2>Experiments</h2><div id='exp'>Loading…</div>");
   try {
     const list = await api("GET", "/v1/experiments");
     if (!list.length) { $("#exp").innerHTML = "<p class='muted'>No experiments yet (POST /v1/experiments, or the autopilot).</p>"; return; }
-    let h = "";
-    for (const e of list) {
-      const r = e.result || {}, c = r.control || {}, t = r.treatment || {}, look = r.look || {};
-      const row = (k, label, d) => `<tr><td>${label}</td><td class="num">${fmt(c[k], d)}</td><td class="num">${fmt(t[k], d)}</td></tr>`;
-      h += `<h3>${esc(e.name)} on ${esc(e.label)}: v${e.control} vs v${e.treatment} <span class="muted">(${esc(e.status)}, ${esc(e.source)})</span></h3>
-        <p>${esc(e.reason || "")}</p>
-        <p>difference ${fmt(look.difference)} · always-valid interval ${(look.interval || [])[0] == null ? "(not yet: too few users)" : `[${fmt(look.interval[0])}, ${fmt(look.interval[1])}]`} · p = ${fmt(e.p_value, 4)}</p>
-        <table><thead><tr><th></th><th class="num">control</th><th class="num">treatment</th></tr></thead><tbody>`
-        + row("requests", "requests") + row("users", "users") + row("click_through", "click-through") + row("click_through_at_k", "click-through@k")
-        + row("user_click_through", "per-user click-through") + row("mrr", "MRR") + row("fallback_rate", "fallback rate")
-        + row("latency_p50_ms", "latency p50 ms", 1) + row("latency_p99_ms", "latency p99 ms", 1) + row("tokens_per_rerank", "tokens / rerank", 1)
-        + "</tbody></table>";
-    }
-    $("#exp").innerHTML = h;
+    $("#exp").innerHTML = list.map(experiment).join("");
   } catch (e) { fail(e, "#exp"); }
+}
+
+function experiment(e) {
+  const r = e.result || {}, c = r.control || {}, t = r.treatment || {}, look = r.look || {};
+  const inter = e.design === "interleave";
+  const [cName, tName] = inter ? ["control only", "interleaved"] : ["control", "treatment"];
+  const [cVer, tVer] = inter ? [`v${e.control}`, `v${e.control} + v${e.treatment}`] : [`v${e.control}`, `v${e.treatment}`];
+  const row = (k, label, d) => `<tr><td>${label}</td><td class="num">${c[k] === undefined ? "–" : fmt(c[k], d)}</td><td class="num">${t[k] === undefined ? "–" : fmt(t[k], d)}</td></tr>`;
+  const id = esc(e.id);
+  const what = inter ? "preference for the treatment" : "difference";
+  let h = `<section class="exp" id="exp-${id}" data-design="${esc(e.design)}">
+    <h3>${esc(e.name)} on ${esc(e.label)}: v${esc(e.control)} vs v${esc(e.treatment)} <span class="muted">(${esc(e.status)}, ${esc(e.source)})</span></h3>
+    <p class="exp-design">design: <strong>${esc(e.design)}</strong> · ${inter ? "interleaved" : "treatment"} share ${fmt(Math.round(100 * e.treatment_share))}%<br>
+      <span class="muted">${esc(DESIGNS[e.design] || "")}</span></p>
+    <p>${esc(e.reason || "")}</p>
+    <p class="exp-look">${what} ${look.difference === undefined ? "–" : signed(look.difference)} · always-valid interval ${(look.interval || [])[0] == null ? "(not yet: too few users)" : `[${fmt(look.interval[0])}, ${fmt(look.interval[1])}]`}
+      · p = ${pval(e.p_value)} <span class="muted">(alpha ${esc((e.settings || {}).alpha)})</span> · sample-ratio p = ${pval(e.srm_p)} <span class="muted">(always valid; below ${esc((e.settings || {}).srm_alpha)} voids the experiment)</span></p>
+    <table class="exp-arms"><thead><tr><th></th><th class="num">${cName} <span class="muted">(${cVer})</span></th><th class="num">${tName} <span class="muted">(${tVer})</span></th></tr></thead><tbody>`
+    + row("requests", "requests") + row("users", "users") + row("click_through", "click-through") + row("click_through_at_k", "click-through@k")
+    + row("user_click_through", "per-user click-through") + row("mrr", "MRR") + row("fallback_rate", "fallback rate")
+    + row("latency_p50_ms", "latency p50 ms", 1) + row("latency_p99_ms", "latency p99 ms", 1)
+    + row("llm_calls_per_rerank", "LLM calls / rerank", 2) + row("tokens_per_rerank", "tokens / rerank", 1)
+    + "</tbody></table>";
+  if (inter) {
+    h += `<p class="muted">An interleaved ${esc(e.name)} request costs ${e.name === "p_gen" ? "two profiles and two rankings" : "one ranking fused two ways"}: compare LLM calls and tokens per rerank above.</p>`;
+    h += teamTable(e, t.interleaving);
+  }
+  h += `<div class="exp-chart" id="exp-chart-${id}">${expChart(e, r.history)}</div></section>`;
+  return h;
+}
+
+function teamTable(e, m) {
+  if (!m) return "<p class='exp-teams muted'>No interleaved requests folded yet.</p>";
+  const row = (k, label, v) => `<tr class="team-${k}"><td>${label}</td><td class="num">${v}</td></tr>`;
+  return `<table class="exp-teams"><caption>Teams of the interleaved lists (v${esc(e.treatment)}, the treatment, against v${esc(e.control)}, the control)</caption><tbody>`
+    + row("wins", "wins: requests whose clicks favoured the treatment's items", fmt(m.wins))
+    + row("losses", "losses: requests whose clicks favoured the control's items", fmt(m.losses))
+    + row("ties", "ties: clicks on both teams alike", fmt(m.ties))
+    + row("control_clicks", "clicked items from the control's ranking", fmt(m.control_clicks))
+    + row("treatment_clicks", "clicked items from the treatment's ranking", fmt(m.treatment_clicks))
+    + row("preference_users", "users with a preference (a non-tie request)", fmt(m.preference_users))
+    + row("preference", "mean per-user preference for the treatment (−1 … +1)", signed(m.preference))
+    + row("preference_var", "its variance over users", fmt(m.preference_var, 4))
+    + "</tbody></table>";
+}
+
+// ---- experiment chart: an inline SVG in the style of the job reports' chart.svg ----------
+const SVG_FONT = 'font-family="DejaVu Sans, Arial, Helvetica, sans-serif"';
+const C_BLUE = "#3b6fb6", C_GREY = "#9a9a9a", C_RED = "#a62424";
+
+// Round ticks covering [lo, hi] (at most about 6), and the decimals their labels need.
+function niceTicks(lo, hi) {
+  if (!(hi - lo > 1e-12)) { const d = Math.abs(lo) > 1e-9 ? Math.abs(lo) * 0.1 : 0.1; lo -= d; hi += d; }
+  const mag = 10 ** Math.floor(Math.log10((hi - lo) / 5));
+  const step = [1, 2, 2.5, 5, 10].map((m) => m * mag).find((s) => Math.ceil(hi / s - 1e-9) - Math.floor(lo / s + 1e-9) <= 5) ?? 20 * mag;
+  const a = Math.floor(lo / step + 1e-9), b = Math.ceil(hi / step - 1e-9);
+  const ticks = [];
+  for (let i = a; i <= b; i++) ticks.push(i * step);
+  let d = 0;
+  while (d < 8 && Math.abs(step * 10 ** d - Math.round(step * 10 ** d)) > 1e-6) d++;
+  return { ticks, d };
+}
+
+// A path through the points, broken where a point is missing (null).
+function pathOf(pts) {
+  let d = "", pen = false;
+  for (const p of pts) {
+    if (!p) { pen = false; continue; }
+    d += `${pen ? "L" : "M"}${p[0].toFixed(1)} ${p[1].toFixed(1)}`;
+    pen = true;
+  }
+  return d;
+}
+
+function svgText(x, y, s, extra = "") {
+  return `<text x="${x.toFixed(1)}" y="${y.toFixed(1)}" fill="#444" ${extra}>${esc(s)}</text>`;
+}
+
+// Legend entries right-aligned at `right` on the line `y`: [kind, colour, label], kind is
+// "line", "dash" or "band".
+function legend(items, right, y) {
+  let x = right, out = "";
+  for (const [kind, color, label] of [...items].reverse()) {
+    x -= label.length * 6.6;
+    out += svgText(x, y + 4, label, 'fill="#333"');
+    x -= 26;
+    out += kind === "band" ? `<rect x="${x}" y="${y - 5}" width="20" height="10" fill="${color}" fill-opacity=".18" stroke="${color}" stroke-opacity=".4"/>`
+      : `<line x1="${x}" y1="${y}" x2="${x + 20}" y2="${y}" stroke="${color}" stroke-width="2"${kind === "dash" ? ' stroke-dasharray="5 4"' : ""}/>`;
+    x -= 14;
+  }
+  return out;
+}
+
+function expChart(e, history) {
+  const pts = (history || []).filter((p) => p && typeof p.users === "number" && typeof p.difference === "number");
+  if (pts.length < 2) return `<p class="muted">Chart of the ${e.design === "interleave" ? "preference" : "difference"} and the p-value over time: not enough looks yet (${pts.length} so far).</p>`;
+  const inter = e.design === "interleave";
+  const alpha = (e.settings || {}).alpha ?? 0.05;
+  const W = 900, L = 80, R = W - 40;
+  const title = `${e.name} on ${e.label}, v${e.control} vs v${e.treatment} (${inter ? "interleaved" : "A/B"}): ${inter ? "preference" : "difference"} and p-value by users`;
+  // x: users in both arms.
+  const u0 = Math.min(...pts.map((p) => p.users)), u1 = Math.max(...pts.map((p) => p.users));
+  const xt = niceTicks(u1 > u0 ? u0 : Math.max(0, u0 - 1), u1 > u0 ? u1 : u0 + 1);
+  const xs = { lo: xt.ticks[0], hi: xt.ticks[xt.ticks.length - 1] };
+  const X = (u) => L + (u - xs.lo) / (xs.hi - xs.lo) * (R - L);
+  const xTicks = xt.d === 0 ? xt.ticks : xt.ticks.filter((t) => Number.isInteger(t));
+  let s = `<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="500" viewBox="0 0 ${W} 500" ${SVG_FONT} font-size="12" role="img" aria-label="${esc(title)}">
+    <title>${esc(title)}</title><path d="M0 0H${W}V500H0Z" fill="#ffffff"/>
+    <text x="20" y="26" font-size="16" font-weight="bold" fill="#222">${esc(title)}</text>`;
+  const xGrid = (top, bottom, labels) => xTicks.map((t) => `<line x1="${X(t).toFixed(1)}" y1="${top}" x2="${X(t).toFixed(1)}" y2="${bottom}" stroke="#eeeeee"/>`
+    + (labels ? `<line x1="${X(t).toFixed(1)}" y1="${bottom}" x2="${X(t).toFixed(1)}" y2="${bottom + 4}" stroke="#666"/>` + svgText(X(t), bottom + 17, fmt(t), 'text-anchor="middle"') : "")).join("");
+  const yAxis = (ticks, Y, top, bottom, label, name) => ticks.map(([v, text]) => `<line x1="${L}" y1="${Y(v).toFixed(1)}" x2="${R}" y2="${Y(v).toFixed(1)}" stroke="#e4e4e4"/>`
+    + svgText(L - 6, Y(v) + 4, text, 'text-anchor="end"')).join("")
+    + `<path d="M${L} ${top}V${bottom}H${R}" fill="none" stroke="#666"/>`
+    + `<text x="22" y="${(top + bottom) / 2}" text-anchor="middle" fill="#444" transform="rotate(-90 22 ${(top + bottom) / 2})">${esc(name)}</text>`
+    + `<text x="${L}" y="${top - 12}" font-size="14" font-weight="bold" fill="#222">${esc(label)}</text>`;
+  const tip = (p) => `${p.users} users at ${String(p.at).slice(0, 19).replace("T", " ")}: ${inter ? "preference" : "difference"} ${signed(p.difference, 4)}, interval ${p.lower == null ? "unbounded" : `[${p.lower.toFixed(4)}, ${p.upper.toFixed(4)}]`}, p = ${pval(p.p_value)}, sample-ratio p = ${pval(p.sample_ratio_p)}`;
+
+  // Top panel: the difference, its always-valid interval as a band (where bounded), zero.
+  const t1 = 80, b1 = 250;
+  const bounded = pts.filter((p) => typeof p.lower === "number" && typeof p.upper === "number");
+  const vals = [0, ...pts.map((p) => p.difference), ...bounded.flatMap((p) => [p.lower, p.upper])].map((v) => Math.max(-1, Math.min(1, v)));
+  const yt = niceTicks(Math.min(...vals), Math.max(...vals));
+  const ylo = yt.ticks[0], yhi = yt.ticks[yt.ticks.length - 1];
+  const Y1 = (v) => b1 - (Math.max(ylo, Math.min(yhi, v)) - ylo) / (yhi - ylo) * (b1 - t1);
+  s += `<g class="difference">` + xGrid(t1, b1, false)
+    + yAxis(yt.ticks.map((v) => [v, v.toFixed(yt.d)]), Y1, t1, b1, inter ? "Per-user preference for the treatment, with its always-valid interval" : "Difference (treatment − control per-user click-through), with its always-valid interval", inter ? "preference" : "difference")
+    + legend([["band", C_BLUE, "interval"], ["line", C_BLUE, inter ? "preference" : "difference"], ["dash", "#666", "0"]], R, t1 - 16);
+  // The band: one polygon per run of bounded points.
+  let run = [];
+  const flush = () => {
+    if (run.length) {
+      const up = run.map((p) => `${X(p.users).toFixed(1)} ${Y1(p.upper).toFixed(1)}`), down = run.map((p) => `${X(p.users).toFixed(1)} ${Y1(p.lower).toFixed(1)}`).reverse();
+      s += run.length === 1 ? `<path class="band" d="M${up[0]}L${down[0]}" stroke="${C_BLUE}" stroke-opacity=".4" stroke-width="6"/>`
+        : `<path class="band" d="M${up.join("L")}L${down.join("L")}Z" fill="${C_BLUE}" fill-opacity=".18" stroke="${C_BLUE}" stroke-opacity=".4"/>`;
+    }
+    run = [];
+  };
+  for (const p of pts) { if (typeof p.lower === "number" && typeof p.upper === "number") run.push(p); else flush(); }
+  flush();
+  s += `<line x1="${L}" y1="${Y1(0).toFixed(1)}" x2="${R}" y2="${Y1(0).toFixed(1)}" stroke="#666" stroke-dasharray="5 4"/>`
+    + `<path d="${pathOf(pts.map((p) => [X(p.users), Y1(p.difference)]))}" fill="none" stroke="${C_BLUE}" stroke-width="2"/>`
+    + pts.map((p) => `<circle cx="${X(p.users).toFixed(1)}" cy="${Y1(p.difference).toFixed(1)}" r="3.5" fill="${C_BLUE}" stroke="#ffffff" stroke-width="1"><title>${esc(tip(p))}</title></circle>`).join("")
+    + "</g>";
+
+  // Bottom panel: the p-values on a log scale, with the alpha line.
+  const t2 = 310, b2 = 450;
+  const logs = [...pts.flatMap((p) => [p.p_value, p.sample_ratio_p]), alpha].filter((v) => typeof v === "number").map((v) => Math.log10(Math.max(v, 1e-12)));
+  const lo = Math.min(-2, Math.floor(Math.min(...logs)));
+  const Y2 = (v) => b2 - (Math.log10(Math.max(v, 1e-12)) - lo) / (0 - lo) * (b2 - t2);
+  const every = Math.ceil(-lo / 6);
+  const decades = [];
+  for (let k = 0; k >= lo; k -= every) decades.push([10 ** k, k === 0 ? "1" : k >= -3 ? String(10 ** k) : `1e${k}`]);
+  s += `<g class="p-value">` + xGrid(t2, b2, true)
+    + yAxis(decades, Y2, t2, b2, "Always-valid p-values (log scale)", "p-value")
+    + legend([["line", C_BLUE, "p-value"], ["line", C_GREY, "sample-ratio p"], ["dash", C_RED, `alpha ${alpha}`]], R, t2 - 16)
+    + `<line x1="${L}" y1="${Y2(alpha).toFixed(1)}" x2="${R}" y2="${Y2(alpha).toFixed(1)}" stroke="${C_RED}" stroke-dasharray="5 4"/>`
+    + `<path d="${pathOf(pts.map((p) => typeof p.sample_ratio_p === "number" ? [X(p.users), Y2(p.sample_ratio_p)] : null))}" fill="none" stroke="${C_GREY}" stroke-width="1.5"/>`
+    + `<path d="${pathOf(pts.map((p) => [X(p.users), Y2(p.p_value)]))}" fill="none" stroke="${C_BLUE}" stroke-width="2"/>`
+    + pts.map((p) => `<circle cx="${X(p.users).toFixed(1)}" cy="${Y2(p.p_value).toFixed(1)}" r="3.5" fill="${C_BLUE}" stroke="#ffffff" stroke-width="1"><title>${esc(tip(p))}</title></circle>`).join("")
+    + svgText((L + R) / 2, b2 + 36, "users in both arms", 'text-anchor="middle"')
+    + "</g></svg>";
+  return s;
 }
 
 // ---- playground -----------------------------------------------------------------------
