@@ -1,19 +1,30 @@
 //! The closed loop on Amazon Games (`cargo bench --bench closed_loop`): the app on real
 //! Postgres (throwaway embedded cluster) with the whole Amazon Games data set, the replay
-//! simulator sending real reranks and clicks, and the test LLM scripted so that profiles from a
-//! GOOD `p_gen` make the ranking put the user's real next item first more often than a plain
-//! one (with probability q, else a random order).
+//! simulator sending real reranks and clicks (position-based examination), and the test LLM
+//! scripted so that a GOOD `p_gen`'s profiles make the ranking place the user's real next item
+//! higher than a plain one's (`Model`: both keep the incoming order and move the real item up,
+//! GOOD by more places; or, as a contrast, the real item first with probability q, else a
+//! random order). The scripted
+//! upstream finds the items by id: it maps every candidate and history line of its prompts
+//! back to the item through the service's own rendering (`item_text`, `candidate_lines`,
+//! `history_block`), so catalogs whose items carry text besides a title work too.
 //!
-//! Prints:
-//! 1. 20 seeded A/A experiments (two plain versions, q = 0.2 both): how many promote, keep the
-//!    control or end inconclusive within the budget, at alpha 0.05;
-//! 2. 20 experiments with a treatment whose click-through is ~20% higher (q = 0.2 vs 0.274):
-//!    the share that promote within the budget, and the requests each decision took;
-//! 3. the loop end to end: production traffic -> logged cases -> autopilot optimization on
+//! Prints, for both designs (`ab` and `interleave`, treatment share 0.5, the same traffic
+//! and budget):
+//! 1. A/A: 20 seeded runs (two plain versions): how many promote, keep the control, end
+//!    inconclusive or void;
+//! 2. lifts of +26%, +10% and +5% relative click-through (the GOOD shift solved from the
+//!    click model): the share decided within the budget and the requests each decision took
+//!    (median, max); then +26% with independent rankings, as a contrast;
+//! 3. the sequential sample-ratio check on a deliberately broken split (the label moved to
+//!    60/40 under a 50/50 experiment): requests to the void;
+//! 4. the loop end to end: production traffic -> logged cases -> autopilot optimization on
 //!    logged data -> experiment -> promote, then the worse version as treatment -> the
 //!    control stays; requests each step took.
 //!
-//! `AGP_BENCH_DATA` points at another RecBole folder; `AGP_BENCH_RUNS` changes the 20 runs.
+//! `AGP_BENCH_DATA` points at another RecBole folder; `AGP_BENCH_RUNS` changes the 20 runs;
+//! `AGP_BENCH_BUDGET` the 10,000 requests per run; `AGP_BENCH_LIFTS` the lifts (e.g. `26,5`);
+//! `AGP_BENCH_LOOP=0` skips part 4.
 
 mod support;
 
@@ -21,6 +32,9 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use agp_rerank::agp::profile::history_block;
+use agp_rerank::agp::rank::{DEFAULT_ITEM_TOKENS, RankMode, candidate_lines};
+use agp_rerank::agp::summarize::item_text;
 use agp_rerank::app::AppState;
 use agp_rerank::config::AppConfig;
 use agp_rerank::import::Dataset;
@@ -33,29 +47,78 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
 
-/// Requests per experiment before it is called inconclusive.
-const BUDGET: usize = 6000;
 /// Requests between looks.
-const CHUNK: usize = 300;
+const CHUNK: usize = 100;
+/// Candidates per list.
+const CANDIDATES: usize = 20;
 
 fn main() {
     support::on_embedded_pg("loop", run);
 }
 
-/// What the scripted LLM knows: each user's history (the titles the profile is written from,
-/// hashed) -> their real next title, and the probability of ranking it first for plain and
-/// GOOD profiles (in millionths).
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// How the scripted rankings differ between a plain and a GOOD profile.
+#[derive(Debug, Clone, Copy)]
+enum Model {
+    /// Correlated rankings: both keep the incoming order (the simulator's shuffle), and move
+    /// the user's real next item up by `plain` or `good` places (a fractional part is the
+    /// probability of one place more). Two prompts of one ranker mostly agree, as real ones do.
+    Shift { plain: f64, good: f64 },
+    /// Independent rankings: the real item first with probability `plain` or `good`, else a
+    /// random order (the bench's earlier model; a contrast).
+    First { plain: f64, good: f64 },
+}
+
+/// What the scripted LLM knows: the item behind every rendered candidate line and history
+/// line, each user's recent history (ids) -> their real next item, and the ranking model.
 struct Oracle {
+    /// A candidate line's text (after `[n] `) -> item id.
+    by_line: HashMap<String, String>,
+    /// A history line's text (after `n. `) -> item id.
+    by_history_line: HashMap<String, String>,
+    /// Hash of the recent history ids -> the real next item id.
     next: HashMap<u64, String>,
-    q_plain: AtomicU64,
-    q_good: AtomicU64,
+    model: Mutex<Model>,
     rng: Mutex<rand::rngs::StdRng>,
 }
 
 impl Oracle {
-    fn set(&self, plain: f64, good: f64) {
-        self.q_plain.store((plain * 1e6) as u64, Ordering::SeqCst);
-        self.q_good.store((good * 1e6) as u64, Ordering::SeqCst);
+    fn set(&self, model: Model) {
+        *self.model.lock().unwrap_or_else(|p| p.into_inner()) = model;
+    }
+
+    /// The order of `n` candidates (the target at `target` if known) for a GOOD or plain profile.
+    fn order(&self, n: usize, target: Option<usize>, good: bool) -> Vec<usize> {
+        let model = *self.model.lock().unwrap_or_else(|p| p.into_inner());
+        let mut rng = self.rng.lock().unwrap_or_else(|p| p.into_inner());
+        let mut order: Vec<usize> = (0..n).collect();
+        match model {
+            Model::First { plain, good: g } => {
+                order.shuffle(&mut *rng);
+                let q = if good { g } else { plain };
+                if let Some(t) = target
+                    && rng.random::<f64>() < q
+                {
+                    order.retain(|&i| i != t);
+                    order.insert(0, t);
+                }
+            }
+            Model::Shift { plain, good: g } => {
+                let s = if good { g } else { plain };
+                let places = s.floor() as usize + usize::from(rng.random::<f64>() < s.fract());
+                if let Some(t) = target {
+                    order.retain(|&i| i != t);
+                    order.insert(t.saturating_sub(places), t);
+                }
+            }
+        }
+        order
     }
 
     fn reply(&self, s: &Seen) -> Reply {
@@ -66,7 +129,7 @@ impl Oracle {
                     .lines()
                     .filter_map(|l| l.split_once(". "))
                     .filter(|(n, _)| n.parse::<u32>().is_ok())
-                    .map(|(_, t)| t)
+                    .filter_map(|(_, t)| self.by_history_line.get(t).map(String::as_str))
                     .collect();
                 let last = key(&history);
                 let marker = if prompt.contains("GOOD") {
@@ -77,10 +140,10 @@ impl Oracle {
                 Reply::text(format!("{marker} profile. LAST={last}"))
             }
             Some(Role::Rank) => {
-                let titles: Vec<&str> = prompt
+                let ids: Vec<Option<&String>> = prompt
                     .lines()
                     .filter(|l| l.starts_with('['))
-                    .map(|l| l.split_once("] ").map(|(_, t)| t).unwrap_or(""))
+                    .map(|l| l.split_once("] ").and_then(|(_, t)| self.by_line.get(t)))
                     .collect();
                 let last: u64 = prompt
                     .split("LAST=")
@@ -88,22 +151,11 @@ impl Oracle {
                     .and_then(|r| r.split_whitespace().next())
                     .and_then(|k| k.parse().ok())
                     .unwrap_or(0);
-                let q = if prompt.contains("GOOD profile") {
-                    self.q_good.load(Ordering::SeqCst)
-                } else {
-                    self.q_plain.load(Ordering::SeqCst)
-                } as f64
-                    / 1e6;
-                let mut order: Vec<usize> = (0..titles.len()).collect();
-                let mut rng = self.rng.lock().unwrap_or_else(|p| p.into_inner());
-                order.shuffle(&mut *rng);
-                if rng.random::<f64>() < q
-                    && let Some(target) = self.next.get(&last)
-                    && let Some(t) = titles.iter().position(|x| x == target)
-                {
-                    order.retain(|&i| i != t);
-                    order.insert(0, t);
-                }
+                let target = self
+                    .next
+                    .get(&last)
+                    .and_then(|t| ids.iter().position(|x| *x == Some(t)));
+                let order = self.order(ids.len(), target, prompt.contains("GOOD profile"));
                 Reply::json(json!({"ranking": order.iter().map(|i| i + 1).collect::<Vec<_>>()}))
             }
             Some(Role::Optimize) => {
@@ -114,17 +166,137 @@ impl Oracle {
     }
 }
 
-/// The key of a history: a hash of its titles (whitespace flattened), in order.
-fn key(titles: &[&str]) -> u64 {
+/// The key of a history: a hash of its item ids, in order.
+fn key(ids: &[&str]) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
-    for t in titles {
-        t.split_whitespace()
-            .collect::<Vec<_>>()
-            .join(" ")
-            .hash(&mut h);
-    }
+    ids.hash(&mut h);
     h.finish()
+}
+
+/// The oracle of a data set: every item's lines as the service renders them.
+fn oracle(data: &Dataset) -> Oracle {
+    let mut by_line = HashMap::new();
+    let mut by_history_line = HashMap::new();
+    for it in &data.items {
+        let text = item_text(&it.title, it.text.as_deref(), it.attributes.as_ref());
+        let line = candidate_lines(&[&text], DEFAULT_ITEM_TOKENS, RankMode::Generate);
+        if let Some((_, t)) = line.trim_end_matches('\n').split_once("] ") {
+            by_line
+                .entry(t.to_string())
+                .or_insert_with(|| it.id.clone());
+        }
+        let h = history_block(&[&text]);
+        if let Some((_, t)) = h.trim_end_matches('\n').split_once(". ") {
+            by_history_line
+                .entry(t.to_string())
+                .or_insert_with(|| it.id.clone());
+        }
+    }
+    // The simulator sends the last 5 history items; the profile is written from them.
+    let next = sim::users(data)
+        .into_iter()
+        .map(|u| {
+            let recent: Vec<&str> = u.history[u.history.len().saturating_sub(5)..]
+                .iter()
+                .map(String::as_str)
+                .collect();
+            (key(&recent), u.target)
+        })
+        .collect();
+    Oracle {
+        by_line,
+        by_history_line,
+        next,
+        model: Mutex::new(Model::First {
+            plain: 0.0,
+            good: 0.0,
+        }),
+        rng: Mutex::new(rand::rngs::StdRng::seed_from_u64(7)),
+    }
+}
+
+/// Mean examination of a uniformly placed item in a list of `CANDIDATES` moved up by
+/// `places` (whole places).
+fn shifted(places: usize) -> f64 {
+    let m = ClickModel::default();
+    (0..CANDIDATES)
+        .map(|p| m.examined(p.saturating_sub(places)))
+        .sum::<f64>()
+        / CANDIDATES as f64
+}
+
+/// The click-through a model gives a plain (`good` false) or GOOD ranking, under the default
+/// click model (the real item is the only one clicked).
+fn click_through(model: Model, good: bool) -> f64 {
+    match model {
+        Model::First { plain, good: g } => {
+            let q = if good { g } else { plain };
+            q + (1.0 - q) * shifted(0)
+        }
+        Model::Shift { plain, good: g } => {
+            let s = if good { g } else { plain };
+            let (whole, frac) = (s.floor() as usize, s.fract());
+            (1.0 - frac) * shifted(whole) + frac * shifted(whole + 1)
+        }
+    }
+}
+
+/// The model whose GOOD ranking lifts the plain one's click-through by `lift` (relative).
+fn with_lift(plain: Model, lift: f64) -> Model {
+    let target = click_through(plain, false) * (1.0 + lift);
+    let (mut lo, mut hi) = (0.0, CANDIDATES as f64);
+    for _ in 0..60 {
+        let mid = (lo + hi) / 2.0;
+        let m = match plain {
+            Model::First { plain, .. } => Model::First {
+                plain,
+                good: mid.min(1.0),
+            },
+            Model::Shift { plain, .. } => Model::Shift { plain, good: mid },
+        };
+        if click_through(m, true) < target {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    match plain {
+        Model::First { plain, .. } => Model::First {
+            plain,
+            good: hi.min(1.0),
+        },
+        Model::Shift { plain, .. } => Model::Shift { plain, good: hi },
+    }
+}
+
+/// "median M, max X" of some request counts ("none" when empty).
+fn median_max(mut v: Vec<usize>) -> String {
+    v.sort_unstable();
+    match (v.get(v.len() / 2), v.last()) {
+        (Some(m), Some(x)) => format!("median {m}, max {x}"),
+        _ => "none".into(),
+    }
+}
+
+/// Runs `runs` experiments of each design with the rankings of `m`; prints them.
+async fn both_designs(
+    b: &Bench,
+    oracle: &Oracle,
+    title: &str,
+    m: Model,
+    treatment: i64,
+    runs: usize,
+) -> Vec<Run> {
+    oracle.set(m);
+    println!(
+        "   {title} ({m:?}: click-through {:.3} vs {:.3})",
+        click_through(m, true),
+        click_through(m, false)
+    );
+    let mut out = b.series("ab", treatment, runs).await;
+    out.extend(b.series("interleave", treatment, runs).await);
+    out
 }
 
 struct Bench {
@@ -134,6 +306,13 @@ struct Bench {
     pool: sqlx::PgPool,
     llm: LlmClient,
     seed: AtomicU64,
+    budget: usize,
+}
+
+/// How one experiment ended.
+struct Run {
+    status: String,
+    requests: usize,
 }
 
 impl Bench {
@@ -151,7 +330,7 @@ impl Bench {
             key: None,
             requests,
             users: requests,
-            candidates: 20,
+            candidates: CANDIDATES,
             lists: Lists::Llmrank,
             history_len: 5,
             click: ClickModel::default(),
@@ -162,16 +341,35 @@ impl Bench {
         sim::run(&self.data, &o).await.expect("simulate")
     }
 
-    /// Runs an experiment to its decision or the budget: (status, requests, CTR control, CTR treatment).
-    async fn experiment(&self, control: i64, treatment: i64) -> (String, usize, f64, f64) {
+    /// Runs an experiment to its decision or the budget. `break_split`: move the label to
+    /// 60/40 right after the start (a broken split against the 50/50 plan).
+    async fn experiment(
+        &self,
+        design: &str,
+        control: i64,
+        treatment: i64,
+        break_split: bool,
+    ) -> Run {
         let e = self
             .call(
                 reqwest::Method::POST,
                 "/v1/experiments",
-                Some(json!({"control": control, "treatment": treatment, "treatment_share": 0.5})),
+                Some(
+                    json!({"design": design, "control": control, "treatment": treatment,
+                            "treatment_share": 0.5}),
+                ),
             )
             .await;
         let id = e["id"].as_str().expect("experiment id").to_string();
+        if break_split {
+            self.call(
+                reqwest::Method::PUT,
+                "/v1/prompts/p_gen/labels/production",
+                Some(json!({"split": [{"version": control, "weight": 0.6},
+                                      {"version": treatment, "weight": 0.4}]})),
+            )
+            .await;
+        }
         let mut sent = 0;
         loop {
             self.simulate(CHUNK).await;
@@ -179,28 +377,24 @@ impl Bench {
             let e = self
                 .call(reqwest::Method::GET, &format!("/v1/experiments/{id}"), None)
                 .await;
-            let ctr = |arm: &str| {
-                e["result"][arm]["user_click_through"]
-                    .as_f64()
-                    .unwrap_or(0.0)
-            };
             let status = e["status"].as_str().unwrap_or("?").to_string();
             if status != "running" {
-                return (status, sent, ctr("control"), ctr("treatment"));
+                return Run {
+                    status,
+                    requests: sent,
+                };
             }
-            if sent >= BUDGET {
+            if sent >= self.budget {
                 self.call(
                     reqwest::Method::POST,
                     &format!("/v1/experiments/{id}/stop"),
                     Some(json!({})),
                 )
                 .await;
-                return (
-                    "inconclusive within budget".into(),
-                    sent,
-                    ctr("control"),
-                    ctr("treatment"),
-                );
+                return Run {
+                    status: "inconclusive within budget".into(),
+                    requests: sent,
+                };
             }
         }
     }
@@ -212,6 +406,36 @@ impl Bench {
             Some(json!({"version": version})),
         )
         .await;
+    }
+
+    /// `runs` experiments of one design; prints the outcomes and the requests to a decision.
+    async fn series(&self, design: &str, treatment: i64, runs: usize) -> Vec<Run> {
+        let mut out = Vec::new();
+        for _ in 0..runs {
+            self.set_production(2).await;
+            out.push(self.experiment(design, 2, treatment, false).await);
+        }
+        let mut tally: HashMap<&str, usize> = HashMap::new();
+        for r in &out {
+            *tally.entry(r.status.as_str()).or_default() += 1;
+        }
+        let mut keys: Vec<_> = tally.into_iter().collect();
+        keys.sort();
+        let decided: Vec<usize> = out
+            .iter()
+            .filter(|r| matches!(r.status.as_str(), "promoted" | "kept_control"))
+            .map(|r| r.requests)
+            .collect();
+        println!(
+            "   {design:>10}: {} | decided {}/{runs} | requests to a decision: {}",
+            keys.iter()
+                .map(|(k, n)| format!("{k} {n}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            decided.len(),
+            median_max(decided)
+        );
+        out
     }
 }
 
@@ -228,28 +452,10 @@ async fn run(url: String) {
         agp_rerank::import::Format::Recbole,
         std::slice::from_ref(&path),
     )
-    .expect("read Amazon Games");
+    .expect("read the data set");
     store::import::write(&pool, "default", &data.items, &data.interactions, |_| {})
         .await
         .expect("import");
-    let titles: HashMap<&str, &str> = data
-        .items
-        .iter()
-        .map(|i| (i.id.as_str(), i.title.as_str()))
-        .collect();
-    let flat = |t: &str| t.split_whitespace().collect::<Vec<_>>().join(" ");
-    // The simulator sends the last 5 history items; the profile is written from them.
-    let next: HashMap<u64, String> = sim::users(&data)
-        .into_iter()
-        .filter_map(|u| {
-            let recent = &u.history[u.history.len().saturating_sub(5)..];
-            let names: Vec<&str> = recent
-                .iter()
-                .map(|i| titles.get(i.as_str()).copied())
-                .collect::<Option<_>>()?;
-            Some((key(&names), flat(titles.get(u.target.as_str())?)))
-        })
-        .collect();
     println!(
         "data: {} ({} items, {} interactions, {} simulated users)",
         path.display(),
@@ -257,12 +463,7 @@ async fn run(url: String) {
         data.interactions.len(),
         sim::users(&data).len()
     );
-    let oracle = Arc::new(Oracle {
-        next,
-        q_plain: AtomicU64::new(0),
-        q_good: AtomicU64::new(0),
-        rng: Mutex::new(rand::rngs::StdRng::seed_from_u64(7)),
-    });
+    let oracle = Arc::new(oracle(&data));
     let o = oracle.clone();
     let server = TestLlm::start(move |s| o.reply(s)).await;
     let mut settings = LlmSettings::single(server.base_url.clone(), "bench");
@@ -278,6 +479,7 @@ async fn run(url: String) {
         pool,
         llm,
         seed: AtomicU64::new(100),
+        budget: env_usize("AGP_BENCH_BUDGET", 10_000),
     };
     // The LLM alone orders; two plain versions and a GOOD one.
     let v = b
@@ -305,76 +507,80 @@ async fn run(url: String) {
         )
         .await;
     }
-    let runs: usize = std::env::var("AGP_BENCH_RUNS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(20);
+    let runs = env_usize("AGP_BENCH_RUNS", 20);
+    let plain = Model::Shift {
+        plain: 3.0,
+        good: 3.0,
+    };
+    println!(
+        "\nTreatment share 0.5, budget {} requests, a look every {CHUNK}, alpha 0.05, default settings \
+         (min_users 100; interleave: 100 users with a preference).\n\
+         Rankings: the incoming order with the real item moved up 3 places (plain: click-through {:.3}); \
+         a GOOD profile moves it further.",
+        b.budget,
+        click_through(plain, false)
+    );
+    let mut all = Vec::new();
 
     // 1. A/A.
-    oracle.set(0.2, 0.2);
-    let mut tally: HashMap<String, usize> = HashMap::new();
-    let mut ctrs = Vec::new();
-    for _ in 0..runs {
-        let (status, _, c, t) = b.experiment(2, 3).await;
-        *tally.entry(status).or_default() += 1;
-        ctrs.push((c, t));
-    }
-    println!(
-        "\n1. {runs} A/A experiments (v2 vs v3, both plain, q = 0.2), alpha 0.05, budget {BUDGET} requests, a look every {CHUNK}:"
-    );
-    let mut keys: Vec<_> = tally.iter().collect();
-    keys.sort();
-    for (k, n) in keys {
-        println!("   {k}: {n}");
-    }
-    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
-    println!(
-        "   mean per-user click-through: control {:.3}, treatment {:.3}",
-        mean(&ctrs.iter().map(|c| c.0).collect::<Vec<_>>()),
-        mean(&ctrs.iter().map(|c| c.1).collect::<Vec<_>>())
-    );
+    println!("\n1. A/A ({runs} runs per design, v2 vs v3, both plain):");
+    all.extend(both_designs(&b, &oracle, "A/A", plain, 3, runs).await);
 
-    // 2. A 20% lift.
-    oracle.set(0.2, 0.274);
-    let mut tally: HashMap<String, usize> = HashMap::new();
-    let (mut used, mut ctrs) = (Vec::new(), Vec::new());
-    for _ in 0..runs {
-        let (status, sent, c, t) = b.experiment(2, 4).await;
-        if status == "promoted" {
-            used.push(sent);
+    // 2. Lifts.
+    let lifts: Vec<f64> = std::env::var("AGP_BENCH_LIFTS")
+        .unwrap_or_else(|_| "26,10,5".into())
+        .split(',')
+        .filter_map(|x| x.trim().parse::<f64>().ok())
+        .collect();
+    println!("\n2. lifts ({runs} runs per design, v2 plain vs GOOD v4):");
+    for lift in &lifts {
+        let m = with_lift(plain, lift / 100.0);
+        all.extend(both_designs(&b, &oracle, &format!("+{lift}%"), m, 4, runs).await);
+    }
+    // The contrast: independent rankings (the real item first with probability q, else a
+    // random order), where most clicks land on items both rankings placed at random.
+    if let Some(lift) = lifts.first() {
+        let independent = Model::First {
+            plain: 0.2,
+            good: 0.2,
+        };
+        let m = with_lift(independent, lift / 100.0);
+        let title = format!("independent rankings, +{lift}%");
+        all.extend(both_designs(&b, &oracle, &title, m, 4, runs).await);
+    }
+    let voids = all.iter().filter(|r| r.status == "void").count();
+    let total = all.len();
+    println!("   sample-ratio voids without an imbalance: {voids} of {total} runs");
+
+    // 3. A broken split.
+    oracle.set(plain);
+    let mut to_void = Vec::new();
+    let broken_runs = runs.min(10);
+    for _ in 0..broken_runs {
+        b.set_production(2).await;
+        let r = b.experiment("ab", 2, 3, true).await;
+        if r.status == "void" {
+            to_void.push(r.requests);
         }
-        *tally.entry(status).or_default() += 1;
-        ctrs.push((c, t));
     }
-    let (c, t) = (
-        mean(&ctrs.iter().map(|c| c.0).collect::<Vec<_>>()),
-        mean(&ctrs.iter().map(|c| c.1).collect::<Vec<_>>()),
-    );
     println!(
-        "\n2. {runs} experiments, v2 (q = 0.2) vs GOOD v4 (q = 0.274): per-user click-through {c:.3} vs {t:.3} ({:+.0}% relative)",
-        100.0 * (t / c - 1.0)
+        "\n3. broken split (60/40 served under a 50/50 plan), {broken_runs} runs: {} voided; requests to the void: {}",
+        to_void.len(),
+        median_max(to_void)
     );
-    let mut keys: Vec<_> = tally.iter().collect();
-    keys.sort();
-    for (k, n) in keys {
-        println!("   {k}: {n}");
-    }
-    used.sort();
-    if !used.is_empty() {
-        println!(
-            "   requests to promote: median {}, min {}, max {}",
-            used[used.len() / 2],
-            used[0],
-            used[used.len() - 1]
-        );
-    }
+    b.set_production(2).await;
 
-    // 3. The loop end to end.
-    loop_end_to_end(&b, &oracle).await;
+    // 4. The loop end to end.
+    if env_usize("AGP_BENCH_LOOP", 1) != 0 {
+        loop_end_to_end(&b, &oracle).await;
+    }
 }
 
 async fn loop_end_to_end(b: &Bench, oracle: &Oracle) {
-    oracle.set(0.2, 0.5);
+    oracle.set(Model::First {
+        plain: 0.2,
+        good: 0.5,
+    });
     b.set_production(2).await;
     let settings = json!({"min_new_positives": 600, "treatment_share": 0.5,
         "optimization": {"train_users": 100, "validation_users": 100, "test_users": 50, "batch_size": 10,
@@ -398,7 +604,7 @@ async fn loop_end_to_end(b: &Bench, oracle: &Oracle) {
         assert!(sent < 20_000, "the autopilot never started: {ap}");
     }
     println!(
-        "\n3. the loop on production traffic (plain v2 serving, q = 0.2; GOOD q = 0.5):\n   {sent} requests until the autopilot started: {}",
+        "\n4. the loop on production traffic (plain v2 serving, q = 0.2; GOOD q = 0.5):\n   {sent} requests until the autopilot started: {}",
         ap["runs"][0]["reason"].as_str().unwrap_or("")
     );
     let t = std::time::Instant::now();
@@ -444,10 +650,11 @@ async fn loop_end_to_end(b: &Bench, oracle: &Oracle) {
     .await;
     // The worse version as treatment against the promoted one.
     let good = production(b).await;
-    let (status, sent, c, t) = b.experiment(good, 2).await;
+    let r = b.experiment("ab", good, 2, false).await;
     println!(
-        "   worse version as treatment (v2 vs production v{good}): {status} after {sent} requests \
-         (per-user click-through {t:.3} vs {c:.3}); production p_gen is v{}",
+        "   worse version as treatment (v2 vs production v{good}): {} after {} requests; production p_gen is v{}",
+        r.status,
+        r.requests,
         production(b).await
     );
 }

@@ -140,6 +140,11 @@ pub struct ImportArgs {
     /// Project (tenant) to import into.
     #[arg(long, env = "AGP_PROJECT", default_value = store::DEFAULT_PROJECT)]
     pub project: String,
+    /// Leave out each user's last interaction (users with two or more): the item `agp simulate`
+    /// asks the service to find, so the service never holds it. For a service the simulator
+    /// plays against (`agp eval` holds items out by itself: import everything for it).
+    #[arg(long)]
+    pub hold_out_last: bool,
     #[command(flatten)]
     pub limits: LimitArgs,
 }
@@ -188,6 +193,13 @@ pub struct SimulateArgs {
     /// Requests in flight at once.
     #[arg(long, default_value_t = 8)]
     pub concurrency: usize,
+    /// Simulate even when the service already holds the held-out interactions (a loud warning
+    /// instead of a refusal; the figures are then inflated).
+    #[arg(long)]
+    pub allow_leak: bool,
+    /// Print the report as JSON on standard output instead of the text summary.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `agp keys ...`
@@ -536,7 +548,7 @@ async fn run_import(db_args: &DbArgs, args: ImportArgs) -> anyhow::Result<()> {
             .collect::<Vec<_>>()
             .join(", ")
     );
-    let data = tokio::task::spawn_blocking(move || import::read(format, &paths)).await??;
+    let mut data = tokio::task::spawn_blocking(move || import::read(format, &paths)).await??;
     let read_time = started.elapsed();
     let limits = Limits {
         max_items_per_batch: usize::MAX,
@@ -565,6 +577,12 @@ async fn run_import(db_args: &DbArgs, args: ImportArgs) -> anyhow::Result<()> {
     );
     for note in &data.notes {
         eprintln!("  note: {note}");
+    }
+    if args.hold_out_last {
+        let held = data.hold_out_last();
+        println!(
+            "held out {held} interactions: the last of each user with two or more (what `agp simulate` asks the service to find)"
+        );
     }
 
     let db = Database::open(db_args).await?;
@@ -605,7 +623,7 @@ async fn run_import(db_args: &DbArgs, args: ImportArgs) -> anyhow::Result<()> {
         import::Format::Recbole | import::Format::Jsonl => "chronological",
     };
     let dataset = format!(
-        "{} ({})",
+        "{} ({}{})",
         args.paths
             .iter()
             .map(|p| match import::file_name(p) {
@@ -614,7 +632,12 @@ async fn run_import(db_args: &DbArgs, args: ImportArgs) -> anyhow::Result<()> {
             })
             .collect::<Vec<_>>()
             .join(", "),
-        args.format
+        args.format,
+        if args.hold_out_last {
+            ", each user's last interaction held out"
+        } else {
+            ""
+        }
     );
     store::catalog::set_source(&db.pool, &args.project, order, &dataset).await?;
     let (items, users, interactions) = store::catalog::counts(&db.pool, &args.project).await?;
@@ -751,8 +774,36 @@ async fn run_simulate(args: SimulateArgs) -> anyhow::Result<()> {
         concurrency: args.concurrency,
         kind: "click".into(),
     };
+    let check = crate::sim::check_leak(&data, &opts, crate::sim::LEAK_SAMPLE)
+        .await
+        .with_context(|| format!("checking what the service at {} holds", opts.url))?;
+    if let Some((user, item)) = check.leaking.first() {
+        let what = format!(
+            "the service already holds the held-out item of {} of {} sampled users (e.g. user \
+             {user:?}, item {item:?}): its popularity and item-kNN rankers are fit on the very \
+             items the simulated users are asked to find, so their figures would be inflated",
+            check.leaking.len(),
+            check.sampled
+        );
+        let fix = "import the data set with `agp import --hold-out-last` into a database that \
+                   does not hold it yet (an import only adds: re-importing over the full data \
+                   leaves the held-out items in place)";
+        if !args.allow_leak {
+            bail!("refusing to simulate: {what}. Re-import: {fix}; or pass --allow-leak");
+        }
+        eprintln!("WARNING: {what}.\nWARNING: simulating anyway (--allow-leak); to fix it, {fix}.");
+    } else {
+        eprintln!(
+            "leak check: none of {} sampled users' held-out items is in the service",
+            check.sampled
+        );
+    }
     let started = std::time::Instant::now();
     let r = crate::sim::run(&data, &opts).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+        return Ok(());
+    }
     println!(
         "{} requests from {} users in {:.1} s: {} clicks, {} requests with a click ({:.1}%), {} failed",
         r.requests,
@@ -763,11 +814,35 @@ async fn run_simulate(args: SimulateArgs) -> anyhow::Result<()> {
         100.0 * r.clicked_requests as f64 / r.requests.max(1) as f64,
         r.failures
     );
-    for (v, (n, c)) in &r.by_version {
-        println!(
-            "  p_gen v{v}: {n} requests, {c} with a click ({:.1}%)",
-            100.0 * *c as f64 / (*n).max(1) as f64
-        );
+    println!(
+        "  {:<36} {:>8} {:>8} {:>13} {:>6} {:>8}",
+        "arm",
+        "requests",
+        "clicked",
+        "click-through",
+        "MRR",
+        format!("HR@{}", opts.click.k)
+    );
+    let rows = r.by_arm.iter().map(|(arm, a)| {
+        (
+            arm.as_str(),
+            a.requests,
+            a.clicked_requests,
+            a.click_through,
+            a.mrr,
+            a.hr_at_k,
+        )
+    });
+    let all = (
+        "all",
+        r.requests,
+        r.clicked_requests,
+        r.clicked_requests as f64 / r.requests.max(1) as f64,
+        r.mrr,
+        r.hr_at_k,
+    );
+    for (arm, n, c, ctr, mrr, hr) in rows.chain([all]) {
+        println!("  {arm:<36} {n:>8} {c:>8} {ctr:>13.3} {mrr:>6.3} {hr:>8.3}");
     }
     Ok(())
 }

@@ -4,6 +4,12 @@
 //! (`llmrank`: it and random items the user never touched; `popularity`: the most popular
 //! items, which may miss it), and clicks what the click model says, through `POST /v1/feedback`.
 //!
+//! The service must not hold what a simulated user is asked to find: when it holds the data
+//! set's every interaction, its popularity and item-kNN rankers are fit on the held-out items
+//! themselves. `agp import --hold-out-last` leaves out exactly the interaction [`users`] holds
+//! out ([`crate::import::held_out_target`] is the one definition), and [`check_leak`] reads a
+//! sample of the planned users' stored histories to find out (`agp simulate` refuses a leak).
+//!
 //! Click model (position-based examination, Joachims et al. 2017): the item shown at 1-based
 //! rank r <= k is examined with probability `1 / r^eta`; the user's real next item is clicked
 //! when examined; any other examined item is clicked with probability `noise`. Items below k
@@ -15,7 +21,7 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
 
-use crate::import::Dataset;
+use crate::import::{self, Dataset};
 
 /// The click model.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -80,25 +86,23 @@ pub struct SimUser {
     pub target: String,
 }
 
-/// The users of a data set with at least two items.
+/// The users of a data set with at least two items: each user's last interaction is the
+/// target, the ones before it the history. The target is [`import::held_out_target`], the
+/// interaction `agp import --hold-out-last` leaves out.
 pub fn users(data: &Dataset) -> Vec<SimUser> {
-    let mut grouped: Vec<(String, Vec<String>)> = Vec::new();
-    for it in &data.interactions {
-        match grouped.last_mut() {
-            Some((u, items)) if *u == it.user_id => items.push(it.item_id.clone()),
-            _ => grouped.push((it.user_id.clone(), vec![it.item_id.clone()])),
-        }
-    }
-    grouped
+    let its = &data.interactions;
+    import::user_runs(its)
         .into_iter()
-        .filter(|(_, items)| items.len() >= 2)
-        .map(|(id, mut items)| {
-            let target = items.pop().unwrap_or_default();
-            SimUser {
-                id,
-                history: items,
-                target,
-            }
+        .filter_map(|run| {
+            let target = import::held_out_target(&run)?;
+            Some(SimUser {
+                id: its[run.start].user_id.clone(),
+                history: its[run.start..target]
+                    .iter()
+                    .map(|it| it.item_id.clone())
+                    .collect(),
+                target: its[target].item_id.clone(),
+            })
         })
         .collect()
 }
@@ -124,7 +128,7 @@ pub struct SimOptions {
     pub kind: String,
 }
 
-/// What happened, overall and per `p_gen` version that answered.
+/// What happened, overall and per arm (what answered: see [`arm_key`]).
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
 pub struct SimReport {
     pub requests: usize,
@@ -134,16 +138,72 @@ pub struct SimReport {
     pub clicked_requests: usize,
     /// Requests that failed (not 200) and were not counted.
     pub failures: usize,
-    /// `p_gen` version -> (requests, requests with a click).
+    /// Mean over requests of 1 / (1 + the 0-based position of the user's real next item in the
+    /// answer); 0 for a request whose answer does not show it.
+    pub mrr: f64,
+    /// Share of requests whose real next item was among the first `k` (the click model's) shown.
+    pub hr_at_k: f64,
+    /// `p_gen` version -> (requests, requests with a click). `by_arm` tells the arms apart
+    /// (a blend experiment's arms share one `p_gen` version).
     pub by_version: BTreeMap<i64, (usize, usize)>,
+    /// [`arm_key`] of the answers -> their figures.
+    pub by_arm: BTreeMap<String, ArmReport>,
+}
+
+/// The figures of the requests one arm answered.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct ArmReport {
+    pub requests: usize,
+    /// Requests with a click.
+    pub clicked_requests: usize,
+    pub clicks: usize,
+    /// clicked_requests / requests.
+    pub click_through: f64,
+    /// As [`SimReport::mrr`], over this arm's requests.
+    pub mrr: f64,
+    /// As [`SimReport::hr_at_k`], over this arm's requests.
+    pub hr_at_k: f64,
+}
+
+/// What answered a rerank, from its `meta`: `interleaved {name} v{control}+v{treatment}` when
+/// `meta.interleaving` is an object (an interleaved experiment), else
+/// `p_gen v{meta.prompt.version} · blend v{meta.blend.version}` (`blend request` when the
+/// request gave its own weights).
+pub fn arm_key(meta: &Value) -> String {
+    fn version(v: &Value) -> String {
+        match v.as_i64() {
+            Some(n) => n.to_string(),
+            None => "?".into(),
+        }
+    }
+    let il = &meta["interleaving"];
+    if il.is_object() {
+        return format!(
+            "interleaved {} v{}+v{}",
+            il["name"].as_str().unwrap_or("?"),
+            version(&il["control"]),
+            version(&il["treatment"])
+        );
+    }
+    let blend = match meta["blend"]["version"].as_i64() {
+        Some(v) => format!("blend v{v}"),
+        None => "blend request".into(),
+    };
+    format!("p_gen v{} · {blend}", version(&meta["prompt"]["version"]))
+}
+
+/// The seeded order users are drawn in (the first `o.users` of a shuffle).
+fn draw_order(n: usize, o: &SimOptions, rng: &mut impl Rng) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..n).collect();
+    order.shuffle(rng);
+    order.truncate(o.users.max(1));
+    order
 }
 
 /// One planned request: the user, and the candidate list.
 fn plan(users: &[SimUser], data: &Dataset, o: &SimOptions) -> Vec<(usize, Vec<String>)> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(o.seed);
-    let mut order: Vec<usize> = (0..users.len()).collect();
-    order.shuffle(&mut rng);
-    order.truncate(o.users.max(1));
+    let order = draw_order(users.len(), o, &mut rng);
     let items: Vec<&str> = data.items.iter().map(|i| i.id.as_str()).collect();
     let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
     for it in &data.interactions {
@@ -188,7 +248,91 @@ fn plan(users: &[SimUser], data: &Dataset, o: &SimOptions) -> Vec<(usize, Vec<St
         .collect()
 }
 
-/// Plays the simulation against the service.
+/// The distinct users a simulation with `o` plays, in the order it first plays them.
+pub fn planned_users(data: &Dataset, o: &SimOptions) -> Vec<SimUser> {
+    let users = users(data);
+    if users.is_empty() {
+        return Vec::new();
+    }
+    let mut rng = rand::rngs::StdRng::seed_from_u64(o.seed);
+    let order = draw_order(users.len(), o, &mut rng);
+    let n = o.requests.min(order.len());
+    order[..n].iter().map(|&u| users[u].clone()).collect()
+}
+
+/// The history endpoint's largest `limit`: what [`check_leak`] reads of a user.
+const HISTORY_LIMIT: i64 = 1000;
+
+/// Users read by [`check_leak`] at most.
+pub const LEAK_SAMPLE: usize = 20;
+
+/// What [`check_leak`] found.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct LeakCheck {
+    /// Planned users whose stored history was read.
+    pub sampled: usize,
+    /// (user, held-out item) of the sampled users whose held-out item the service holds.
+    pub leaking: Vec<(String, String)>,
+}
+
+/// Whether the service already holds the interactions the simulation holds out: for the first
+/// `sample` planned users, reads `GET /v1/users/{id}/history?limit=1000` (newest last) and
+/// counts a user as leaking when the stored history has their target item more often than the
+/// history the simulator sends does. A user the service does not know (404) does not leak.
+/// [`run`] does not call this; `agp simulate` does, before sending anything.
+pub async fn check_leak(
+    data: &Dataset,
+    o: &SimOptions,
+    sample: usize,
+) -> anyhow::Result<LeakCheck> {
+    let http = reqwest::Client::new();
+    let mut check = LeakCheck::default();
+    for user in planned_users(data, o).into_iter().take(sample) {
+        let mut url = reqwest::Url::parse(o.url.trim_end_matches('/'))?;
+        url.path_segments_mut()
+            .map_err(|_| anyhow::anyhow!("{} cannot be a base URL", o.url))?
+            .pop_if_empty()
+            .extend(["v1", "users", user.id.as_str(), "history"]);
+        url.query_pairs_mut()
+            .append_pair("limit", &HISTORY_LIMIT.to_string());
+        let mut req = http.get(url.clone());
+        if let Some(k) = &o.key {
+            req = req.bearer_auth(k);
+        }
+        let resp = req.send().await?;
+        let status = resp.status();
+        check.sampled += 1;
+        if status == reqwest::StatusCode::NOT_FOUND {
+            continue;
+        }
+        let v: Value = resp.json().await.unwrap_or(Value::Null);
+        anyhow::ensure!(status.is_success(), "GET {url} answered {status}: {v}");
+        let count = |ids: &mut dyn Iterator<Item = &str>| ids.filter(|i| *i == user.target).count();
+        let stored = count(
+            &mut v["history"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|h| h["item_id"].as_str()),
+        );
+        let sent = count(&mut user.history.iter().map(String::as_str));
+        if stored > sent {
+            check.leaking.push((user.id.clone(), user.target.clone()));
+        }
+    }
+    Ok(check)
+}
+
+/// One answered request.
+struct Outcome {
+    arm: String,
+    version: i64,
+    clicks: usize,
+    /// 0-based position of the real next item in the answer.
+    position: Option<usize>,
+}
+
+/// Plays the simulation against the service. It does not look for leaks: see [`check_leak`].
 pub async fn run(data: &Dataset, o: &SimOptions) -> anyhow::Result<SimReport> {
     let users = users(data);
     anyhow::ensure!(!users.is_empty(), "the data set has no user with two items");
@@ -197,6 +341,7 @@ pub async fn run(data: &Dataset, o: &SimOptions) -> anyhow::Result<SimReport> {
     let report = std::sync::Mutex::new(SimReport::default());
     let distinct: HashSet<usize> = planned.iter().map(|p| p.0).collect();
     let next = std::sync::atomic::AtomicUsize::new(0);
+    let k = o.click.k;
     let worker = |w: usize| {
         let (http, planned, users, report, next) = (&http, &planned, &users, &report, &next);
         async move {
@@ -209,13 +354,29 @@ pub async fn run(data: &Dataset, o: &SimOptions) -> anyhow::Result<SimReport> {
                 let outcome = one(http, o, &users[*u], list, &mut rng).await;
                 let mut r = report.lock().unwrap_or_else(|p| p.into_inner());
                 match outcome {
-                    Ok((version, clicks)) => {
+                    Ok(x) => {
+                        let clicked = usize::from(x.clicks > 0);
+                        // Sums while running; made means at the end.
+                        let rr = x.position.map_or(0.0, |p| 1.0 / (p + 1) as f64);
+                        let hit = if x.position.is_some_and(|p| p < k) {
+                            1.0
+                        } else {
+                            0.0
+                        };
                         r.requests += 1;
-                        r.clicks += clicks;
-                        r.clicked_requests += usize::from(clicks > 0);
-                        let e = r.by_version.entry(version).or_default();
+                        r.clicks += x.clicks;
+                        r.clicked_requests += clicked;
+                        r.mrr += rr;
+                        r.hr_at_k += hit;
+                        let e = r.by_version.entry(x.version).or_default();
                         e.0 += 1;
-                        e.1 += usize::from(clicks > 0);
+                        e.1 += clicked;
+                        let a = r.by_arm.entry(x.arm).or_default();
+                        a.requests += 1;
+                        a.clicks += x.clicks;
+                        a.clicked_requests += clicked;
+                        a.mrr += rr;
+                        a.hr_at_k += hit;
                     }
                     Err(e) => {
                         r.failures += 1;
@@ -228,17 +389,25 @@ pub async fn run(data: &Dataset, o: &SimOptions) -> anyhow::Result<SimReport> {
     futures_util::future::join_all((0..o.concurrency.max(1)).map(worker)).await;
     let mut r = report.into_inner().unwrap_or_else(|p| p.into_inner());
     r.users = distinct.len();
+    let mean = |sum: f64, n: usize| if n == 0 { 0.0 } else { sum / n as f64 };
+    r.mrr = mean(r.mrr, r.requests);
+    r.hr_at_k = mean(r.hr_at_k, r.requests);
+    for a in r.by_arm.values_mut() {
+        a.click_through = mean(a.clicked_requests as f64, a.requests);
+        a.mrr = mean(a.mrr, a.requests);
+        a.hr_at_k = mean(a.hr_at_k, a.requests);
+    }
     Ok(r)
 }
 
-/// One request and its clicks: (the `p_gen` version that answered, clicks sent).
+/// One request and its clicks.
 async fn one(
     http: &reqwest::Client,
     o: &SimOptions,
     user: &SimUser,
     list: &[String],
     rng: &mut impl Rng,
-) -> anyhow::Result<(i64, usize)> {
+) -> anyhow::Result<Outcome> {
     let start = user.history.len().saturating_sub(o.history_len.max(1));
     let history: Vec<Value> = user.history[start..]
         .iter()
@@ -256,6 +425,7 @@ async fn one(
         })
         .unwrap_or_default();
     let version = answer["meta"]["prompt"]["version"].as_i64().unwrap_or(0);
+    let arm = arm_key(&answer["meta"]);
     let request_id = answer["id"].as_str().unwrap_or_default().to_string();
     let clicks = o.click.clicks(&shown, &user.target, rng);
     for item in &clicks {
@@ -263,7 +433,12 @@ async fn one(
             json!({"request_id": request_id, "user_id": user.id, "item_id": item, "kind": o.kind});
         send(http, o, "/v1/feedback", &fb).await?;
     }
-    Ok((version, clicks.len()))
+    Ok(Outcome {
+        arm,
+        version,
+        clicks: clicks.len(),
+        position: shown.iter().position(|id| *id == user.target),
+    })
 }
 
 async fn send(
@@ -328,6 +503,69 @@ mod tests {
             eta: 0.0,
         };
         assert_eq!(noisy.clicks(&shown, "zz", &mut rng), vec!["i0", "i1"]);
+    }
+
+    #[test]
+    fn the_history_read_is_the_endpoints_largest() {
+        assert_eq!(HISTORY_LIMIT, crate::http::users::MAX_HISTORY_LIMIT);
+    }
+
+    #[test]
+    fn arms_are_named_by_what_answered() {
+        let meta = json!({"prompt": {"name": "p_gen", "version": 3}, "blend": {"version": 7, "weights": {}}});
+        assert_eq!(arm_key(&meta), "p_gen v3 · blend v7");
+        let meta = json!({"prompt": {"name": "p_gen", "version": 1}, "blend": {"version": null}});
+        assert_eq!(arm_key(&meta), "p_gen v1 · blend request");
+        let meta = json!({"prompt": {"name": "p_gen", "version": 1}, "blend": {"version": 2},
+                          "interleaving": {"name": "blend", "control": 2, "treatment": 5, "teams": []}});
+        assert_eq!(arm_key(&meta), "interleaved blend v2+v5");
+        let meta = json!({"prompt": {"version": 1}, "blend": {"version": 2}, "interleaving": null});
+        assert_eq!(arm_key(&meta), "p_gen v1 · blend v2");
+    }
+
+    #[test]
+    fn planned_users_are_the_ones_played_first() {
+        use crate::catalog::NewInteraction;
+        let mut interactions = Vec::new();
+        for u in 0..50 {
+            for i in 0..3 {
+                interactions.push(NewInteraction {
+                    user_id: format!("u{u}"),
+                    item_id: format!("i{}", u + i),
+                    kind: None,
+                    value: None,
+                    timestamp: None,
+                });
+            }
+        }
+        let data = Dataset {
+            items: Vec::new(),
+            interactions,
+            notes: Vec::new(),
+        };
+        let o = SimOptions {
+            url: String::new(),
+            key: None,
+            requests: 30,
+            users: 10,
+            candidates: 5,
+            lists: Lists::Popularity,
+            history_len: 5,
+            click: ClickModel::default(),
+            seed: 4,
+            concurrency: 1,
+            kind: "click".into(),
+        };
+        let all = users(&data);
+        let played: Vec<String> = plan(&all, &data, &o)
+            .into_iter()
+            .map(|(u, _)| all[u].id.clone())
+            .collect();
+        let planned: Vec<String> = planned_users(&data, &o).into_iter().map(|u| u.id).collect();
+        assert_eq!(planned.len(), 10);
+        assert_eq!(planned, played[..10]);
+        let few = SimOptions { requests: 3, ..o };
+        assert_eq!(planned_users(&data, &few).len(), 3);
     }
 
     #[test]

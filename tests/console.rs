@@ -22,13 +22,21 @@ use common::{candidate_values, llm_step, ranking_reply};
 use serde_json::json;
 use webdriver::Browser;
 
+/// Profiles from the seed `p_gen` (v1) like low-numbered items, from the test's v2 high ones;
+/// rankings follow the profile (so an interleaved v1 vs v2 list mixes two real orders).
 fn script(s: &Seen) -> Reply {
     match llm_step(s) {
         "rank" => {
             let v = candidate_values(s);
             let mut idx: Vec<usize> = (0..v.len()).collect();
             idx.sort_by_key(|&i| std::cmp::Reverse(v[i]));
+            if s.last_user().contains("low-numbered") {
+                idx.reverse();
+            }
             ranking_reply(s, &idx)
+        }
+        "gen" if !s.last_user().contains("favourite kinds") => {
+            Reply::text("Likes low-numbered items.")
         }
         _ => Reply::text("Likes high-numbered items."),
     }
@@ -336,6 +344,8 @@ async fn the_console_in_a_real_browser() {
             match teams[pos].as_str() {
                 Some("treatment") => wins += 1,
                 Some("control") => losses += 1,
+                // Both rankings had it at this rank: the click credits neither.
+                Some("both") => {}
                 t => panic!("team {t:?}: {r}"),
             }
             let (s, f) = call(

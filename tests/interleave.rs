@@ -10,8 +10,7 @@ mod common;
 use std::time::Duration;
 
 use agp_rerank::config::AppConfig;
-use agp_rerank::experiment::fold::Arm;
-use agp_rerank::experiment::interleave::{encode_teams, seed, team_draft};
+use agp_rerank::experiment::interleave::{Team, encode_teams, seed, team_draft};
 use agp_rerank::experiment::{self, Observed};
 use agp_rerank::llm::config::LlmSettings;
 use agp_rerank::llm::test_server::{Reply, Seen, TestLlm};
@@ -126,7 +125,7 @@ fn number(id: &str) -> usize {
     id.trim_start_matches('i').parse().unwrap()
 }
 
-fn teams(b: &Value) -> Vec<Arm> {
+fn teams(b: &Value) -> Vec<Team> {
     serde_json::from_value(b["meta"]["interleaving"]["teams"].clone()).unwrap()
 }
 
@@ -202,7 +201,7 @@ async fn an_interleaved_list_is_the_team_draft_merge_of_both_rankings() {
         // Each team's items keep their ranking's relative order.
         let t = teams(&b);
         assert_eq!(t.len(), 10);
-        for (team, ascending) in [(Arm::Control, true), (Arm::Treatment, false)] {
+        for (team, ascending) in [(Team::Control, true), (Team::Treatment, false)] {
             let v: Vec<usize> = ids
                 .iter()
                 .zip(&t)
@@ -275,7 +274,7 @@ async fn clicks_credit_the_teams_and_late_feedback_turns_a_loss_into_a_tie() {
         .unwrap();
     let first = rerank(&app, user).await;
     let second = rerank(&app, user).await;
-    let team_item = |b: &Value, team: Arm| {
+    let team_item = |b: &Value, team: Team| {
         shown(b)
             .into_iter()
             .zip(teams(b))
@@ -284,9 +283,9 @@ async fn clicks_credit_the_teams_and_late_feedback_turns_a_loss_into_a_tie() {
             .unwrap()
     };
     // The first: a click on the treatment's item (a win).
-    click(&app, &first, user, &team_item(&first, Arm::Treatment)).await;
+    click(&app, &first, user, &team_item(&first, Team::Treatment)).await;
     // The second: a click on the control's item (a loss)...
-    click(&app, &second, user, &team_item(&second, Arm::Control)).await;
+    click(&app, &second, user, &team_item(&second, Team::Control)).await;
     let e = read(&app, &id).await;
     let m = &e["result"]["treatment"]["interleaving"];
     assert_eq!(
@@ -301,7 +300,7 @@ async fn clicks_credit_the_teams_and_late_feedback_turns_a_loss_into_a_tie() {
         (Some(1), Some(1))
     );
     // ...then, later, one on its treatment item too: the request is now a tie.
-    click(&app, &second, user, &team_item(&second, Arm::Treatment)).await;
+    click(&app, &second, user, &team_item(&second, Team::Treatment)).await;
     let e = read(&app, &id).await;
     let m = &e["result"]["treatment"]["interleaving"];
     assert_eq!(

@@ -69,7 +69,10 @@ async fn look_folding(
         .unwrap_or_default();
     let point = LookPoint::of(&look, c.users + t.users, chrono::Utc::now());
     experiment::record_point(&mut history, point, experiment::HISTORY_POINTS);
-    let result = json!({"control": c, "treatment": t, "look": look, "history": history});
+    // What an interleaved request may cost over the control by design (the token guardrail's
+    // allowance), next to the arms' calls and tokens per rerank.
+    let result = json!({"control": c, "treatment": t, "look": look, "history": history,
+                        "cost_factor": plan.cost_factor});
     let ending = match look.outcome {
         Outcome::Continue => None,
         Outcome::Promote => Some(("promoted", e.treatment)),

@@ -4,16 +4,46 @@
 //! ranked item not yet in the list, and the item remembers its team. Clicks credit the team
 //! whose item was clicked: a request is a win for the treatment, a loss, or a tie.
 //!
+//! One refinement: an item both rankings place at the same rank is both teams' item
+//! (`Team::Both`), and a click on it credits neither. Which team drafts it is a coin's
+//! decision, so its credit would be a coin flip: zero on average, pure variance. Two prompts of
+//! one ranker agree on most of a list, so without this most clicks would be such coin flips.
+//!
 //! The coins come from the request id, so the same request merges the same way on every
 //! replica and in every replay.
 
 use super::fold::Arm;
 
-/// The merged list (indices into the candidates) and, per position, the team that supplied it.
+/// Whose item a position of a merged list is.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Team {
+    Control,
+    Treatment,
+    /// Both rankings have the item at this rank: a click on it credits neither.
+    Both,
+}
+
+impl Team {
+    /// The arm credited for a click (none for `Both`).
+    pub fn credited(self) -> Option<Arm> {
+        match self {
+            Team::Control => Some(Arm::Control),
+            Team::Treatment => Some(Arm::Treatment),
+            Team::Both => None,
+        }
+    }
+}
+
+/// The merged list (indices into the candidates), per position the team that drafted it, and
+/// per position whose item it is for credit.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Interleaved {
     pub order: Vec<usize>,
-    pub teams: Vec<Arm>,
+    pub picked_by: Vec<Arm>,
+    pub teams: Vec<Team>,
 }
 
 /// A deterministic stream of coin flips from a seed (splitmix64).
@@ -48,6 +78,7 @@ pub fn team_draft(control: &[usize], treatment: &[usize], seed: u64) -> Interlea
     let mut taken = std::collections::HashSet::with_capacity(total);
     let mut out = Interleaved {
         order: Vec::with_capacity(total),
+        picked_by: Vec::with_capacity(total),
         teams: Vec::with_capacity(total),
     };
     let (mut ci, mut ti) = (0usize, 0usize);
@@ -72,34 +103,51 @@ pub fn team_draft(control: &[usize], treatment: &[usize], seed: u64) -> Interlea
             for &i in rest {
                 if taken.insert(i) {
                     out.order.push(i);
-                    out.teams.push(rest_team);
+                    out.picked_by.push(rest_team);
                 }
             }
             break;
         };
         taken.insert(item);
         out.order.push(item);
-        out.teams.push(team);
+        out.picked_by.push(team);
         match team {
             Arm::Control => picks_c += 1,
             Arm::Treatment => picks_t += 1,
         }
     }
+    let rank = |list: &[usize]| -> std::collections::HashMap<usize, usize> {
+        list.iter().enumerate().map(|(r, &i)| (i, r)).collect()
+    };
+    let (rank_c, rank_t) = (rank(control), rank(treatment));
+    out.teams = out
+        .order
+        .iter()
+        .zip(&out.picked_by)
+        .map(|(item, by)| match (rank_c.get(item), rank_t.get(item)) {
+            (Some(a), Some(b)) if a == b => Team::Both,
+            _ => match by {
+                Arm::Control => Team::Control,
+                Arm::Treatment => Team::Treatment,
+            },
+        })
+        .collect();
     out
 }
 
-/// Teams as stored (`c`/`t` per position).
-pub fn encode_teams(teams: &[Arm]) -> String {
+/// Teams as stored (`c`/`t`/`b` per position).
+pub fn encode_teams(teams: &[Team]) -> String {
     teams
         .iter()
         .map(|t| match t {
-            Arm::Control => 'c',
-            Arm::Treatment => 't',
+            Team::Control => 'c',
+            Team::Treatment => 't',
+            Team::Both => 'b',
         })
         .collect()
 }
 
-/// Reads stored teams (an unknown letter is no team).
+/// Reads stored teams as the arm each position credits (`b`, or an unknown letter: none).
 pub fn decode_teams(s: &str) -> Vec<Option<Arm>> {
     s.chars()
         .map(|c| match c {
@@ -189,6 +237,8 @@ mod tests {
         for r in 0..200 {
             let m = team_draft(&control, &treatment, seed(&format!("req-{r}")));
             assert_eq!(m.order.len(), 8);
+            // Reversed rankings of an even length never agree on a rank.
+            assert!(m.teams.iter().all(|t| *t != Team::Both), "{m:?}");
             let mut sorted = m.order.clone();
             sorted.sort_unstable();
             assert_eq!(sorted, control.to_vec(), "every item once");
@@ -202,7 +252,7 @@ mod tests {
                 let picked: Vec<usize> = m
                     .order
                     .iter()
-                    .zip(&m.teams)
+                    .zip(&m.picked_by)
                     .filter(|(_, t)| **t == team)
                     .map(|(i, _)| *i)
                     .collect();
@@ -211,10 +261,13 @@ mod tests {
             }
             // Teams stay balanced: after every even position, as many picks each.
             for n in (2..=8).step_by(2) {
-                let c = m.teams[..n].iter().filter(|t| **t == Arm::Control).count();
+                let c = m.picked_by[..n]
+                    .iter()
+                    .filter(|t| **t == Arm::Control)
+                    .count();
                 assert_eq!(c, n / 2, "{m:?}");
             }
-            first_control += usize::from(m.teams[0] == Arm::Control);
+            first_control += usize::from(m.picked_by[0] == Arm::Control);
         }
         assert!(
             (70..130).contains(&first_control),
@@ -236,6 +289,13 @@ mod tests {
         let order = [4, 2, 0, 1, 3];
         let m = team_draft(&order, &order, 42);
         assert_eq!(m.order, order.to_vec());
+        assert!(m.teams.iter().all(|t| *t == Team::Both));
+        // Rankings that agree on the top two and differ below: the top two credit neither.
+        let m = team_draft(&[0, 1, 2, 3], &[0, 1, 3, 2], 9);
+        assert_eq!(&m.teams[..2], &[Team::Both, Team::Both]);
+        assert!(m.teams[2..].iter().all(|t| *t != Team::Both), "{m:?}");
+        let at = |i: usize| m.teams[m.order.iter().position(|x| *x == i).unwrap()];
+        assert_eq!((at(2), at(3)), (Team::Control, Team::Treatment));
     }
 
     #[test]
@@ -245,14 +305,17 @@ mod tests {
         sorted.sort_unstable();
         assert_eq!(sorted, vec![0, 1, 2]);
         let at = m.order.iter().position(|i| *i == 2).unwrap();
-        assert_eq!(m.teams[at], Arm::Treatment);
+        assert_eq!(m.teams[at], Team::Treatment);
     }
 
     #[test]
     fn clicks_credit_the_team_that_supplied_the_item() {
         let order = ids(&[0, 7, 1, 6]);
         let teams = decode_teams("ctct");
-        assert_eq!(encode_teams(&[Arm::Control, Arm::Treatment]), "ct");
+        assert_eq!(
+            encode_teams(&[Team::Control, Team::Treatment, Team::Both]),
+            "ctb"
+        );
         let c = Credit::of(&order, &teams, ["i7"]);
         assert_eq!((c.control, c.treatment), (0, 1));
         assert_eq!(c.preference(), Preference::Win);
@@ -263,6 +326,16 @@ mod tests {
         assert_eq!(
             Credit::of(&order, &teams, []).preference(),
             Preference::NoClick
+        );
+        // Nor does one both rankings had at that rank.
+        let shared = decode_teams("btct");
+        assert_eq!(
+            Credit::of(&order, &shared, ["i0"]).preference(),
+            Preference::NoClick
+        );
+        assert_eq!(
+            Credit::of(&order, &shared, ["i0", "i7"]).preference(),
+            Preference::Win
         );
         // An item not shown earns nothing.
         assert_eq!(

@@ -19,7 +19,8 @@
 //!   Dirichlet-multinomial test, always valid, p below `srm_alpha`) voids the experiment.
 //! - Interleaved experiments (`Design::Interleave`) decide on the users' preference instead:
 //!   per user, wins minus losses over their non-tie interleaved requests, tested by the same
-//!   mSPRT; `min_users`/`max_users` count users with a preference / interleaved users.
+//!   mSPRT; `min_users`/`max_users` count interleaved users (and at least
+//!   [`MIN_PREFERENCE_USERS`] with a preference).
 
 pub mod fold;
 pub mod interleave;
@@ -391,6 +392,10 @@ pub struct Look {
     pub reason: String,
 }
 
+/// Users with a preference an interleaved experiment needs before any decision, whatever
+/// `min_users` says (the test's normal approximation needs a few dozen of them).
+pub const MIN_PREFERENCE_USERS: usize = 30;
+
 /// What a look knows of the experiment besides its arms' figures.
 #[derive(Debug, Clone, Copy)]
 pub struct Plan<'a> {
@@ -432,14 +437,14 @@ fn statistic(c: &ArmMetrics, t: &ArmMetrics, design: Design) -> Statistic {
         }
         Design::Interleave => {
             let m = t.interleaving.clone().unwrap_or_default();
+            let n = m.preference_users as f64;
             let have_variance = m.preference_users >= 2;
+            // Preferences are mostly +-1 from one request each; a run of the same sign has no
+            // sample variance, so one pseudo-deviation of 1 is added (conservative).
+            let var = ((n - 1.0) * m.preference_var + 1.0) / n;
             Statistic {
                 d: m.preference,
-                v: if have_variance {
-                    m.preference_var / m.preference_users as f64
-                } else {
-                    0.0
-                },
+                v: if have_variance { var / n } else { 0.0 },
                 have_variance,
             }
         }
@@ -516,7 +521,10 @@ fn decide(
             c.users >= s.min_users && t.users >= s.min_users,
             c.users >= s.max_users && t.users >= s.max_users,
         ),
-        Design::Interleave => (team.preference_users >= s.min_users, t.users >= s.max_users),
+        Design::Interleave => (
+            t.users >= s.min_users && team.preference_users >= MIN_PREFERENCE_USERS,
+            t.users >= s.max_users,
+        ),
     };
     if enough && p < s.alpha {
         let what = match plan.design {
@@ -555,8 +563,9 @@ fn decide(
             c.users, t.users, s.min_users
         ),
         (false, Design::Interleave) => format!(
-            "{} users with a preference of the {} needed before a decision",
-            team.preference_users, s.min_users
+            "{} interleaved users of the {} and {} with a preference of the {MIN_PREFERENCE_USERS} \
+             needed before a decision",
+            t.users, s.min_users, team.preference_users
         ),
     };
     (Outcome::Continue, wait)

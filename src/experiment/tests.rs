@@ -238,18 +238,20 @@ fn interleave_look(c: &ArmMetrics, t: &ArmMetrics, s: &ExperimentSettings, prev:
 #[test]
 fn interleaved_decisions_on_hand_computed_preferences() {
     let s = ExperimentSettings::default();
-    // preference_tau 0.2 (tau2 = 0.04). 200 users with a preference, mean 0.1, variance 0.5:
-    // v = 0.5 / 200 = 0.0025; L = sqrt(0.0025 / 0.0425) exp(0.04 * 0.01 / (2 * 0.0025 * 0.0425))
-    //   = 0.242536 * e^1.882353 = 1.593203; p = 0.627667.
+    // preference_tau 0.2 (tau2 = 0.04). 200 users with a preference, mean 0.1, variance 0.5;
+    // with the pseudo-deviation the variance is (199 * 0.5 + 1) / 200 = 0.5025, v = 0.0025125;
+    // L = sqrt(0.0025125 / 0.0425125) exp(0.04 * 0.01 / (2 * 0.0025125 * 0.0425125))
+    //   = 0.243105 * e^1.872437 = 1.581189; p = 0.632435.
     let c = arm(300, 0.3, 0.2);
     let got = interleave_look(&c, &interleaved_arm(300, 200, 0.1, 0.5), &s, 1.0);
-    assert!((got.p_value - 0.627_667).abs() < 1e-6, "{got:?}");
+    assert!((got.p_value - 0.632_435).abs() < 1e-6, "{got:?}");
     assert_eq!(got.outcome, Outcome::Continue, "{}", got.reason);
     assert_eq!(got.difference, 0.1);
-    // Mean 0.2 with variance 0.25 over 400 users: v = 0.000625,
-    // L = sqrt(0.000625 / 0.040625) e^(0.04 * 0.04 / (2 * 0.000625 * 0.040625)) = 0.124035 e^31.507692.
+    // Mean 0.2 with variance 0.25 over 400 users: (399 * 0.25 + 1) / 400 = 0.251875,
+    // v = 0.000629688; L = sqrt(v / (v + 0.04)) e^(0.04 * 0.04 / (2 v (v + 0.04)))
+    //   = 0.124492 e^31.269536.
     let got = interleave_look(&c, &interleaved_arm(300, 400, 0.2, 0.25), &s, 1.0);
-    let l = 0.124_034_734f64 * 31.507_692_3f64.exp();
+    let l = 0.124_491_814f64 * 31.269_535_706f64.exp();
     assert!((got.p_value * l - 1.0).abs() < 1e-6, "{got:?}");
     assert_eq!(got.outcome, Outcome::Promote, "{}", got.reason);
     assert!(
@@ -261,14 +263,21 @@ fn interleaved_decisions_on_hand_computed_preferences() {
     assert!(got.interval.0 > 0.0);
     let got = interleave_look(&c, &interleaved_arm(300, 400, -0.2, 0.25), &s, 1.0);
     assert_eq!(got.outcome, Outcome::KeepControl, "{}", got.reason);
-    // Too few users with a preference: wait, whatever the p-value.
-    let got = interleave_look(&c, &interleaved_arm(300, 60, 0.5, 0.25), &s, 1.0);
+    // A run of one sign has no sample variance: the pseudo-deviation still gives a test.
+    let got = interleave_look(&c, &interleaved_arm(300, 40, 1.0, 0.0), &s, 1.0);
+    assert_eq!(got.outcome, Outcome::Promote, "{}", got.reason);
+    // Too few users with a preference, or too few interleaved users: wait, whatever the p.
+    let got = interleave_look(&c, &interleaved_arm(300, 20, 0.9, 0.1), &s, 1.0);
     assert_eq!(got.outcome, Outcome::Continue);
     assert!(
-        got.reason.contains("60 users with a preference of the 100"),
+        got.reason
+            .contains("300 interleaved users of the 100 and 20 with a preference of the 30"),
         "{}",
         got.reason
     );
+    let few = arm(60, 0.3, 0.2);
+    let got = interleave_look(&few, &interleaved_arm(60, 40, 0.9, 0.1), &s, 1.0);
+    assert_eq!(got.outcome, Outcome::Continue, "{}", got.reason);
     // max_users counts interleaved users.
     let capped = ExperimentSettings {
         max_users: 300,

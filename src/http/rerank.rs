@@ -1,6 +1,6 @@
 //! `POST /v1/rerank`, `POST /v1/feedback`, `GET /v1/users/{id}/profile`.
 
-use crate::experiment::fold::Arm;
+use crate::experiment::interleave::Team;
 use std::collections::HashSet;
 
 use axum::extract::State;
@@ -228,8 +228,9 @@ pub struct InterleavingMeta {
     pub name: String,
     pub control: i32,
     pub treatment: i32,
-    /// Per result, in order: `control` or `treatment`.
-    pub teams: Vec<Arm>,
+    /// Per result, in order: `control` or `treatment` (the team whose item it is), or
+    /// `both` (both rankings had it at this rank: a click on it credits neither).
+    pub teams: Vec<Team>,
 }
 
 /// Answer of `POST /v1/rerank`.

@@ -86,6 +86,50 @@ impl Dataset {
     }
 }
 
+/// The runs of one user in `interactions` (readers group a user's events together, oldest
+/// first), as index ranges in order.
+pub fn user_runs(interactions: &[NewInteraction]) -> Vec<std::ops::Range<usize>> {
+    let mut runs: Vec<std::ops::Range<usize>> = Vec::new();
+    for (i, it) in interactions.iter().enumerate() {
+        match runs.last_mut() {
+            Some(r) if interactions[r.start].user_id == it.user_id => r.end = i + 1,
+            _ => runs.push(i..i + 1),
+        }
+    }
+    runs
+}
+
+/// The held-out target of one user's run: its last interaction, when the run has at least two
+/// (one is left as history). The one definition the replay simulator (`sim::users`) and
+/// `agp import --hold-out-last` share, so what the service is not given is exactly what the
+/// simulator asks it to find.
+pub fn held_out_target(run: &std::ops::Range<usize>) -> Option<usize> {
+    (run.len() >= 2).then(|| run.end - 1)
+}
+
+/// Indices (ascending) of every user's held-out target in `interactions`.
+pub fn held_out_targets(interactions: &[NewInteraction]) -> Vec<usize> {
+    user_runs(interactions)
+        .iter()
+        .filter_map(held_out_target)
+        .collect()
+}
+
+impl Dataset {
+    /// Drops every user's held-out target (see [`held_out_target`]); returns how many.
+    pub fn hold_out_last(&mut self) -> usize {
+        let drop = held_out_targets(&self.interactions);
+        let mut next = drop.iter().peekable();
+        let mut i = 0;
+        self.interactions.retain(|_| {
+            let gone = next.next_if_eq(&&i).is_some();
+            i += 1;
+            !gone
+        });
+        drop.len()
+    }
+}
+
 /// A reading failure. Content errors name the file and the 1-based line.
 #[derive(Debug, thiserror::Error)]
 pub enum ImportError {
@@ -628,6 +672,62 @@ mod tests {
             .collect();
         assert_eq!(got, [("b", "2"), ("b", "1"), ("a", "1"), ("a", "2")]);
         assert_eq!((f.users, f.duplicates, f.sorted_users), (2, 1, 1));
+    }
+
+    #[test]
+    fn hold_out_last_drops_exactly_each_users_last_of_two_or_more() {
+        let ev = |u: &str, i: &str| NewInteraction {
+            user_id: u.into(),
+            item_id: i.into(),
+            kind: None,
+            value: None,
+            timestamp: None,
+        };
+        let mut ds = Dataset {
+            items: Vec::new(),
+            interactions: vec![
+                ev("a", "1"),
+                ev("a", "2"),
+                ev("a", "3"),
+                ev("b", "9"),
+                ev("c", "4"),
+                ev("c", "5"),
+                ev("d", "6"),
+            ],
+            notes: Vec::new(),
+        };
+        assert_eq!(held_out_targets(&ds.interactions), vec![2, 5]);
+        assert_eq!(ds.hold_out_last(), 2);
+        let left: Vec<(&str, &str)> = ds
+            .interactions
+            .iter()
+            .map(|e| (e.user_id.as_str(), e.item_id.as_str()))
+            .collect();
+        // A user with one interaction keeps it (nothing to simulate, nothing held out).
+        assert_eq!(
+            left,
+            [("a", "1"), ("a", "2"), ("b", "9"), ("c", "4"), ("d", "6")]
+        );
+        let mut empty = Dataset::default();
+        assert_eq!(empty.hold_out_last(), 0);
+
+        // On the shipped sample: one per user, and each dropped one is the simulator's target.
+        let data = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data/amazon-games-sample");
+        let full = read(Format::Recbole, &[data]).unwrap();
+        let mut held = full.clone();
+        assert_eq!(held.hold_out_last(), 300);
+        assert_eq!(held.interactions.len(), full.interactions.len() - 300);
+        assert_eq!(held.user_count(), 300);
+        for u in crate::sim::users(&full) {
+            let kept: Vec<&str> = held
+                .interactions
+                .iter()
+                .filter(|e| e.user_id == u.id)
+                .map(|e| e.item_id.as_str())
+                .collect();
+            assert_eq!(kept, u.history, "user {}", u.id);
+            assert!(!kept.contains(&u.target.as_str()));
+        }
     }
 
     /// The samples shipped in `data/` read cleanly (see data/README.md for the expected counts).

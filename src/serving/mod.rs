@@ -33,8 +33,7 @@ use uuid::Uuid;
 
 use crate::agp::profile;
 use crate::agp::rank::{self, RankMode, RankOptions};
-use crate::experiment::fold::Arm;
-use crate::experiment::interleave::{self, team_draft};
+use crate::experiment::interleave::{self, Team, team_draft};
 use crate::llm::usage::TallySnapshot;
 use crate::llm::{CallContext, LlmClient, LlmError, Role, Tally};
 use crate::store::journal::{Journal, JournalOptions};
@@ -199,8 +198,8 @@ pub struct InterleavingUsed {
     pub name: &'static str,
     pub control: i32,
     pub treatment: i32,
-    /// Per position of the order, the arm (team) that supplied it.
-    pub teams: Vec<Arm>,
+    /// Per position of the order, whose item it is (the team a click on it credits).
+    pub teams: Vec<Team>,
 }
 
 /// Failures that are not answered with a fallback.
