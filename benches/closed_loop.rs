@@ -312,7 +312,21 @@ struct Bench {
 /// How one experiment ended.
 struct Run {
     status: String,
+    /// Requests sent (both designs: all traffic, share 0.5).
     requests: usize,
+    /// Requests that took part in the comparison: both arms' (ab), the interleaved ones
+    /// (interleave; the others saw the control alone).
+    compared: usize,
+}
+
+/// The requests an experiment compared, from its figures.
+fn compared(e: &Value) -> usize {
+    let n = |arm: &str| e["result"][arm]["requests"].as_u64().unwrap_or(0) as usize;
+    if e["design"] == "interleave" {
+        n("treatment")
+    } else {
+        n("control") + n("treatment")
+    }
 }
 
 impl Bench {
@@ -382,6 +396,7 @@ impl Bench {
                 return Run {
                     status,
                     requests: sent,
+                    compared: compared(&e),
                 };
             }
             if sent >= self.budget {
@@ -394,6 +409,7 @@ impl Bench {
                 return Run {
                     status: "inconclusive within budget".into(),
                     requests: sent,
+                    compared: compared(&e),
                 };
             }
         }
@@ -421,19 +437,19 @@ impl Bench {
         }
         let mut keys: Vec<_> = tally.into_iter().collect();
         keys.sort();
-        let decided: Vec<usize> = out
+        let decided: Vec<&Run> = out
             .iter()
             .filter(|r| matches!(r.status.as_str(), "promoted" | "kept_control"))
-            .map(|r| r.requests)
             .collect();
         println!(
-            "   {design:>10}: {} | decided {}/{runs} | requests to a decision: {}",
+            "   {design:>10}: {} | decided {}/{runs} | requests to a decision: {} (compared: {})",
             keys.iter()
                 .map(|(k, n)| format!("{k} {n}"))
                 .collect::<Vec<_>>()
                 .join(", "),
             decided.len(),
-            median_max(decided)
+            median_max(decided.iter().map(|r| r.requests).collect()),
+            median_max(decided.iter().map(|r| r.compared).collect())
         );
         out
     }
@@ -508,14 +524,16 @@ async fn run(url: String) {
         .await;
     }
     let runs = env_usize("AGP_BENCH_RUNS", 20);
+    // Plain rankings move the real item up 3 or 4 places (even odds): two plain versions give
+    // different lists of equal quality, so an A/A interleaved test has credited clicks.
     let plain = Model::Shift {
-        plain: 3.0,
-        good: 3.0,
+        plain: 3.5,
+        good: 3.5,
     };
     println!(
         "\nTreatment share 0.5, budget {} requests, a look every {CHUNK}, alpha 0.05, default settings \
          (min_users 100; interleave: 100 users with a preference).\n\
-         Rankings: the incoming order with the real item moved up 3 places (plain: click-through {:.3}); \
+         Rankings: the incoming order with the real item moved up 3.5 places (plain: click-through {:.3}); \
          a GOOD profile moves it further.",
         b.budget,
         click_through(plain, false)
