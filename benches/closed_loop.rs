@@ -24,7 +24,7 @@
 //!
 //! `AGP_BENCH_DATA` points at another RecBole folder; `AGP_BENCH_RUNS` changes the 20 runs;
 //! `AGP_BENCH_BUDGET` the 10,000 requests per run; `AGP_BENCH_LIFTS` the lifts (e.g. `26,5`);
-//! `AGP_BENCH_LOOP=0` skips part 4.
+//! `AGP_BENCH_LOOP=0` skips part 4; `AGP_BENCH_SETTINGS` (JSON) sets the experiments' settings.
 
 mod support;
 
@@ -307,6 +307,8 @@ struct Bench {
     llm: LlmClient,
     seed: AtomicU64,
     budget: usize,
+    /// Experiment settings (`AGP_BENCH_SETTINGS`, JSON; default: the defaults).
+    settings: Value,
 }
 
 /// How one experiment ended.
@@ -370,7 +372,7 @@ impl Bench {
                 "/v1/experiments",
                 Some(
                     json!({"design": design, "control": control, "treatment": treatment,
-                            "treatment_share": 0.5}),
+                            "treatment_share": 0.5, "settings": self.settings}),
                 ),
             )
             .await;
@@ -496,6 +498,10 @@ async fn run(url: String) {
         llm,
         seed: AtomicU64::new(100),
         budget: env_usize("AGP_BENCH_BUDGET", 10_000),
+        settings: std::env::var("AGP_BENCH_SETTINGS")
+            .ok()
+            .and_then(|v| serde_json::from_str(&v).ok())
+            .unwrap_or_else(|| json!({})),
     };
     // The LLM alone orders; two plain versions and a GOOD one.
     let v = b
@@ -532,10 +538,11 @@ async fn run(url: String) {
     };
     println!(
         "\nTreatment share 0.5, budget {} requests, a look every {CHUNK}, alpha 0.05, default settings \
-         (min_users 100; interleave: 100 users with a preference).\n\
+         (min_users 100: per arm, interleave: interleaved users, and 30 with a preference); settings {}.\n\
          Rankings: the incoming order with the real item moved up 3.5 places (plain: click-through {:.3}); \
          a GOOD profile moves it further.",
         b.budget,
+        b.settings,
         click_through(plain, false)
     );
     let mut all = Vec::new();

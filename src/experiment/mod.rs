@@ -20,7 +20,7 @@
 //! - Interleaved experiments (`Design::Interleave`) decide on the users' preference instead:
 //!   per user, wins minus losses over their non-tie interleaved requests, tested by the same
 //!   mSPRT; `min_users`/`max_users` count interleaved users (and at least
-//!   [`MIN_PREFERENCE_USERS`] with a preference).
+//!   `min_preference_users` with a preference).
 
 pub mod fold;
 pub mod interleave;
@@ -90,6 +90,11 @@ pub struct ExperimentSettings {
     /// Users per arm before any decision.
     #[schema(minimum = 2, maximum = 10000000)]
     pub min_users: usize,
+    /// Interleaved experiments: users with a preference (a non-tie request) before any
+    /// decision, besides `min_users` interleaved users (the test's normal approximation needs
+    /// a few dozen).
+    #[schema(minimum = 10, maximum = 10000000)]
+    pub min_preference_users: usize,
     /// Users per arm after which the result is inconclusive.
     #[schema(minimum = 2, maximum = 10000000)]
     pub max_users: usize,
@@ -112,6 +117,7 @@ impl Default for ExperimentSettings {
             tau: 0.05,
             preference_tau: 0.2,
             min_users: 100,
+            min_preference_users: 30,
             max_users: 100_000,
             positive_kinds: vec!["click".into(), "purchase".into()],
             k: 10,
@@ -196,6 +202,12 @@ impl ExperimentSettings {
         };
         u("min_users", self.min_users, 2, 10_000_000)?;
         u("max_users", self.max_users, 2, 10_000_000)?;
+        u(
+            "min_preference_users",
+            self.min_preference_users,
+            10,
+            10_000_000,
+        )?;
         u("k", self.k, 1, 1000)?;
         u("guardrails.min_requests", g.min_requests, 1, 10_000_000)?;
         if self.max_users < self.min_users {
@@ -392,10 +404,6 @@ pub struct Look {
     pub reason: String,
 }
 
-/// Users with a preference an interleaved experiment needs before any decision, whatever
-/// `min_users` says (the test's normal approximation needs a few dozen of them).
-pub const MIN_PREFERENCE_USERS: usize = 30;
-
 /// What a look knows of the experiment besides its arms' figures.
 #[derive(Debug, Clone, Copy)]
 pub struct Plan<'a> {
@@ -522,7 +530,7 @@ fn decide(
             c.users >= s.max_users && t.users >= s.max_users,
         ),
         Design::Interleave => (
-            t.users >= s.min_users && team.preference_users >= MIN_PREFERENCE_USERS,
+            t.users >= s.min_users && team.preference_users >= s.min_preference_users,
             t.users >= s.max_users,
         ),
     };
@@ -563,9 +571,9 @@ fn decide(
             c.users, t.users, s.min_users
         ),
         (false, Design::Interleave) => format!(
-            "{} interleaved users of the {} and {} with a preference of the {MIN_PREFERENCE_USERS} \
-             needed before a decision",
-            t.users, s.min_users, team.preference_users
+            "{} interleaved users of the {} and {} with a preference of the {} needed before \
+             a decision",
+            t.users, s.min_users, team.preference_users, s.min_preference_users
         ),
     };
     (Outcome::Continue, wait)
