@@ -74,6 +74,34 @@ pub fn hash_key(secret: &str) -> Vec<u8> {
     Sha256::digest(secret.as_bytes()).to_vec()
 }
 
+/// Why a request's `Authorization` header could not be read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthHeaderError {
+    /// No usable `Bearer` credentials (401).
+    Missing,
+    /// More than one `Authorization` header: which one counts would be a guess (400).
+    Repeated,
+}
+
+/// The bearer token of a request: exactly one `Authorization` header whose scheme is
+/// `Bearer` in any case (RFC 7235: schemes are case-insensitive), then the token, trimmed.
+pub fn bearer_token(headers: &axum::http::HeaderMap) -> Result<&str, AuthHeaderError> {
+    let mut values = headers.get_all(axum::http::header::AUTHORIZATION).iter();
+    let value = values.next().ok_or(AuthHeaderError::Missing)?;
+    if values.next().is_some() {
+        return Err(AuthHeaderError::Repeated);
+    }
+    let value = value.to_str().map_err(|_| AuthHeaderError::Missing)?.trim();
+    let (scheme, token) = value
+        .split_once([' ', '\t'])
+        .ok_or(AuthHeaderError::Missing)?;
+    let token = token.trim();
+    if !scheme.eq_ignore_ascii_case("bearer") || token.is_empty() {
+        return Err(AuthHeaderError::Missing);
+    }
+    Ok(token)
+}
+
 /// Compares two secrets without an early exit (no timing oracle on the master key).
 pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
@@ -103,6 +131,40 @@ pub fn required_scope(method: &axum::http::Method, path: &str) -> Scope {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive_and_one_header_only() {
+        use axum::http::{HeaderMap, HeaderValue, header::AUTHORIZATION};
+        let with = |values: &[&str]| {
+            let mut h = HeaderMap::new();
+            for v in values {
+                h.append(AUTHORIZATION, HeaderValue::from_str(v).unwrap());
+            }
+            h
+        };
+        for v in [
+            "Bearer k1",
+            "bearer k1",
+            "BEARER k1",
+            "BeArEr   k1  ",
+            "Bearer\tk1",
+        ] {
+            assert_eq!(bearer_token(&with(&[v])), Ok("k1"), "{v:?}");
+        }
+        for v in ["Basic k1", "Bearer", "Bearer   ", "Bearerk1", "k1"] {
+            assert_eq!(
+                bearer_token(&with(&[v])),
+                Err(AuthHeaderError::Missing),
+                "{v:?}"
+            );
+        }
+        assert_eq!(bearer_token(&with(&[])), Err(AuthHeaderError::Missing));
+        assert_eq!(
+            bearer_token(&with(&["Bearer k1", "Bearer k2"])),
+            Err(AuthHeaderError::Repeated)
+        );
+    }
+
     use super::*;
 
     #[test]

@@ -115,3 +115,38 @@ async fn keys_scopes_and_revocation() {
     assert_eq!(s, 401);
     assert!(error_message(&b, "unauthorized").contains("revoked"));
 }
+
+#[tokio::test]
+async fn the_scheme_is_case_insensitive_and_two_authorization_headers_are_refused() {
+    let app = spawn_app_with(AppConfig {
+        master_key: Some(Secret::new(MASTER)),
+        ..Default::default()
+    })
+    .await;
+    let (read, _) = key(&app, Scope::Read).await;
+    let get = |values: Vec<String>| {
+        let mut req = app.client.get(app.url("/v1/items/nothing"));
+        for v in values {
+            req = req.header("authorization", v);
+        }
+        async move {
+            let resp = req.send().await.unwrap();
+            let s = resp.status().as_u16();
+            (
+                s,
+                resp.json::<serde_json::Value>().await.unwrap_or_default(),
+            )
+        }
+    };
+    // RFC 7235: the scheme is case-insensitive (404: authenticated, no such item).
+    for scheme in ["Bearer", "bearer", "BEARER", "bEaReR"] {
+        let (s, b) = get(vec![format!("{scheme} {read}")]).await;
+        assert_eq!(s, 404, "{scheme}: {b}");
+    }
+    let (s, b) = get(vec![format!("Basic {read}")]).await;
+    assert_eq!(s, 401, "{b}");
+    // Two headers: which one counts would be a guess.
+    let (s, b) = get(vec![format!("Bearer {read}"), format!("Bearer {MASTER}")]).await;
+    assert_eq!(s, 400, "{b}");
+    assert!(error_message(&b, "validation_error").contains("more than one"));
+}

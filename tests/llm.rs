@@ -218,6 +218,37 @@ async fn interactive_calls_overtake_background_work() {
 }
 
 #[tokio::test]
+async fn two_projects_sending_the_same_prompt_never_share_a_cache_hit() {
+    let (pool, _) = common::fresh_db().await;
+    let server = TestLlm::start(|s| Reply::text(format!("echo: {}", s.last_user()))).await;
+    let client = LlmClient::new(settings(&server), Some(pool.clone()));
+    let call = |project: &'static str| {
+        let client = client.clone();
+        async move {
+            client
+                .chat(
+                    Role::Summarize,
+                    &ask("an item's exact text"),
+                    &CallContext::background(project),
+                )
+                .await
+                .unwrap()
+        }
+    };
+    let a1 = call("alpha").await;
+    let b1 = call("beta").await;
+    let a2 = call("alpha").await;
+    let b2 = call("beta").await;
+    assert!(!a1.cached, "alpha's first call goes upstream");
+    assert!(
+        !b1.cached,
+        "beta never learns that alpha sent the same prompt"
+    );
+    assert!(a2.cached && b2.cached, "each project hits its own cache");
+    assert_eq!(server.calls(), 2);
+}
+
+#[tokio::test]
 async fn cache_hits_make_no_upstream_call_and_usage_rows_are_written() {
     let (pool, _) = common::fresh_db().await;
     let server = TestLlm::start(|s| Reply::text(format!("echo: {}", s.last_user()))).await;

@@ -3,7 +3,6 @@
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::header;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
@@ -17,20 +16,20 @@ pub async fn authenticate(State(state): State<AppState>, mut req: Request, next:
     let principal = match &state.config.master_key {
         None => Principal::development(),
         Some(master) => {
-            let token = req
-                .headers()
-                .get(header::AUTHORIZATION)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| {
-                    v.strip_prefix("Bearer ")
-                        .or_else(|| v.strip_prefix("bearer "))
-                })
-                .map(str::trim);
-            let Some(token) = token.filter(|t| !t.is_empty()) else {
-                return AppError::Unauthorized(
-                    "missing `Authorization: Bearer <key>` header".into(),
-                )
-                .into_response();
+            let token = match auth::bearer_token(req.headers()) {
+                Ok(t) => t,
+                Err(auth::AuthHeaderError::Repeated) => {
+                    return AppError::BadRequest(
+                        "more than one `Authorization` header: send exactly one".into(),
+                    )
+                    .into_response();
+                }
+                Err(auth::AuthHeaderError::Missing) => {
+                    return AppError::Unauthorized(
+                        "missing `Authorization: Bearer <key>` header".into(),
+                    )
+                    .into_response();
+                }
             };
             if auth::constant_time_eq(token.as_bytes(), master.expose().as_bytes()) {
                 Principal {

@@ -177,7 +177,7 @@ impl LlmClient {
         let deterministic = temperature == 0.0 || (req.cache_seeded && req.seed.is_some());
         let cacheable =
             s.cache && !ctx.no_cache && !req.no_cache && deterministic && self.inner.pool.is_some();
-        let key = cacheable.then(|| cache_key(&rr.endpoint.base_url, &body));
+        let key = cacheable.then(|| cache_key(&ctx.project, &rr.endpoint.base_url, &body));
 
         if let (Some(pool), Some(key)) = (&self.inner.pool, &key) {
             // A rerank must not wait on a slow or absent database for a cache lookup.
@@ -533,9 +533,13 @@ pub fn request_body(
     body
 }
 
-/// Cache key: hash of the server and the exact request body (model, messages, parameters).
-pub fn cache_key(base_url: &str, body: &Value) -> Vec<u8> {
+/// Cache key: hash of the project, the server and the exact request body (model, messages,
+/// parameters). The project keeps tenants apart: a cache hit (counted in `meta.usage`) must
+/// not tell one project that another already sent the same prompt.
+pub fn cache_key(project: &str, base_url: &str, body: &Value) -> Vec<u8> {
     let mut h = Sha256::new();
+    h.update(project.as_bytes());
+    h.update([0]);
     h.update(base_url.as_bytes());
     h.update([0]);
     h.update(body.to_string().as_bytes());
@@ -653,12 +657,25 @@ mod tests {
     #[test]
     fn cache_key_depends_on_every_parameter() {
         let req = ChatRequest::new(vec![Message::user("hi")]);
-        let a = cache_key("u", &request_body("m", &req, 0.0, 1, 64));
-        assert_eq!(a, cache_key("u", &request_body("m", &req, 0.0, 1, 64)));
-        assert_ne!(a, cache_key("u2", &request_body("m", &req, 0.0, 1, 64)));
-        assert_ne!(a, cache_key("u", &request_body("m2", &req, 0.0, 1, 64)));
-        assert_ne!(a, cache_key("u", &request_body("m", &req, 0.0, 2, 64)));
-        assert_ne!(a, cache_key("u", &request_body("m", &req, 0.0, 1, 65)));
+        let a = cache_key("p", "u", &request_body("m", &req, 0.0, 1, 64));
+        assert_eq!(a, cache_key("p", "u", &request_body("m", &req, 0.0, 1, 64)));
+        assert_ne!(
+            a,
+            cache_key("p2", "u", &request_body("m", &req, 0.0, 1, 64))
+        );
+        assert_ne!(
+            a,
+            cache_key("p", "u2", &request_body("m", &req, 0.0, 1, 64))
+        );
+        assert_ne!(
+            a,
+            cache_key("p", "u", &request_body("m2", &req, 0.0, 1, 64))
+        );
+        assert_ne!(a, cache_key("p", "u", &request_body("m", &req, 0.0, 2, 64)));
+        assert_ne!(a, cache_key("p", "u", &request_body("m", &req, 0.0, 1, 65)));
+        // The separator keeps ("ab", "c") and ("a", "bc") apart.
+        let body = request_body("m", &req, 0.0, 1, 64);
+        assert_ne!(cache_key("ab", "c", &body), cache_key("a", "bc", &body));
     }
 
     #[test]
