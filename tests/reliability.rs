@@ -322,6 +322,34 @@ async fn slow_headers_and_idle_sockets_cannot_lock_out_real_clients() {
 }
 
 #[tokio::test]
+async fn the_head_limit_is_the_documented_one() {
+    // Default limits: 65,536 bytes of request line and headers.
+    let app = common::spawn_app().await;
+    let head = |padding: usize| {
+        let url = format!("{}/healthz", app.base);
+        async move {
+            let r = reqwest::Client::new()
+                .get(url)
+                .header("x-padding", "a".repeat(padding))
+                .send()
+                .await
+                .unwrap();
+            let s = r.status().as_u16();
+            (s, r.json::<Value>().await.unwrap_or_default())
+        }
+    };
+    assert_eq!(head(65_000).await.0, 200, "just under the limit");
+    for padding in [66_000, 100_000] {
+        let (s, b) = head(padding).await;
+        assert_eq!(s, 431, "{padding} bytes of padding");
+        assert!(
+            error_message(&b, "validation_error").contains("exceed 65536 bytes"),
+            "{b}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn odd_request_ids_are_replaced_not_echoed() {
     let app = common::spawn_app().await;
     for bad in [
