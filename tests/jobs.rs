@@ -951,3 +951,20 @@ async fn both_rank_modes_are_compared_on_the_same_lists_in_an_evaluation() {
         "{notes}"
     );
 }
+
+#[tokio::test]
+async fn without_an_llm_optimizations_and_summaries_fail_with_the_reason() {
+    let mut r = rig("Recent items:\n{{history}}\nWrite a GOOD profile.").await;
+    r.llm = LlmClient::disabled();
+    r.reranker = Reranker::new(r.pool.clone(), r.llm.clone(), RerankSettings::default());
+    for (kind, params) in [
+        (jobs::JobKind::Optimization, opt_params("paper")),
+        (jobs::JobKind::SummarizeCatalog, json!({})),
+    ] {
+        let (status, job) = r.run(kind.as_str(), params).await;
+        assert_eq!(status, "failed", "{} {:?}", kind.as_str(), job.error);
+        let why = job.error.unwrap_or_default();
+        assert!(why.contains("no LLM is configured"), "{why}");
+    }
+    assert_eq!(r.server.calls(), 0);
+}

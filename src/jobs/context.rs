@@ -70,6 +70,19 @@ pub struct JobContext {
 }
 
 impl JobContext {
+    /// Fails the job at once when this worker has no LLM for one of `roles`: the job would
+    /// otherwise "succeed" having done nothing.
+    pub fn require_llm(&self, roles: &[crate::llm::Role]) -> Result<(), JobError> {
+        match roles.iter().find(|r| !self.llm.is_configured(**r)) {
+            None => Ok(()),
+            Some(r) => Err(failed(format!(
+                "no LLM is configured for the {} role on this worker: start it with --llm \
+                 (an OpenAI-compatible URL, or `local`)",
+                r.as_str()
+            ))),
+        }
+    }
+
     /// A context for running `job`.
     pub fn new(
         pool: PgPool,

@@ -237,6 +237,14 @@ async fn validation_ndcg(scorer: &Scorer, cases: &[Case], p: &Prompt, call: &Cal
 
 /// Runs an optimization job.
 pub async fn run(ctx: &JobContext) -> Result<Report, JobError> {
+    use crate::llm::Role;
+    ctx.require_llm(&[
+        Role::Profile,
+        Role::Rank,
+        Role::Feedback,
+        Role::Aggregate,
+        Role::Optimize,
+    ])?;
     let setup = setup(ctx).await?;
     let mut st: State = ctx.saved_state().unwrap_or(State {
         current: setup.base.version,

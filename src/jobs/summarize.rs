@@ -19,6 +19,7 @@ struct Offset {
 /// saving its position after each chunk. Returns a small report.
 pub async fn run(ctx: &JobContext) -> Result<Report, JobError> {
     const CHUNK: usize = 50;
+    ctx.require_llm(&[crate::llm::Role::Summarize])?;
     let project = ctx.project().to_string();
     let ids = crate::store::catalog::item_ids(&ctx.pool, &project).await?;
     let prod = crate::serving::PromptSelector::Label(crate::store::prompts::PRODUCTION.into());
