@@ -293,15 +293,7 @@ async fn run(url: String) {
         let (tr, co): (Vec<_>, Vec<_>) = observed.iter().partition(|o| o.treatment);
         let c = experiment::arm_metrics(e.control, &co, e.settings.k);
         let tm = experiment::arm_metrics(e.treatment, &tr, e.settings.k);
-        let plan = experiment::Plan {
-            settings: &e.settings,
-            design: e.design,
-            share: e.treatment_share,
-            cost_factor: e.design.cost_factor(&e.name),
-            previous_p: e.p_value,
-            previous_srm_p: e.srm_p,
-        };
-        let _ = experiment::look(&c, &tm, &plan);
+        let _ = experiment::look(&c, &tm, &e.plan());
         let before_ms = started.elapsed().as_secs_f64() * 1e3;
         let logged: i64 = sqlx::query_scalar("SELECT count(*) FROM rerank_requests")
             .fetch_one(&pool)

@@ -5,10 +5,7 @@
 
 mod common;
 
-use std::time::Duration;
-
 use agp_rerank::catalog::{NewInteraction, NewItem};
-use agp_rerank::config::AppConfig;
 use agp_rerank::experiment;
 use agp_rerank::import::Dataset;
 use agp_rerank::llm::config::LlmSettings;
@@ -83,13 +80,7 @@ struct Rig {
 }
 
 async fn rig() -> Rig {
-    let llm = TestLlm::start(script).await;
-    let mut settings = LlmSettings::single(llm.base_url.clone(), "test-model");
-    settings.timeout = Duration::from_secs(2);
-    settings.retry.max_attempts = 1;
-    let mut config = AppConfig::default();
-    config.rerank.summaries = false;
-    let app = common::spawn_app_with_llm(config, settings).await;
+    let (app, llm) = common::spawn_app_scripted(script).await;
     let data = dataset();
     agp_rerank::store::import::write(
         &app.pool,
@@ -215,12 +206,8 @@ impl Rig {
         // The same look over the whole log's figures decides the same.
         let previous: f64 = e["result"]["look"]["p_value"].as_f64().unwrap();
         let plan = experiment::Plan {
-            settings: &row.settings,
-            design: row.design,
-            share: row.treatment_share,
-            cost_factor: row.design.cost_factor(&row.name),
             previous_p: previous,
-            previous_srm_p: row.srm_p,
+            ..row.plan()
         };
         let look = experiment::look(&whole[0], &whole[1], &plan);
         let outcome = serde_json::to_value(look.outcome).unwrap();

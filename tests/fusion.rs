@@ -12,7 +12,7 @@ use std::time::Duration;
 use agp_rerank::config::AppConfig;
 use agp_rerank::llm::config::LlmSettings;
 use agp_rerank::llm::test_server::{Reply, Seen, TestLlm};
-use common::{TestApp, candidate_values as values, error_message, llm_step as step};
+use common::{TestApp, candidate_values as values, error_message, llm_step as step, result_ids};
 use serde_json::{Value, json};
 
 struct Rig {
@@ -93,15 +93,6 @@ impl Rig {
     }
 }
 
-fn order(b: &Value) -> Vec<String> {
-    b["results"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["id"].as_str().unwrap().to_string())
-        .collect()
-}
-
 fn weights(w: Value) -> Value {
     json!({"blend": {"weights": w}})
 }
@@ -111,12 +102,12 @@ async fn each_ranker_answers_alone_without_calling_the_llm() {
     let r = rig().await;
     let cands = [3, 5, 1];
     let incoming = r.rerank("u", &cands, weights(json!({"incoming": 1}))).await;
-    assert_eq!(order(&incoming), ["i3", "i5", "i1"]);
+    assert_eq!(result_ids(&incoming), ["i3", "i5", "i1"]);
     // counts i3 1, i5 1, i1 3: i1, then the tie in incoming order
     let popularity = r
         .rerank("u", &cands, weights(json!({"popularity": 1})))
         .await;
-    assert_eq!(order(&popularity), ["i1", "i3", "i5"]);
+    assert_eq!(result_ids(&popularity), ["i1", "i3", "i5"]);
     // item-kNN from u's history [i4]: only i5 co-occurs with i4; then popularity (i1 3, i3 1).
     // The project's model is fit in the background on first use: until then the component
     // is skipped, and the answer says so.
@@ -128,11 +119,15 @@ async fn each_ranker_answers_alone_without_calling_the_llm() {
             break;
         }
         assert_eq!(b["meta"]["blend"]["skipped"], json!(["item_knn"]), "{b}");
-        assert_eq!(order(&b), ["i3", "i5", "i1"], "nothing to fuse: incoming");
+        assert_eq!(
+            result_ids(&b),
+            ["i3", "i5", "i1"],
+            "nothing to fuse: incoming"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let b = fitted.expect("the item-kNN model was fit");
-    assert_eq!(order(&b), ["i5", "i1", "i3"], "{b}");
+    assert_eq!(result_ids(&b), ["i5", "i1", "i3"], "{b}");
     for b in [&incoming, &popularity, &b] {
         assert_eq!(b["meta"]["usage"]["llm_calls"], 0);
         assert_eq!(b["meta"]["model"], Value::Null);
@@ -168,7 +163,7 @@ async fn the_default_blend_fuses_the_llm_with_the_incoming_order() {
     let cands = [10, 30, 20, 40];
     // Default (v1): llm 1 + incoming 1: c1 2/3, c0 = c3 = 1/2 (tie: incoming), c2 1/3.
     let b = r.rerank("u", &cands, json!({})).await;
-    assert_eq!(order(&b), ["i30", "i10", "i40", "i20"], "{b}");
+    assert_eq!(result_ids(&b), ["i30", "i10", "i40", "i20"], "{b}");
     assert_eq!(b["meta"]["blend"]["version"], 1);
     assert_eq!(b["meta"]["blend"]["weights"]["llm"], 1.0);
     assert_eq!(b["meta"]["blend"]["weights"]["incoming"], 1.0);
@@ -177,20 +172,20 @@ async fn the_default_blend_fuses_the_llm_with_the_incoming_order() {
     let b = r
         .rerank("u", &cands, weights(json!({"llm": 2, "incoming": 1})))
         .await;
-    assert_eq!(order(&b), ["i30", "i40", "i10", "i20"], "{b}");
+    assert_eq!(result_ids(&b), ["i30", "i40", "i10", "i20"], "{b}");
     // The LLM alone.
     let b = r.rerank("u", &cands, weights(json!({"llm": 1}))).await;
-    assert_eq!(order(&b), ["i40", "i30", "i20", "i10"]);
+    assert_eq!(result_ids(&b), ["i40", "i30", "i20", "i10"]);
     // An upstream that reverses the list cancels out against the incoming order.
     r.reversed.store(true, Ordering::SeqCst);
     let b = r.rerank("u", &cands, json!({})).await;
-    assert_eq!(order(&b), ["i10", "i30", "i20", "i40"], "{b}");
+    assert_eq!(result_ids(&b), ["i10", "i30", "i20", "i40"], "{b}");
     // A user without history: no LLM call; the incoming order takes the LLM's place.
     let before = r.ranks.load(Ordering::SeqCst);
     let b = r.rerank("nobody", &cands, json!({})).await;
     assert_eq!(b["meta"]["fallback"], "cold_start");
     assert_eq!(b["meta"]["blend"]["skipped"], json!(["llm"]));
-    assert_eq!(order(&b), ["i10", "i30", "i20", "i40"]);
+    assert_eq!(result_ids(&b), ["i10", "i30", "i20", "i40"]);
     assert_eq!(r.ranks.load(Ordering::SeqCst), before);
 }
 
@@ -318,7 +313,7 @@ async fn blend_versions_labels_splits_and_overrides() {
     );
     let b = r.rerank("u", &cands, json!({})).await;
     assert_eq!(b["meta"]["blend"]["version"], 2);
-    assert_eq!(order(&b), ["i10", "i30", "i20"]);
+    assert_eq!(result_ids(&b), ["i10", "i30", "i20"]);
     assert_eq!(
         r.ranks.load(Ordering::SeqCst),
         before,

@@ -9,14 +9,12 @@ mod common;
 
 use std::time::Duration;
 
-use agp_rerank::config::AppConfig;
 use agp_rerank::experiment::interleave::{Team, encode_teams, seed, team_draft};
 use agp_rerank::experiment::{self, Observed};
-use agp_rerank::llm::config::LlmSettings;
 use agp_rerank::llm::test_server::{Reply, Seen, TestLlm};
 use agp_rerank::serving::choose_arm;
 use agp_rerank::store::prompts::SplitArm;
-use common::{TestApp, candidate_values, llm_step, ranking_reply};
+use common::{TestApp, candidate_values, llm_step, ranking_reply, result_ids};
 use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
 
@@ -41,13 +39,7 @@ fn script(s: &Seen) -> Reply {
 
 /// p_gen v2 sorts ascending, v3 descending; blend v1 is the LLM alone, v2 the incoming order.
 async fn rig() -> (TestApp, TestLlm) {
-    let llm = TestLlm::start(script).await;
-    let mut settings = LlmSettings::single(llm.base_url.clone(), "test-model");
-    settings.timeout = Duration::from_secs(2);
-    settings.retry.max_attempts = 1;
-    let mut config = AppConfig::default();
-    config.rerank.summaries = false;
-    let app = common::spawn_app_with_llm(config, settings).await;
+    let (app, llm) = common::spawn_app_scripted(script).await;
     let items: Vec<Value> = (0..30)
         .map(|i| json!({"id": format!("i{i}"), "title": format!("Item {i}")}))
         .collect();
@@ -112,15 +104,6 @@ async fn rerank(app: &TestApp, user: usize) -> Value {
     b
 }
 
-fn shown(b: &Value) -> Vec<String> {
-    b["results"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["id"].as_str().unwrap().to_string())
-        .collect()
-}
-
 fn number(id: &str) -> usize {
     id.trim_start_matches('i').parse().unwrap()
 }
@@ -173,7 +156,7 @@ async fn an_interleaved_list_is_the_team_draft_merge_of_both_rankings() {
     let (mut interleaved, mut control_only) = (0, 0);
     for user in 0..30 {
         let b = rerank(&app, user).await;
-        let ids = shown(&b);
+        let ids = result_ids(&b);
         let cands = candidates(user);
         let index = |id: &str| cands.iter().position(|c| *c == number(id)).unwrap();
         if b["meta"]["interleaving"].is_null() {
@@ -275,7 +258,7 @@ async fn clicks_credit_the_teams_and_late_feedback_turns_a_loss_into_a_tie() {
     let first = rerank(&app, user).await;
     let second = rerank(&app, user).await;
     let team_item = |b: &Value, team: Team| {
-        shown(b)
+        result_ids(b)
             .into_iter()
             .zip(teams(b))
             .find(|(_, t)| *t == team)
@@ -335,7 +318,7 @@ async fn traffic(app: &TestApp, users: std::ops::Range<usize>, p_high: f64, seed
     for user in users {
         let b = rerank(app, user).await;
         sent += 1;
-        let mut top: Vec<String> = shown(&b).into_iter().take(3).collect();
+        let mut top: Vec<String> = result_ids(&b).into_iter().take(3).collect();
         top.sort_by_key(|i| number(i));
         let item = if rng.random::<f64>() < p_high {
             top.last()
@@ -414,7 +397,7 @@ async fn an_interleaved_blend_experiment_ranks_once() {
         assert_eq!(b["meta"]["interleaving"]["name"], "blend");
         assert_eq!(b["meta"]["blend"]["version"], 3);
         // The LLM's top (i0) and the incoming top are the first two.
-        let ids = shown(&b);
+        let ids = result_ids(&b);
         let incoming_top = format!("i{}", candidates(user)[0]);
         assert!(
             ids[..2].contains(&"i0".to_string()) && ids[..2].contains(&incoming_top),

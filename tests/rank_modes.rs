@@ -13,7 +13,7 @@ use agp_rerank::config::AppConfig;
 use agp_rerank::llm::config::LlmSettings;
 use agp_rerank::llm::retry::RetryPolicy;
 use agp_rerank::llm::test_server::{Reply, Seen, TestLlm};
-use common::{TestApp, candidate_values, llm_step, ranking_reply};
+use common::{TestApp, candidate_values, llm_step, ranking_reply, result_ids};
 use serde_json::{Value, json};
 
 /// Profiles and summaries echo a fixed text; rankings put the highest "Item N" first, in
@@ -89,15 +89,6 @@ async fn rig() -> Rig {
 
 fn ids(range: impl Iterator<Item = usize>) -> Vec<Value> {
     range.map(|i| json!({"id": format!("i{i}")})).collect()
-}
-
-fn result_ids(b: &Value) -> Vec<String> {
-    b["results"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["id"].as_str().unwrap().to_string())
-        .collect()
 }
 
 /// The ranking calls' request bodies.

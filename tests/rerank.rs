@@ -14,7 +14,7 @@ use agp_rerank::llm::LlmClient;
 use agp_rerank::llm::config::LlmSettings;
 use agp_rerank::llm::retry::RetryPolicy;
 use agp_rerank::llm::test_server::{Reply, Seen, TestLlm};
-use common::{TestApp, candidate_values as values, error_message, llm_step as step};
+use common::{TestApp, candidate_values as values, error_message, llm_step as step, result_ids};
 use serde_json::{Value, json};
 
 /// The default script: summaries and profiles echo their inputs, ranking puts the highest
@@ -116,15 +116,6 @@ fn cands(ids: &[usize]) -> Value {
     )
 }
 
-fn ids(b: &Value) -> Vec<String> {
-    b["results"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["id"].as_str().unwrap().to_string())
-        .collect()
-}
-
 fn calls(b: &Value) -> u64 {
     b["meta"]["usage"]["llm_calls"].as_u64().unwrap()
 }
@@ -140,7 +131,7 @@ async fn ranks_with_profile_and_caches_profile_and_summaries() {
         )
         .await;
     assert_eq!(s, 200, "{b}");
-    assert_eq!(ids(&b), ["i40", "i20"], "best first, cut to top_n");
+    assert_eq!(result_ids(&b), ["i40", "i20"], "best first, cut to top_n");
     assert_eq!(b["results"][0]["index"], 1);
     assert_eq!(b["results"][0]["score"], 1.0);
     assert!(b["id"].as_str().unwrap().starts_with("rr_"));
@@ -286,7 +277,7 @@ async fn cold_start_returns_incoming_order_without_llm_calls() {
         let (s, b) = r.app.post("/v1/rerank", body).await;
         assert_eq!(s, 200, "{b}");
         assert_eq!(b["meta"]["fallback"], "cold_start");
-        assert_eq!(ids(&b), ["i1", "i50", "i9"]);
+        assert_eq!(result_ids(&b), ["i1", "i50", "i9"]);
         assert_eq!(calls(&b), 0);
         assert_eq!(b["meta"]["profile_id"], Value::Null);
     }
@@ -318,7 +309,7 @@ async fn the_popularity_fallback_ranker_orders_cold_starts() {
     assert_eq!(s, 200, "{b}");
     assert_eq!(b["meta"]["fallback"], "cold_start");
     assert_eq!(
-        ids(&b),
+        result_ids(&b),
         ["i9", "i1", "i50"],
         "most interacted first, ties in incoming order"
     );
@@ -353,7 +344,7 @@ async fn every_llm_fault_falls_back_and_strict_turns_it_into_5xx() {
         let (s, b) = r.app.post("/v1/rerank", body.clone()).await;
         assert_eq!(s, 200, "{fallback}: {b}");
         assert_eq!(b["meta"]["fallback"], fallback, "{b}");
-        assert_eq!(ids(&b), ["i4", "i40", "i20"], "incoming order");
+        assert_eq!(result_ids(&b), ["i4", "i40", "i20"], "incoming order");
         assert!(
             b["meta"]["fallback_detail"]
                 .as_str()
@@ -458,7 +449,7 @@ async fn repair_and_injected_answers_keep_a_valid_permutation() {
             )
             .await;
         assert_eq!(s, 200, "{b}");
-        assert_eq!(ids(&b), expected, "{answer}");
+        assert_eq!(result_ids(&b), expected, "{answer}");
         assert_eq!(b["meta"]["repaired"], repaired, "{answer}");
         assert_eq!(b["meta"]["fallback"], Value::Null);
         assert_eq!(
@@ -481,7 +472,7 @@ async fn item_text_that_tries_to_inject_is_only_data() {
         )
         .await;
     assert_eq!(s, 200, "{b}");
-    assert_eq!(ids(&b), ["i90", "i30", "x-evil"]);
+    assert_eq!(result_ids(&b), ["i90", "i30", "x-evil"]);
     let rank_prompt = r
         .llm
         .requests()
@@ -531,7 +522,7 @@ async fn sliding_windows_over_100_candidates() {
         .await;
     assert_eq!(s, 200, "{b}");
     assert_eq!(calls(&b), 9, "windows of 20, step 10, over 100: {b}");
-    let got = ids(&b);
+    let got = result_ids(&b);
     assert_eq!(got.len(), 100);
     let top10: Vec<String> = (90..100).rev().map(|i| format!("i{i}")).collect();
     assert_eq!(
@@ -584,7 +575,7 @@ async fn shuffled_repeats_sum_scores() {
         )
         .await;
     assert_eq!(calls(&b), 3);
-    assert_eq!(ids(&b), ["i75", "i50", "i25", "i5"]);
+    assert_eq!(result_ids(&b), ["i75", "i50", "i25", "i5"]);
 }
 
 #[tokio::test]
@@ -731,7 +722,7 @@ async fn inline_candidates_and_inline_history() {
         .await;
     assert_eq!(s, 200, "{b}");
     assert_eq!(b["meta"]["fallback"], Value::Null);
-    assert_eq!(ids(&b), ["new-1", "i10"]);
+    assert_eq!(result_ids(&b), ["new-1", "i10"]);
     assert_eq!(calls(&b), 4, "2 summaries + profile + ranking");
 }
 
@@ -806,7 +797,7 @@ async fn bad_rerank_requests_get_clear_422s() {
             json!({"user_id": "u1", "candidates": cands(&[1, 2]), "top_n": 3}),
         )
         .await;
-    assert_eq!((s, ids(&b).len()), (200, 2), "{b}");
+    assert_eq!((s, result_ids(&b).len()), (200, 2), "{b}");
 }
 
 #[tokio::test]

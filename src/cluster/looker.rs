@@ -11,7 +11,7 @@ use serde_json::json;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::experiment::{self, LookPoint, Outcome, Plan};
+use crate::experiment::{self, LookPoint, Outcome};
 use crate::store::experiment_stats::{self as stats, FoldError};
 use crate::store::experiments::{self as db, ExperimentRow};
 
@@ -53,14 +53,7 @@ async fn look_folding(
         Err(FoldError::Db(err)) => return Err(err),
     };
     let (c, t) = stats::metrics(pool, &e).await?;
-    let plan = Plan {
-        settings: &e.settings,
-        design: e.design,
-        share: e.treatment_share,
-        cost_factor: e.design.cost_factor(&e.name),
-        previous_p: e.p_value,
-        previous_srm_p: e.srm_p,
-    };
+    let plan = e.plan();
     let look = experiment::look(&c, &t, &plan);
     let mut history: Vec<LookPoint> = e
         .result

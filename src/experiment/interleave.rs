@@ -27,6 +27,25 @@ pub enum Team {
 }
 
 impl Team {
+    /// The stored letter.
+    fn letter(self) -> char {
+        match self {
+            Team::Control => 'c',
+            Team::Treatment => 't',
+            Team::Both => 'b',
+        }
+    }
+
+    /// Reads a stored letter.
+    fn from_letter(c: char) -> Option<Team> {
+        match c {
+            'c' => Some(Team::Control),
+            't' => Some(Team::Treatment),
+            'b' => Some(Team::Both),
+            _ => None,
+        }
+    }
+
     /// The arm credited for a click (none for `Both`).
     pub fn credited(self) -> Option<Arm> {
         match self {
@@ -137,24 +156,13 @@ pub fn team_draft(control: &[usize], treatment: &[usize], seed: u64) -> Interlea
 
 /// Teams as stored (`c`/`t`/`b` per position).
 pub fn encode_teams(teams: &[Team]) -> String {
-    teams
-        .iter()
-        .map(|t| match t {
-            Team::Control => 'c',
-            Team::Treatment => 't',
-            Team::Both => 'b',
-        })
-        .collect()
+    teams.iter().map(|t| t.letter()).collect()
 }
 
 /// Reads stored teams as the arm each position credits (`b`, or an unknown letter: none).
 pub fn decode_teams(s: &str) -> Vec<Option<Arm>> {
     s.chars()
-        .map(|c| match c {
-            'c' => Some(Arm::Control),
-            't' => Some(Arm::Treatment),
-            _ => None,
-        })
+        .map(|c| Team::from_letter(c).and_then(Team::credited))
         .collect()
 }
 

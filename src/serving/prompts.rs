@@ -89,27 +89,14 @@ impl Reranker {
         sel: &PromptSelector,
         user: &str,
     ) -> Result<(i32, Arc<String>), RerankError> {
-        self.resolve_entry(project, name.as_str(), "prompt", sel, user)
-            .await
-    }
-
-    /// Resolves a registry entry (a prompt, or the blend: `what` names it in errors) by
-    /// version or label, through the label and template caches.
-    pub(super) async fn resolve_entry(
-        &self,
-        project: &str,
-        name: &'static str,
-        what: &str,
-        sel: &PromptSelector,
-        user: &str,
-    ) -> Result<(i32, Arc<String>), RerankError> {
         Ok(self
-            .resolve_pair(project, name, what, sel, user)
+            .resolve_pair(project, name.as_str(), "prompt", sel, user)
             .await?
             .chosen)
     }
 
-    /// Resolves a registry entry like [`Self::resolve_entry`], with the control's version
+    /// Resolves a registry entry (a prompt, or the blend: `what` names it in errors) by
+    /// version or label, through the label and template caches; with the control's version
     /// too when the label interleaves and this user is in the interleaved share.
     pub(super) async fn resolve_pair(
         &self,

@@ -9,7 +9,7 @@ use uuid::Uuid;
 
 use super::prompts::{LabelTarget, SplitArm, set_label_tx};
 use crate::experiment::interleave::{Credit, decode_teams};
-use crate::experiment::{Design, ExperimentSettings, Look, Observed};
+use crate::experiment::{Design, ExperimentSettings, Look, Observed, Plan};
 
 /// A stored experiment.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -41,6 +41,21 @@ pub struct ExperimentRow {
     pub source: String,
     pub started_at: chrono::DateTime<chrono::Utc>,
     pub ended_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+impl ExperimentRow {
+    /// What a look at it needs besides the arms' figures: its settings, design and split, the
+    /// cost its design allows, and the p-values of the last look.
+    pub fn plan(&self) -> Plan<'_> {
+        Plan {
+            settings: &self.settings,
+            design: self.design,
+            share: self.treatment_share,
+            cost_factor: self.design.cost_factor(&self.name),
+            previous_p: self.p_value,
+            previous_srm_p: self.srm_p,
+        }
+    }
 }
 
 /// An `experiments` row as stored.

@@ -325,3 +325,30 @@ pub fn ranking_reply(
         Reply::json(serde_json::json!({"ranking": order.iter().map(|i| i + 1).collect::<Vec<_>>()}))
     }
 }
+
+/// The ids of a rerank answer's results, in order.
+pub fn result_ids(b: &serde_json::Value) -> Vec<String> {
+    b["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// The app with a scripted test LLM: 2 s per attempt, no retry, summaries off.
+pub async fn spawn_app_scripted(
+    script: impl Fn(&agp_rerank::llm::test_server::Seen) -> agp_rerank::llm::test_server::Reply
+    + Send
+    + Sync
+    + 'static,
+) -> (TestApp, agp_rerank::llm::test_server::TestLlm) {
+    let llm = agp_rerank::llm::test_server::TestLlm::start(script).await;
+    let mut settings =
+        agp_rerank::llm::config::LlmSettings::single(llm.base_url.clone(), "test-model");
+    settings.timeout = std::time::Duration::from_secs(2);
+    settings.retry.max_attempts = 1;
+    let mut config = AppConfig::default();
+    config.rerank.summaries = false;
+    (spawn_app_with_llm(config, settings).await, llm)
+}
