@@ -616,7 +616,7 @@ async fn loop_end_to_end(b: &Bench, oracle: &Oracle) {
         Some(json!({"enabled": true, "settings": settings})),
     )
     .await;
-    let tick = || agp_rerank::jobs::autopilot::tick(&b.pool, "default");
+    let tick = || agp_rerank::cluster::autopilot::tick(&b.pool, "default");
     let mut sent = 0;
     let status = |ap: &Value| ap["runs"][0]["status"].as_str().unwrap_or("").to_string();
     let get_ap = || b.call(reqwest::Method::GET, "/v1/autopilot", None);

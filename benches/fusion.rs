@@ -121,14 +121,9 @@ impl Bench {
 
     /// Runs an evaluation job of `project` to the end; its report and wall time.
     async fn eval_in(&self, project: &str, params: Value) -> (Value, f64) {
-        let job = jobs_db::enqueue(
-            &self.pool,
-            project,
-            jobs::JobKind::Evaluation.as_str(),
-            &params,
-        )
-        .await
-        .expect("enqueue");
+        let job = jobs_db::enqueue(&self.pool, project, jobs::JobKind::Evaluation, &params)
+            .await
+            .expect("enqueue");
         let opts = WorkerOptions::new(0);
         let claimed = jobs_db::claim(&self.pool, &opts.id, 600, Some(job.id))
             .await
@@ -180,9 +175,14 @@ async fn run(url: String, quick: bool) {
     store::import::write(&pool, "default", &data.items, &data.interactions, |_| {})
         .await
         .expect("import");
-    store::catalog::set_source(&pool, "default", "chronological", "amazon-games (recbole)")
-        .await
-        .expect("source");
+    store::catalog::set_source(
+        &pool,
+        "default",
+        agp_rerank::store::states::HistoryOrder::Chronological,
+        "amazon-games (recbole)",
+    )
+    .await
+    .expect("source");
     let users = oracle(&data);
     let distinct: std::collections::HashSet<&str> = data
         .interactions
@@ -335,9 +335,14 @@ async fn goodreads(b: &Bench, quick: bool) {
     )
     .await
     .expect("import");
-    store::catalog::set_source(&b.pool, "goodreads", "unordered", "goodreads")
-        .await
-        .expect("source");
+    store::catalog::set_source(
+        &b.pool,
+        "goodreads",
+        agp_rerank::store::states::HistoryOrder::Unordered,
+        "goodreads",
+    )
+    .await
+    .expect("source");
     println!(
         "\n3. Goodreads: {} items, {} interactions; imported in {:.1} s",
         data.items.len(),

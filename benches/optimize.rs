@@ -93,14 +93,9 @@ async fn run(url: String) {
     let (b, v, users, k) = (10usize, 3usize, 100usize, 20usize);
     let params = json!({"train_users": users, "validation_users": 10, "test_users": 10, "batch_size": b, "verify_steps": v,
                         "acceptance": "paper", "epochs": 1, "candidates": k, "history_len": 5, "summaries": true});
-    let job = jobs_db::enqueue(
-        &pool,
-        "default",
-        jobs::JobKind::Optimization.as_str(),
-        &params,
-    )
-    .await
-    .expect("enqueue");
+    let job = jobs_db::enqueue(&pool, "default", jobs::JobKind::Optimization, &params)
+        .await
+        .expect("enqueue");
     let opts = WorkerOptions::new(0);
     let claimed = jobs_db::claim(&pool, &opts.id, 60, Some(job.id))
         .await

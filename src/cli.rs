@@ -16,9 +16,11 @@ use crate::auth::{self, Scope};
 use crate::catalog::{self, Limits};
 use crate::config::{AppConfig, DbArgs, LimitArgs, ServeArgs};
 use crate::import;
+use crate::jobs::submit::{JobRequest, submit};
 use crate::llm::LlmClient;
 use crate::llm::config::{LlmArgs, LlmMode};
 use crate::llm::local::{LocalLlm, LocalOptions};
+use crate::store::states::HistoryOrder;
 use crate::store::{self, embedded};
 use crate::telemetry::{self, LogFormat};
 
@@ -241,20 +243,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Simulate(args) => run_simulate(*args).await,
         Command::Worker(args) => run_worker_cmd(&cli.db, *args).await,
         Command::Eval(args) => {
-            args.params.validate().map_err(anyhow::Error::msg)?;
-            let params = serde_json::to_value(&args.params)?;
-            run_job_cmd(&cli.db, crate::jobs::JobKind::Evaluation, params, args.run).await
+            let args = *args;
+            run_job_cmd(&cli.db, JobRequest::Evaluation(args.params), args.run).await
         }
         Command::Optimize(args) => {
-            args.params.validate().map_err(anyhow::Error::msg)?;
-            let params = serde_json::to_value(&args.params)?;
-            run_job_cmd(
-                &cli.db,
-                crate::jobs::JobKind::Optimization,
-                params,
-                args.run,
-            )
-            .await
+            let args = *args;
+            run_job_cmd(&cli.db, JobRequest::Optimization(args.params), args.run).await
         }
         Command::Keys(cmd) => run_keys(&cli.db, cmd).await,
         Command::Probe { url, timeout_ms } => probe(&url, Duration::from_millis(timeout_ms)).await,
@@ -619,8 +613,8 @@ async fn run_import(db_args: &DbArgs, args: ImportArgs) -> anyhow::Result<()> {
         }
     };
     let order = match args.format {
-        import::Format::YelpCore40 | import::Format::Goodreads => "unordered",
-        import::Format::Recbole | import::Format::Jsonl => "chronological",
+        import::Format::YelpCore40 | import::Format::Goodreads => HistoryOrder::Unordered,
+        import::Format::Recbole | import::Format::Jsonl => HistoryOrder::Chronological,
     };
     let dataset = format!(
         "{} ({}{})",
@@ -849,12 +843,8 @@ async fn run_simulate(args: SimulateArgs) -> anyhow::Result<()> {
 
 /// `agp eval` / `agp optimize`: the same job code as the server's workers, run in this
 /// process with progress bars, then the report folder.
-async fn run_job_cmd(
-    db_args: &DbArgs,
-    job_kind: crate::jobs::JobKind,
-    params: serde_json::Value,
-    run: RunArgs,
-) -> anyhow::Result<()> {
+async fn run_job_cmd(db_args: &DbArgs, request: JobRequest, run: RunArgs) -> anyhow::Result<()> {
+    let job_kind = request.kind();
     let kind = job_kind.as_str();
     let db = Database::open(db_args).await?;
     let result = async {
@@ -863,16 +853,16 @@ async fn run_job_cmd(
         let reranker = crate::serving::Reranker::new(db.pool.clone(), llm.clone(), crate::serving::RerankSettings::default());
         let id = match run.resume {
             Some(id) => {
-                let job = store::jobs::get(&db.pool, &run.project, id, Some(kind))
+                let job = store::jobs::get(&db.pool, &run.project, id, Some(job_kind))
                     .await?
                     .with_context(|| format!("no {kind} job {id} in project {:?}", run.project))?;
-                if job.status == "running" {
+                if job.status == crate::jobs::JobStatus::Running {
                     // Its process is gone (that is why we resume): make it claimable now.
                     store::jobs::expire_lease(&db.pool, id).await?;
                 }
                 id
             }
-            None => store::jobs::enqueue(&db.pool, &run.project, kind, &params).await?.id,
+            None => submit(&db.pool, &db.pool, &run.project, &request).await?.id,
         };
         eprintln!("{kind} job {id}");
         let opts = crate::jobs::WorkerOptions::new(0);

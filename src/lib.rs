@@ -29,3 +29,4 @@ pub mod serving;
 pub mod sim;
 pub mod store;
 pub mod telemetry;
+mod text_enum;

@@ -168,7 +168,7 @@ async fn the_console_in_a_real_browser() {
         "Items the user liked, oldest first:\n{{history}}\nDescribe the user's favourite kinds of items.",
         &agp_rerank::store::prompts::NewVersion {
             message: "shorter, about kinds",
-            source: "api",
+            source: agp_rerank::store::states::VersionSource::Api,
             ..Default::default()
         },
     )

@@ -507,7 +507,7 @@ async fn run_jobs(r: &Rig) {
 }
 
 async fn autopilot(r: &Rig) -> Value {
-    agp_rerank::jobs::autopilot::tick(&r.app.pool, "default")
+    agp_rerank::cluster::autopilot::tick(&r.app.pool, "default")
         .await
         .unwrap();
     let (s, b) = r.app.get("/v1/autopilot").await;

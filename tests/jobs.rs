@@ -113,7 +113,7 @@ async fn rig(candidate: &'static str) -> Rig {
 }
 
 impl Rig {
-    async fn run(&self, kind: &str, params: Value) -> (String, jobs_db::JobRow) {
+    async fn run(&self, kind: jobs::JobKind, params: Value) -> (String, jobs_db::JobRow) {
         let job = jobs_db::enqueue(&self.pool, "default", kind, &params)
             .await
             .unwrap();
@@ -165,7 +165,7 @@ async fn paper_mode_accepts_a_better_prompt_and_reports_it() {
     let r = rig("Recent items:\n{{history}}\nWrite a GOOD profile.").await;
     let mut params = opt_params("paper");
     params["promote_to"] = json!("production");
-    let (status, job) = r.run(jobs::JobKind::Optimization.as_str(), params).await;
+    let (status, job) = r.run(jobs::JobKind::Optimization, params).await;
     assert_eq!(status, "succeeded", "{:?}", job.error);
     let label = store::prompts::label(&r.pool, "default", "p_gen", "production")
         .await
@@ -222,7 +222,7 @@ async fn paper_mode_accepts_a_better_prompt_and_reports_it() {
 async fn paper_mode_rejects_a_worse_prompt() {
     let r = rig("Recent items:\n{{history}}\nWrite a short profile.").await;
     let (status, job) = r
-        .run(jobs::JobKind::Optimization.as_str(), opt_params("paper"))
+        .run(jobs::JobKind::Optimization, opt_params("paper"))
         .await;
     assert_eq!(status, "succeeded", "{:?}", job.error);
     let steps = jobs_db::steps(&r.pool, job.id).await.unwrap();
@@ -247,10 +247,7 @@ async fn paper_mode_rejects_a_worse_prompt() {
 async fn validation_mode_accepts_on_validation_ndcg_and_rejects_leaks() {
     let r = rig("Recent items:\n{{history}}\nWrite a GOOD profile.").await;
     let (status, job) = r
-        .run(
-            jobs::JobKind::Optimization.as_str(),
-            opt_params("validation"),
-        )
+        .run(jobs::JobKind::Optimization, opt_params("validation"))
         .await;
     assert_eq!(status, "succeeded", "{:?}", job.error);
     let steps = jobs_db::steps(&r.pool, job.id).await.unwrap();
@@ -274,10 +271,7 @@ async fn validation_mode_accepts_on_validation_ndcg_and_rejects_leaks() {
 
     let leaky = rig("Recent items:\n{{history}}\nPut the ground truth item first. GOOD").await;
     let (status, job) = leaky
-        .run(
-            jobs::JobKind::Optimization.as_str(),
-            opt_params("validation"),
-        )
+        .run(jobs::JobKind::Optimization, opt_params("validation"))
         .await;
     assert_eq!(status, "succeeded", "{:?}", job.error);
     let steps = jobs_db::steps(&leaky.pool, job.id).await.unwrap();
@@ -301,7 +295,7 @@ async fn validation_mode_accepts_on_validation_ndcg_and_rejects_leaks() {
 
     let named = rig("Recent items:\n{{history}}\nUsers who liked Item 195 are GOOD").await;
     let (_, job) = named
-        .run(jobs::JobKind::Optimization.as_str(), opt_params("paper"))
+        .run(jobs::JobKind::Optimization, opt_params("paper"))
         .await;
     let steps = jobs_db::steps(&named.pool, job.id).await.unwrap();
     assert!(
@@ -320,9 +314,7 @@ async fn a_killed_job_resumes_without_duplicate_versions_or_steps() {
     let clean = rig("Recent items:\n{{history}}\nWrite a short profile.").await;
     let params = json!({"train_users": 30, "validation_users": 5, "test_users": 5, "batch_size": 10, "verify_steps": 2,
                         "acceptance": "paper", "candidates": 10, "history_len": 3});
-    let (_, clean_job) = clean
-        .run(jobs::JobKind::Optimization.as_str(), params.clone())
-        .await;
+    let (_, clean_job) = clean.run(jobs::JobKind::Optimization, params.clone()).await;
     let clean_steps = jobs_db::steps(&clean.pool, clean_job.id)
         .await
         .unwrap()
@@ -330,14 +322,9 @@ async fn a_killed_job_resumes_without_duplicate_versions_or_steps() {
     let clean_versions = clean.versions(clean_job.id).await.len();
 
     let r = rig("Recent items:\n{{history}}\nWrite a short profile.").await;
-    let job = jobs_db::enqueue(
-        &r.pool,
-        "default",
-        jobs::JobKind::Optimization.as_str(),
-        &params,
-    )
-    .await
-    .unwrap();
+    let job = jobs_db::enqueue(&r.pool, "default", jobs::JobKind::Optimization, &params)
+        .await
+        .unwrap();
     let opts = WorkerOptions::new(1);
     let claimed = jobs_db::claim(&r.pool, &opts.id, 30, Some(job.id))
         .await
@@ -407,14 +394,9 @@ async fn cancel_stops_a_running_job() {
         move |s| Reply::Delay(Duration::from_millis(40), Box::new(inner(s)))
     });
     let params = json!({"train_users": 40, "validation_users": 5, "test_users": 5, "acceptance": "paper", "candidates": 10});
-    let job = jobs_db::enqueue(
-        &r.pool,
-        "default",
-        jobs::JobKind::Optimization.as_str(),
-        &params,
-    )
-    .await
-    .unwrap();
+    let job = jobs_db::enqueue(&r.pool, "default", jobs::JobKind::Optimization, &params)
+        .await
+        .unwrap();
     let mut opts = WorkerOptions::new(2);
     opts.lease = Duration::from_secs(3);
     let claimed = jobs_db::claim(&r.pool, &opts.id, 3, Some(job.id))
@@ -431,15 +413,10 @@ async fn cancel_stops_a_running_job() {
         async move { jobs::execute(pool, llm, rr, claimed, &o, None).await }
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let j = jobs_db::request_cancel(
-        &r.pool,
-        "default",
-        job.id,
-        jobs::JobKind::Optimization.as_str(),
-    )
-    .await
-    .unwrap()
-    .unwrap();
+    let j = jobs_db::request_cancel(&r.pool, "default", job.id, jobs::JobKind::Optimization)
+        .await
+        .unwrap()
+        .unwrap();
     assert!(j.cancel_requested);
     let status = tokio::time::timeout(Duration::from_secs(30), task)
         .await
@@ -450,26 +427,16 @@ async fn cancel_stops_a_running_job() {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(j.status, "cancelled");
+    assert_eq!(j.status, jobs::JobStatus::Cancelled);
     // A queued job is cancelled at once.
-    let queued = jobs_db::enqueue(
-        &r.pool,
-        "default",
-        jobs::JobKind::Evaluation.as_str(),
-        &json!({}),
-    )
-    .await
-    .unwrap();
-    let q = jobs_db::request_cancel(
-        &r.pool,
-        "default",
-        queued.id,
-        jobs::JobKind::Evaluation.as_str(),
-    )
-    .await
-    .unwrap()
-    .unwrap();
-    assert_eq!(q.status, "cancelled");
+    let queued = jobs_db::enqueue(&r.pool, "default", jobs::JobKind::Evaluation, &json!({}))
+        .await
+        .unwrap();
+    let q = jobs_db::request_cancel(&r.pool, "default", queued.id, jobs::JobKind::Evaluation)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(q.status, jobs::JobStatus::Cancelled);
     assert!(
         jobs_db::claim(&r.pool, "w", 30, Some(queued.id))
             .await
@@ -483,7 +450,7 @@ async fn evaluation_metrics_match_hand_computed_values() {
     let r = rig("unused {{history}}").await;
     let params = json!({"train_users": 0, "validation_users": 0, "test_users": 30, "candidates": 10, "history_len": 3,
                         "seeds": [3, 4], "methods": ["base", "popularity", "llm_manual"], "versions": []});
-    let (status, job) = r.run(jobs::JobKind::Evaluation.as_str(), params).await;
+    let (status, job) = r.run(jobs::JobKind::Evaluation, params).await;
     assert_eq!(status, "succeeded", "{:?}", job.error);
     let report = job.result.unwrap();
     let method = |name: &str| {
@@ -572,12 +539,17 @@ async fn evaluation_metrics_match_hand_computed_values() {
 #[tokio::test]
 async fn unordered_data_holds_out_a_random_item_and_base_topk_reports_misses() {
     let r = rig("unused {{history}}").await;
-    store::catalog::set_source(&r.pool, "default", "unordered", "scripted")
-        .await
-        .unwrap();
+    store::catalog::set_source(
+        &r.pool,
+        "default",
+        agp_rerank::store::states::HistoryOrder::Unordered,
+        "scripted",
+    )
+    .await
+    .unwrap();
     let params = json!({"protocol": "base-topk", "base": "popularity", "train_users": 0, "validation_users": 0,
                         "test_users": 40, "candidates": 10, "methods": ["base", "random"]});
-    let (status, job) = r.run(jobs::JobKind::Evaluation.as_str(), params).await;
+    let (status, job) = r.run(jobs::JobKind::Evaluation, params).await;
     assert_eq!(status, "succeeded", "{:?}", job.error);
     let notes: Vec<String> =
         serde_json::from_value(job.result.unwrap()["data_notes"].clone()).unwrap();
@@ -691,9 +663,7 @@ async fn http_api_enqueues_reports_and_validates() {
 #[tokio::test]
 async fn catalog_summaries_job_fills_the_cache_once() {
     let r = rig("unused {{history}}").await;
-    let (status, job) = r
-        .run(jobs::JobKind::SummarizeCatalog.as_str(), json!({}))
-        .await;
+    let (status, job) = r.run(jobs::JobKind::SummarizeCatalog, json!({})).await;
     assert_eq!(status, "succeeded", "{:?}", job.error);
     let n: i64 = sqlx::query_scalar("SELECT count(*) FROM item_summaries")
         .fetch_one(&r.pool)
@@ -704,9 +674,7 @@ async fn catalog_summaries_job_fills_the_cache_once() {
     let calls = r.server.calls();
     assert_eq!(calls, 200);
     // Again: everything is cached, no LLM call.
-    let (status, job) = r
-        .run(jobs::JobKind::SummarizeCatalog.as_str(), json!({}))
-        .await;
+    let (status, job) = r.run(jobs::JobKind::SummarizeCatalog, json!({})).await;
     assert_eq!(status, "succeeded");
     assert_eq!(r.server.calls(), calls);
     assert!(
@@ -733,9 +701,7 @@ async fn over_long_candidates_are_shortened_and_scored_unusable_ones_rejected() 
     let r = rig(long).await;
     let mut params = opt_params("validation");
     params["max_prompt_words"] = json!(60);
-    let (status, job) = r
-        .run(jobs::JobKind::Optimization.as_str(), params.clone())
-        .await;
+    let (status, job) = r.run(jobs::JobKind::Optimization, params.clone()).await;
     assert_eq!(status, "succeeded", "{:?}", job.error);
     let steps = jobs_db::steps(&r.pool, job.id).await.unwrap();
     let scored = steps
@@ -766,7 +732,7 @@ async fn over_long_candidates_are_shortened_and_scored_unusable_ones_rejected() 
             .into_boxed_str(),
     );
     let r = rig(leaky).await;
-    let (status, job) = r.run(jobs::JobKind::Optimization.as_str(), params).await;
+    let (status, job) = r.run(jobs::JobKind::Optimization, params).await;
     assert_eq!(status, "succeeded", "{:?}", job.error);
     let steps = jobs_db::steps(&r.pool, job.id).await.unwrap();
     let cands: Vec<_> = steps.iter().filter(|s| s.kind == "candidate").collect();
@@ -825,7 +791,7 @@ async fn fused_weights_are_tuned_on_validation_users_against_scripted_upstreams(
     informative["methods"] = json!(["base", "popularity", "item_knn", "fused"]);
     informative["versions"] = json!([v2]);
     informative["promote_blend"] = json!("production");
-    let (status, job) = r.run(jobs::JobKind::Evaluation.as_str(), informative).await;
+    let (status, job) = r.run(jobs::JobKind::Evaluation, informative).await;
     assert_eq!(status, "succeeded", "{:?}", job.error);
     let report = job.result.unwrap();
     let (fused, best) = fused_and_best_non_llm(&report);
@@ -851,7 +817,7 @@ async fn fused_weights_are_tuned_on_validation_users_against_scripted_upstreams(
     // Misleading: the manual p_gen makes the ranker put the held-out item last.
     let mut misleading = base.clone();
     misleading["methods"] = json!(["base", "popularity", "item_knn", "llm_manual", "fused"]);
-    let (status, job) = r.run(jobs::JobKind::Evaluation.as_str(), misleading).await;
+    let (status, job) = r.run(jobs::JobKind::Evaluation, misleading).await;
     assert_eq!(status, "succeeded", "{:?}", job.error);
     let report = job.result.unwrap();
     let (fused, best) = fused_and_best_non_llm(&report);
@@ -874,7 +840,7 @@ async fn fused_weights_are_tuned_on_validation_users_against_scripted_upstreams(
     let mut none = base.clone();
     none["validation_users"] = json!(0);
     none["methods"] = json!(["base", "fused"]);
-    let (status, job) = r.run(jobs::JobKind::Evaluation.as_str(), none).await;
+    let (status, job) = r.run(jobs::JobKind::Evaluation, none).await;
     assert_eq!(status, "failed");
     assert!(job.error.unwrap().contains("validation_users"));
 }
@@ -885,9 +851,7 @@ async fn both_rank_modes_are_compared_on_the_same_lists_in_an_evaluation() {
     let params = json!({"train_users": 0, "validation_users": 0, "test_users": 20, "candidates": 10,
                         "history_len": 3, "seed": 5, "summaries": false,
                         "methods": ["base", "llm_manual", "llm_manual_logprobs"]});
-    let (status, job) = r
-        .run(jobs::JobKind::Evaluation.as_str(), params.clone())
-        .await;
+    let (status, job) = r.run(jobs::JobKind::Evaluation, params.clone()).await;
     assert_eq!(status, "succeeded", "{:?}", job.error);
     let report = job.result.unwrap();
     let method = |report: &Value, name: &str| {
@@ -937,7 +901,7 @@ async fn both_rank_modes_are_compared_on_the_same_lists_in_an_evaluation() {
     p2["seed"] = json!(6);
     p2["methods"] = json!(["llm_manual", "llm_manual_logprobs"]);
     p2["rank_mode"] = json!("logprobs");
-    let (status, job) = r.run(jobs::JobKind::Evaluation.as_str(), p2).await;
+    let (status, job) = r.run(jobs::JobKind::Evaluation, p2).await;
     assert_eq!(status, "succeeded", "{:?}", job.error);
     let report = job.result.unwrap();
     assert_eq!(
@@ -961,7 +925,7 @@ async fn without_an_llm_optimizations_and_summaries_fail_with_the_reason() {
         (jobs::JobKind::Optimization, opt_params("paper")),
         (jobs::JobKind::SummarizeCatalog, json!({})),
     ] {
-        let (status, job) = r.run(kind.as_str(), params).await;
+        let (status, job) = r.run(kind, params).await;
         assert_eq!(status, "failed", "{} {:?}", kind.as_str(), job.error);
         let why = job.error.unwrap_or_default();
         assert!(why.contains("no LLM is configured"), "{why}");

@@ -159,7 +159,7 @@ pub struct BatchOutcome {
 /// Why a batch did not finish.
 #[derive(Debug, thiserror::Error)]
 pub enum Stopped {
-    #[error("cancelled")]
+    #[error("the batch was cancelled")]
     Cancelled,
     #[error("{0:#}")]
     Failed(#[from] anyhow::Error),

@@ -14,6 +14,7 @@ use uuid::Uuid;
 use crate::experiment::{self, LookPoint, Outcome};
 use crate::store::experiment_stats::{self as stats, FoldError};
 use crate::store::experiments::{self as db, ExperimentRow};
+use crate::store::states::ExperimentStatus;
 
 /// How long a read waits for another process's fold of the same experiment before it
 /// answers from the statistics as they stand.
@@ -41,7 +42,7 @@ async fn look_folding(
     let Some(e) = db::get(pool, project, id).await? else {
         return Ok((None, 0));
     };
-    if e.status != "running" {
+    if e.status != ExperimentStatus::Running {
         return Ok((Some(e), 0));
     }
     let folded = match stats::fold_pending(pool, project, &e, wait).await {
@@ -68,11 +69,11 @@ async fn look_folding(
                         "cost_factor": plan.cost_factor});
     let ending = match look.outcome {
         Outcome::Continue => None,
-        Outcome::Promote => Some(("promoted", e.treatment)),
-        Outcome::KeepControl => Some(("kept_control", e.control)),
-        Outcome::RollBack => Some(("rolled_back", e.control)),
-        Outcome::Inconclusive => Some(("inconclusive", e.control)),
-        Outcome::Void => Some(("void", e.control)),
+        Outcome::Promote => Some((ExperimentStatus::Promoted, e.treatment)),
+        Outcome::KeepControl => Some((ExperimentStatus::KeptControl, e.control)),
+        Outcome::RollBack => Some((ExperimentStatus::RolledBack, e.control)),
+        Outcome::Inconclusive => Some((ExperimentStatus::Inconclusive, e.control)),
+        Outcome::Void => Some((ExperimentStatus::Void, e.control)),
     };
     match ending {
         None => db::record_look(pool, e.id, &look, &result).await?,
@@ -88,7 +89,7 @@ async fn look_folding(
             )
             .await?
             {
-                tracing::info!(experiment = %e.id, status, version, reason = %look.reason, "experiment ended");
+                tracing::info!(experiment = %e.id, %status, version, reason = %look.reason, "experiment ended");
             }
         }
     }
@@ -104,12 +105,12 @@ pub async fn stop(
     let Some(e) = db::get(pool, project, id).await? else {
         return Ok(None);
     };
-    if e.status == "running" {
+    if e.status == ExperimentStatus::Running {
         db::end(
             pool,
             project,
             &e,
-            "stopped",
+            ExperimentStatus::Stopped,
             e.control,
             "stopped by request; the control stays",
             None,

@@ -4,7 +4,7 @@
 //! the lock, every [`LOOK_EVERY`]:
 //! - folds new traffic into each running experiment's statistics and looks at it
 //!   ([`looker`]), applying its decision;
-//! - ticks the autopilots (`jobs::autopilot`);
+//! - ticks the autopilots ([`autopilot`]);
 //! - every hour, makes the request log's partitions ahead and drops those past retention
 //!   (`store::partitions`).
 //!
@@ -13,6 +13,7 @@
 //! experiment ends only while still running, so two leaders for a moment (a leader that has
 //! not yet noticed it lost its connection) do the same work twice, never a wrong one.
 
+pub mod autopilot;
 pub mod looker;
 
 use std::sync::Arc;
@@ -178,7 +179,7 @@ async fn lead(
         }
         let started = Instant::now();
         folded_since_vacuum += looker::look_all(pool).await;
-        crate::jobs::autopilot::tick_all(pool).await;
+        crate::cluster::autopilot::tick_all(pool).await;
         metrics::histogram!("agp_leader_pass_seconds").record(started.elapsed().as_secs_f64());
         if folded_since_vacuum >= VACUUM_AFTER && last_vacuum.elapsed() >= Duration::from_secs(60) {
             if let Err(e) = crate::store::experiment_stats::vacuum_inbox(pool).await {

@@ -29,38 +29,24 @@ pub mod stats;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-/// How an experiment shows its arms to users.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum Design {
-    /// Users are split: each sees one arm's ranking; arms are compared by per-user
-    /// click-through.
-    #[default]
-    Ab,
-    /// Users in the treatment's share see one list merged from both arms' rankings
-    /// (team-draft interleaving); clicks say which arm's items were preferred. The other
-    /// users see the control (its figures are the cost and guardrail baseline).
-    Interleave,
+use crate::text_enum::text_enum;
+
+text_enum! {
+    /// How an experiment shows its arms to users.
+    #[derive(Default)]
+    pub enum Design {
+        /// Users are split: each sees one arm's ranking; arms are compared by per-user
+        /// click-through.
+        #[default]
+        Ab = "ab",
+        /// Users in the treatment's share see one list merged from both arms' rankings
+        /// (team-draft interleaving); clicks say which arm's items were preferred. The other
+        /// users see the control (its figures are the cost and guardrail baseline).
+        Interleave = "interleave",
+    }
 }
 
 impl Design {
-    /// The stored name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Design::Ab => "ab",
-            Design::Interleave => "interleave",
-        }
-    }
-
-    /// Reads a stored name.
-    pub fn parse(s: &str) -> Option<Design> {
-        match s {
-            "ab" => Some(Design::Ab),
-            "interleave" => Some(Design::Interleave),
-            _ => None,
-        }
-    }
-
     /// How many times the control's LLM cost an interleaved request of an experiment on
     /// `name` is expected to cost: two profiles and two rankings for `p_gen`, one ranking
     /// fused two ways for a blend. The token guardrail allows this factor.

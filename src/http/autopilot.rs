@@ -5,12 +5,14 @@ use axum::routing::get;
 use axum::{Extension, Router};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
+use uuid::Uuid;
 
 use super::error::{AppError, Json};
 use super::state::AppState;
 use crate::auth::Principal;
-use crate::jobs::autopilot::AutopilotSettings;
+use crate::cluster::autopilot::AutopilotSettings;
 use crate::store::autopilot::{self as db, Run};
+use crate::store::states::AutopilotStatus;
 
 /// Routes of this area.
 pub fn router() -> Router<AppState> {
@@ -30,7 +32,33 @@ pub struct AutopilotView {
     pub logged_cases_needed: usize,
     pub logged_cases: i64,
     /// Newest first.
-    pub runs: Vec<Run>,
+    pub runs: Vec<RunView>,
+}
+
+/// One autopilot run: an optimization, maybe an experiment, and why it ended as it did.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct RunView {
+    pub id: Uuid,
+    pub status: AutopilotStatus,
+    pub job_id: Option<Uuid>,
+    pub experiment_id: Option<Uuid>,
+    pub reason: String,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    pub updated_at: chrono::DateTime<chrono::Utc>,
+}
+
+impl From<Run> for RunView {
+    fn from(r: Run) -> Self {
+        RunView {
+            id: r.id,
+            status: r.status,
+            job_id: r.job_id,
+            experiment_id: r.experiment_id,
+            reason: r.reason,
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+        }
+    }
 }
 
 /// Body of `PUT /v1/autopilot`.
@@ -100,6 +128,10 @@ async fn view(state: &AppState, project: &str) -> Result<AutopilotView, AppError
         settings,
         new_positives,
         logged_cases,
-        runs: db::runs(&state.pool, project).await?,
+        runs: db::runs(&state.pool, project)
+            .await?
+            .into_iter()
+            .map(RunView::from)
+            .collect(),
     })
 }

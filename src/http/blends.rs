@@ -18,6 +18,7 @@ use crate::auth::Principal;
 use crate::rankers::BlendWeights;
 use crate::store::blends::{self as db, BLEND, BlendVersion};
 use crate::store::prompts::{LabelRow, NewVersion};
+use crate::store::states::VersionSource;
 
 /// Routes of this area.
 pub fn router() -> Router<AppState> {
@@ -106,7 +107,7 @@ pub async fn create_version(
     }
     let meta = NewVersion {
         message: &message,
-        source: "api",
+        source: VersionSource::Api,
         ..Default::default()
     };
     let spec = db::BlendSpec {

@@ -13,11 +13,12 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::error::{AppError, ErrorBody, Json, Path};
+use super::jobs::JobSummary;
 use super::state::AppState;
 use crate::auth::Principal;
 use crate::llm::Role;
 use crate::store::console::{self as db, Activity};
-use crate::store::jobs::{self as jobs_db, JobRow};
+use crate::store::jobs as jobs_db;
 
 const INDEX: &str = include_str!("console/index.html");
 const SCRIPT: &str = include_str!("console/app.js");
@@ -98,12 +99,13 @@ pub async fn overview(
 
 /// The project's 50 most recent jobs (evaluations, optimizations, summaries), newest first.
 #[utoipa::path(get, path = "/v1/console/jobs", tag = "console",
-    responses((status = 200, body = Vec<JobRow>)))]
+    responses((status = 200, body = Vec<JobSummary>)))]
 pub async fn jobs(
     State(state): State<AppState>,
     Extension(who): Extension<Principal>,
-) -> Result<Json<Vec<JobRow>>, AppError> {
-    Ok(Json(jobs_db::recent(&state.pool, &who.project, 50).await?))
+) -> Result<Json<Vec<JobSummary>>, AppError> {
+    let jobs = jobs_db::recent(&state.pool, &who.project, 50).await?;
+    Ok(Json(jobs.into_iter().map(JobSummary::from).collect()))
 }
 
 /// A finished job's report as stored.

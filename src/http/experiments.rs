@@ -6,7 +6,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Extension, Router};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
@@ -17,6 +17,7 @@ use crate::cluster::looker;
 use crate::experiment::{Design, ExperimentSettings};
 use crate::store::experiments::{self as db, ExperimentRow, NewExperiment, StartError};
 use crate::store::prompts::{self as prompts_db, PRODUCTION};
+use crate::store::states::{ExperimentSource, ExperimentStatus};
 
 /// How long a read waits for this replica's journal to drain before it looks.
 const READ_DRAINS_JOURNAL: std::time::Duration = std::time::Duration::from_secs(2);
@@ -81,17 +82,71 @@ pub struct NewExperimentBody {
     pub settings: Option<ExperimentSettings>,
 }
 
+/// An experiment: what it compares, how, where it is and the last look's figures.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ExperimentView {
+    pub id: Uuid,
+    /// `p_gen` or `blend`.
+    pub name: String,
+    pub label: String,
+    /// `ab`: users split between the arms; `interleave`: users in the treatment's share see
+    /// both arms' rankings merged (team-draft), the rest the control.
+    pub design: Design,
+    pub control: i32,
+    pub treatment: i32,
+    /// Share of users in the treatment (`ab`) or seeing the interleaved list (`interleave`).
+    pub treatment_share: f64,
+    pub settings: ExperimentSettings,
+    pub status: ExperimentStatus,
+    /// Always-valid p-value (the minimum over looks).
+    pub p_value: f64,
+    /// Always-valid p-value of the sequential sample ratio check (the minimum over looks).
+    pub srm_p: f64,
+    pub looks: i32,
+    /// The last look's figures and decision.
+    #[schema(value_type = Option<Object>)]
+    pub result: Option<serde_json::Value>,
+    pub reason: Option<String>,
+    pub source: ExperimentSource,
+    pub started_at: chrono::DateTime<chrono::Utc>,
+    pub ended_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+impl From<ExperimentRow> for ExperimentView {
+    fn from(e: ExperimentRow) -> Self {
+        ExperimentView {
+            id: e.id,
+            name: e.name,
+            label: e.label,
+            design: e.design,
+            control: e.control,
+            treatment: e.treatment,
+            treatment_share: e.treatment_share,
+            settings: e.settings,
+            status: e.status,
+            p_value: e.p_value,
+            srm_p: e.srm_p,
+            looks: e.looks,
+            result: e.result,
+            reason: e.reason,
+            source: e.source,
+            started_at: e.started_at,
+            ended_at: e.ended_at,
+        }
+    }
+}
+
 /// Start an experiment: the label's traffic is split between the control (the label's
 /// version by default) and the treatment, by a stable hash of the user id, until the decision
 /// rule promotes the treatment, keeps the control, or a guardrail rolls it back.
 #[utoipa::path(post, path = "/v1/experiments", tag = "experiments", request_body = NewExperimentBody,
-    responses((status = 201, body = ExperimentRow), (status = 409, description = "An experiment is already running on the label", body = ErrorBody),
+    responses((status = 201, body = ExperimentView), (status = 409, description = "An experiment is already running on the label", body = ErrorBody),
         (status = 422, body = ErrorBody)))]
 pub async fn create(
     State(state): State<AppState>,
     Extension(who): Extension<Principal>,
     Json(body): Json<NewExperimentBody>,
-) -> Result<(StatusCode, Json<ExperimentRow>), AppError> {
+) -> Result<(StatusCode, Json<ExperimentView>), AppError> {
     let name = body.name.as_str();
     let label = body.label.unwrap_or_else(|| PRODUCTION.to_string());
     crate::agp::prompt::check_label("label", &label).map_err(AppError::Validation)?;
@@ -133,10 +188,10 @@ pub async fn create(
         treatment: body.treatment,
         treatment_share: share,
         settings: &settings,
-        source: "api",
+        source: ExperimentSource::Api,
     };
     match db::start(&state.pool, &new).await {
-        Ok(row) => Ok((StatusCode::CREATED, Json(row))),
+        Ok(row) => Ok((StatusCode::CREATED, Json(row.into()))),
         Err(e @ (StartError::Running { .. } | StartError::Interleaving(_))) => {
             Err(AppError::Conflict(e.to_string()))
         }
@@ -146,12 +201,13 @@ pub async fn create(
 
 /// The project's experiments, newest first (at most 100).
 #[utoipa::path(get, path = "/v1/experiments", tag = "experiments",
-    responses((status = 200, body = Vec<ExperimentRow>)))]
+    responses((status = 200, body = Vec<ExperimentView>)))]
 pub async fn list(
     State(state): State<AppState>,
     Extension(who): Extension<Principal>,
-) -> Result<Json<Vec<ExperimentRow>>, AppError> {
-    Ok(Json(db::list(&state.pool, &who.project).await?))
+) -> Result<Json<Vec<ExperimentView>>, AppError> {
+    let rows = db::list(&state.pool, &who.project).await?;
+    Ok(Json(rows.into_iter().map(ExperimentView::from).collect()))
 }
 
 /// One experiment: per arm requests, users, click-through (overall, in the top k, per user),
@@ -160,32 +216,32 @@ pub async fn list(
 /// A running experiment is looked at first, so the answer is current.
 #[utoipa::path(get, path = "/v1/experiments/{id}", tag = "experiments",
     params(("id" = Uuid, Path)),
-    responses((status = 200, body = ExperimentRow), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = ExperimentView), (status = 404, body = ErrorBody)))]
 pub async fn read(
     State(state): State<AppState>,
     Extension(who): Extension<Principal>,
     Path(id): Path<Uuid>,
-) -> Result<Json<ExperimentRow>, AppError> {
+) -> Result<Json<ExperimentView>, AppError> {
     // What this replica answered is counted: its journal drains into the log first (bounded:
     // a read never waits on a sick database for long). Other replicas drain on their own.
     state.reranker.flush_within(READ_DRAINS_JOURNAL).await;
     looker::look(&state.pool, &who.project, id, looker::READ_WAITS_FOR_FOLD)
         .await?
-        .map(Json)
+        .map(|e| Json(e.into()))
         .ok_or_else(|| AppError::NotFound(format!("no experiment {id}")))
 }
 
 /// Stop a running experiment by hand: the label goes back to the control.
 #[utoipa::path(post, path = "/v1/experiments/{id}/stop", tag = "experiments",
     params(("id" = Uuid, Path)),
-    responses((status = 200, body = ExperimentRow), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = ExperimentView), (status = 404, body = ErrorBody)))]
 pub async fn stop(
     State(state): State<AppState>,
     Extension(who): Extension<Principal>,
     Path(id): Path<Uuid>,
-) -> Result<Json<ExperimentRow>, AppError> {
+) -> Result<Json<ExperimentView>, AppError> {
     looker::stop(&state.pool, &who.project, id)
         .await?
-        .map(Json)
+        .map(|e| Json(e.into()))
         .ok_or_else(|| AppError::NotFound(format!("no experiment {id}")))
 }

@@ -11,13 +11,13 @@ use uuid::Uuid;
 
 use super::error::{AppError, ErrorBody, Json, Path};
 use super::state::AppState;
-use crate::agp::prompt::PromptName;
 use crate::auth::Principal;
 use crate::eval::params::EvalParams;
 use crate::jobs::optimize::OptParams;
-use crate::jobs::{JobKind, JobStatus};
+use crate::jobs::submit::{JobRequest, SubmitError, submit};
+use crate::jobs::{JobKind, JobStatus, Published};
 use crate::llm::usage::TallySnapshot;
-use crate::store::jobs::{self as db, JobRow, StepRowDb};
+use crate::store::jobs::{self as db, JobRow, RunStepRow};
 
 /// Routes of this area.
 pub fn router() -> Router<AppState> {
@@ -40,6 +40,16 @@ pub struct Created {
     pub status: JobStatus,
 }
 
+/// What a job says about its progress.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ProgressView {
+    /// What the job is doing (`preparing`, `baseline`, `optimizing`, `scoring`, ...).
+    pub phase: String,
+    pub done: u64,
+    pub total: u64,
+    pub message: String,
+}
+
 /// A job's status, progress, cost so far and (when finished) its report.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct JobView {
@@ -48,9 +58,8 @@ pub struct JobView {
     pub status: JobStatus,
     #[schema(value_type = Object)]
     pub params: serde_json::Value,
-    /// Phase, done/total, message and the resumable state, saved after every batch.
-    #[schema(value_type = Object)]
-    pub progress: serde_json::Value,
+    /// Phase, done/total and message, saved after every batch.
+    pub progress: ProgressView,
     /// Best `p_gen` version so far (optimizations).
     pub best_version: Option<i32>,
     /// Its validation NDCG@10 (validation acceptance).
@@ -70,6 +79,96 @@ pub struct JobView {
     pub report: Option<serde_json::Value>,
 }
 
+/// A job in a list: what it is and where it is (its report and parameters through its own
+/// path).
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct JobSummary {
+    pub id: Uuid,
+    pub kind: JobKind,
+    pub status: JobStatus,
+    pub progress: ProgressView,
+    pub attempts: i32,
+    pub cancel_requested: bool,
+    pub error: Option<String>,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    pub started_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub finished_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+impl From<JobRow> for JobSummary {
+    fn from(job: JobRow) -> Self {
+        JobSummary {
+            id: job.id,
+            kind: job.kind,
+            status: job.status,
+            progress: ProgressView::of(&job.progress),
+            attempts: job.attempts,
+            cancel_requested: job.cancel_requested,
+            error: job.error,
+            created_at: job.created_at,
+            started_at: job.started_at,
+            finished_at: job.finished_at,
+        }
+    }
+}
+
+impl ProgressView {
+    /// What a stored job publishes (never its resume state).
+    fn of(stored: &serde_json::Value) -> ProgressView {
+        let p = Published::of(stored);
+        ProgressView {
+            phase: p.phase,
+            done: p.done,
+            total: p.total,
+            message: p.message,
+        }
+    }
+}
+
+/// One step of an optimization: a candidate prompt (or the baseline, a feedback round...),
+/// its scores, accepted or not, and why.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct StepView {
+    pub step: i32,
+    pub epoch: i32,
+    pub batch: i32,
+    pub kind: String,
+    pub prompt_version: Option<i32>,
+    #[schema(value_type = Object)]
+    pub scores: serde_json::Value,
+    pub accepted: Option<bool>,
+    pub reason: Option<String>,
+    #[schema(value_type = Object)]
+    pub usage: serde_json::Value,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+}
+
+impl From<RunStepRow> for StepView {
+    fn from(r: RunStepRow) -> Self {
+        StepView {
+            step: r.step,
+            epoch: r.epoch,
+            batch: r.batch,
+            kind: r.kind,
+            prompt_version: r.prompt_version,
+            scores: r.scores,
+            accepted: r.accepted,
+            reason: r.reason,
+            usage: r.usage,
+            created_at: r.created_at,
+        }
+    }
+}
+
+impl From<SubmitError> for AppError {
+    fn from(e: SubmitError) -> Self {
+        match e {
+            SubmitError::Invalid(why) => AppError::Validation(why),
+            SubmitError::Db(e) => e.into(),
+        }
+    }
+}
+
 async fn view(state: &AppState, job: JobRow) -> Result<JobView, AppError> {
     let by_role = crate::store::llm::job_usage_by_role(&state.pool, job.id).await?;
     let mut cost = TallySnapshot::default();
@@ -81,28 +180,20 @@ async fn view(state: &AppState, job: JobRow) -> Result<JobView, AppError> {
         cost.errors += t.errors;
         cost.llm_micros += t.latency_ms * 1000;
     }
-    let st = job.progress.get("state");
-    let beam_head = st.and_then(|s| s.get("beam")).and_then(|b| b.get(0));
-    let best_version = beam_head
-        .and_then(|b| b.get(0))
-        .and_then(|v| v.as_i64())
-        .or_else(|| st.and_then(|s| s.get("current")).and_then(|v| v.as_i64()))
-        .map(|v| v as i32);
-    let best_score = beam_head.and_then(|b| b.get(1)).and_then(|v| v.as_f64());
-    let kind = stored_kind(&job.kind)?;
-    let baseline_score = if kind == JobKind::Optimization {
+    let best = Published::of(&job.progress).best;
+    let baseline_score = if job.kind == JobKind::Optimization {
         db::baseline_score(&state.pool, job.id).await?
     } else {
         None
     };
     Ok(JobView {
         id: job.id,
-        kind,
-        status: stored_status(&job.status)?,
+        kind: job.kind,
+        status: job.status,
         params: job.params,
-        progress: job.progress,
-        best_version,
-        best_score,
+        progress: ProgressView::of(&job.progress),
+        best_version: best.map(|b| b.version),
+        best_score: best.and_then(|b| b.score),
         baseline_score,
         cost,
         attempts: job.attempts,
@@ -115,27 +206,15 @@ async fn view(state: &AppState, job: JobRow) -> Result<JobView, AppError> {
     })
 }
 
-/// A stored kind (the database's check constraint allows only known ones).
-fn stored_kind(s: &str) -> Result<JobKind, AppError> {
-    JobKind::parse(s)
-        .ok_or_else(|| AppError::Internal(anyhow::anyhow!("unknown stored job kind {s:?}")))
-}
-
-/// A stored status (the database's check constraint allows only known ones).
-fn stored_status(s: &str) -> Result<JobStatus, AppError> {
-    JobStatus::parse(s)
-        .ok_or_else(|| AppError::Internal(anyhow::anyhow!("unknown stored job status {s:?}")))
-}
-
 async fn load(
     state: &AppState,
     who: &Principal,
     id: Uuid,
     kind: JobKind,
 ) -> Result<JobRow, AppError> {
-    db::get(&state.pool, &who.project, id, Some(kind.as_str()))
+    db::get(&state.pool, &who.project, id, Some(kind))
         .await?
-        .ok_or_else(|| AppError::NotFound(format!("{} {id} not found", kind.as_str())))
+        .ok_or_else(|| AppError::NotFound(format!("{kind} {id} not found")))
 }
 
 async fn cancel(
@@ -145,18 +224,32 @@ async fn cancel(
     kind: JobKind,
 ) -> Result<Json<JobView>, AppError> {
     let job = load(state, who, id, kind).await?;
-    let status = stored_status(&job.status)?;
-    if !matches!(status, JobStatus::Queued | JobStatus::Running) {
+    if job.status.is_final() {
         return Err(AppError::Conflict(format!(
-            "{} {id} already {}",
-            kind.as_str(),
-            status.as_str()
+            "{kind} {id} already {}",
+            job.status
         )));
     }
-    let job = db::request_cancel(&state.pool, &who.project, id, kind.as_str())
+    let job = db::request_cancel(&state.pool, &who.project, id, kind)
         .await?
-        .ok_or_else(|| AppError::NotFound(format!("{} {id} not found", kind.as_str())))?;
+        .ok_or_else(|| AppError::NotFound(format!("{kind} {id} not found")))?;
     Ok(Json(view(state, job).await?))
+}
+
+/// Queues a job through the one submit path (every check of its kind).
+async fn create(
+    state: &AppState,
+    who: &Principal,
+    request: JobRequest,
+) -> Result<(StatusCode, Json<Created>), AppError> {
+    let job = submit(&state.pool, &state.pool, &who.project, &request).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(Created {
+            id: job.id,
+            status: job.status,
+        }),
+    ))
 }
 
 /// Start an AGP optimization of `p_gen` as a background job.
@@ -167,32 +260,7 @@ pub async fn create_optimization(
     Extension(who): Extension<Principal>,
     Json(body): Json<OptParams>,
 ) -> Result<(StatusCode, Json<Created>), AppError> {
-    body.validate().map_err(AppError::Validation)?;
-    check_logged(&state, &who.project, &body.data).await?;
-    if let Some(v) = body.base_version
-        && crate::store::prompts::version(&state.pool, &who.project, PromptName::PGen.as_str(), v)
-            .await?
-            .is_none()
-    {
-        return Err(AppError::Validation(format!(
-            "base_version {v} does not exist for p_gen"
-        )));
-    }
-    let params = serde_json::to_value(&body).map_err(|e| AppError::Internal(e.into()))?;
-    let job = db::enqueue(
-        &state.pool,
-        &who.project,
-        JobKind::Optimization.as_str(),
-        &params,
-    )
-    .await?;
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(Created {
-            id: job.id,
-            status: stored_status(&job.status)?,
-        }),
-    ))
+    create(&state, &who, JobRequest::Optimization(body)).await
 }
 
 /// An optimization's status, progress, best version and score, baseline score, cost so far.
@@ -209,14 +277,15 @@ pub async fn get_optimization(
 
 /// Every step of an optimization: each candidate prompt, its scores, accepted or not, and why.
 #[utoipa::path(get, path = "/v1/optimizations/{id}/steps", tag = "jobs", params(("id" = Uuid, Path)),
-    responses((status = 200, body = [StepRowDb]), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = [StepView]), (status = 404, body = ErrorBody)))]
 pub async fn optimization_steps(
     State(state): State<AppState>,
     Extension(who): Extension<Principal>,
     Path(id): Path<Uuid>,
-) -> Result<Json<Vec<StepRowDb>>, AppError> {
+) -> Result<Json<Vec<StepView>>, AppError> {
     load(&state, &who, id, JobKind::Optimization).await?;
-    Ok(Json(db::steps(&state.pool, id).await?))
+    let steps = db::steps(&state.pool, id).await?;
+    Ok(Json(steps.into_iter().map(StepView::from).collect()))
 }
 
 /// Cancel an optimization (queued: at once; running: at its next batch boundary).
@@ -230,27 +299,6 @@ pub async fn cancel_optimization(
     cancel(&state, &who, id, JobKind::Optimization).await
 }
 
-/// Under the `logged` protocol: enough logged cases for the splits asked, or a 422 saying
-/// how many there are and how many are needed.
-async fn check_logged(
-    state: &AppState,
-    project: &str,
-    data: &crate::eval::params::DataParams,
-) -> Result<(), AppError> {
-    if data.protocol != crate::eval::Protocol::Logged {
-        return Ok(());
-    }
-    let have = crate::store::rerank::count_logged_cases(&state.pool, project, &data.positive_kinds)
-        .await?;
-    let have = usize::try_from(have).unwrap_or(0);
-    if have < crate::eval::cases::logged_needed(data) {
-        return Err(AppError::Validation(crate::eval::cases::too_few_logged(
-            data, have,
-        )));
-    }
-    Ok(())
-}
-
 /// Start an offline evaluation as a background job.
 #[utoipa::path(post, path = "/v1/evaluations", tag = "jobs", request_body = EvalParams,
     responses((status = 202, body = Created), (status = 422, body = ErrorBody)))]
@@ -259,35 +307,7 @@ pub async fn create_evaluation(
     Extension(who): Extension<Principal>,
     Json(body): Json<EvalParams>,
 ) -> Result<(StatusCode, Json<Created>), AppError> {
-    body.validate().map_err(AppError::Validation)?;
-    check_logged(&state, &who.project, &body.data).await?;
-    let existing = crate::store::prompts::existing_versions(
-        &state.pool,
-        &who.project,
-        PromptName::PGen.as_str(),
-        &body.versions,
-    )
-    .await?;
-    if let Some(v) = body.versions.iter().find(|v| !existing.contains(v)) {
-        return Err(AppError::Validation(format!(
-            "versions: p_gen has no version {v}"
-        )));
-    }
-    let params = serde_json::to_value(&body).map_err(|e| AppError::Internal(e.into()))?;
-    let job = db::enqueue(
-        &state.pool,
-        &who.project,
-        JobKind::Evaluation.as_str(),
-        &params,
-    )
-    .await?;
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(Created {
-            id: job.id,
-            status: stored_status(&job.status)?,
-        }),
-    ))
+    create(&state, &who, JobRequest::Evaluation(body)).await
 }
 
 /// An evaluation's status and progress; metrics per method and per seed once finished.
@@ -321,20 +341,7 @@ pub async fn create_summaries(
     State(state): State<AppState>,
     Extension(who): Extension<Principal>,
 ) -> Result<(StatusCode, Json<Created>), AppError> {
-    let job = db::enqueue(
-        &state.pool,
-        &who.project,
-        JobKind::SummarizeCatalog.as_str(),
-        &serde_json::json!({}),
-    )
-    .await?;
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(Created {
-            id: job.id,
-            status: stored_status(&job.status)?,
-        }),
-    ))
+    create(&state, &who, JobRequest::SummarizeCatalog).await
 }
 
 /// A catalog summarization job.

@@ -14,6 +14,7 @@ use crate::agp::prompt::{self, PromptName};
 use crate::auth::Principal;
 use crate::store::Invalidation;
 use crate::store::prompts::{self as db, LabelRow, NewVersion, SplitArm, VersionRow};
+use crate::store::states::VersionSource;
 
 /// Routes of this area.
 pub fn router() -> Router<AppState> {
@@ -153,7 +154,7 @@ pub async fn create_version(
     }
     let meta = NewVersion {
         message: &message,
-        source: "api",
+        source: VersionSource::Api,
         ..Default::default()
     };
     let v =

@@ -286,7 +286,7 @@ async fn run_connection(
         let deadline = shared.deadline(&conn);
         tokio::select! {
             r = http.as_mut() => {
-                closed(if r.is_ok() { "done" } else { "error" });
+                closed(if r.is_ok() { "done" } else { "error" }); // not a state: a metrics label
                 return;
             }
             _ = conn.changed.notified() => {}

@@ -694,8 +694,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         write(dir.path(), "G.item", ITEM.as_bytes());
         write(dir.path(), "G.test.inter", SEQ.as_bytes());
-        write(dir.path(), "G.valid.inter", b"garbage");
-        write(dir.path(), "G.random", b"garbage");
+        write(dir.path(), "G.valid.inter", b"junk");
+        write(dir.path(), "G.random", b"junk");
         let ds = read(Format::Recbole, &[dir.path().to_path_buf()]).unwrap();
         assert_eq!(ds.user_count(), 2);
         assert_eq!(ds.interactions.len(), 6);

@@ -21,6 +21,7 @@ use crate::report::StageCost;
 use crate::serving::Reranker;
 use crate::store::jobs::{self as db, JobRow};
 use crate::store::prompts::PRODUCTION;
+use crate::store::states::HistoryOrder;
 
 /// What a job shows of its progress (stored as data in `jobs.progress`).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -29,6 +30,34 @@ pub struct Progress {
     pub done: u64,
     pub total: u64,
     pub message: String,
+    /// What the job publishes as its best result so far (optimizations: the best version).
+    pub best: Option<BestSoFar>,
+}
+
+/// The best prompt version a job has found so far, and its validation NDCG@10 when scored.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct BestSoFar {
+    pub version: i32,
+    pub score: Option<f64>,
+}
+
+/// What a job publishes about itself (stored with its resume state, which stays private to
+/// the job body): the API and the console read this, never the state.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Published {
+    pub phase: String,
+    pub done: u64,
+    pub total: u64,
+    pub message: String,
+    pub best: Option<BestSoFar>,
+}
+
+impl Published {
+    /// The published part of a job row's stored progress (defaults where absent).
+    pub fn of(stored: &serde_json::Value) -> Published {
+        serde_json::from_value(stored.clone()).unwrap_or_default()
+    }
 }
 
 /// Receives progress as it happens (the CLI draws bars with it).
@@ -39,7 +68,7 @@ pub trait ProgressSink: Send + Sync {
 /// How a job body ends without a result.
 #[derive(Debug, thiserror::Error)]
 pub enum JobError {
-    #[error("cancelled")]
+    #[error("the job was cancelled")]
     Cancelled,
     #[error("{0:#}")]
     Failed(#[from] anyhow::Error),
@@ -181,7 +210,7 @@ impl JobContext {
             .clone();
         let value = serde_json::json!({
             "phase": p.phase, "done": p.done, "total": p.total, "message": p.message,
-            "usage": self.tally.snapshot(), "state": state,
+            "best": p.best, "usage": self.tally.snapshot(), "state": state,
         });
         db::save_progress(&self.pool, self.job.id, &value).await?;
         self.llm.flush_usage().await;
@@ -252,10 +281,9 @@ impl JobContext {
             return crate::eval::cases::prepare_logged(logged, &seqs, p).map_err(failed);
         }
         let order = crate::store::catalog::history_order(&self.pool, self.project()).await?;
-        let holdout = if order == "unordered" {
-            Holdout::Random
-        } else {
-            Holdout::Last
+        let holdout = match order {
+            HistoryOrder::Unordered => Holdout::Random,
+            HistoryOrder::Chronological => Holdout::Last,
         };
         Ok(prepare_from(&seqs, holdout, p, seed))
     }

@@ -331,9 +331,9 @@ async fn report(
     ));
     Ok(Report {
         title: format!("Evaluation: {}", ctx.subject(&params.data).await?),
-        kind: super::JobKind::Evaluation.as_str().into(),
+        kind: super::JobKind::Evaluation,
         job_id: ctx.id().to_string(),
-        status: "succeeded".into(),
+        status: super::JobStatus::Succeeded,
         started_at: ctx.job.started_at.or(Some(chrono::Utc::now())),
         finished_at: Some(chrono::Utc::now()),
         settings,

@@ -186,7 +186,7 @@ async fn store(
             );
             let meta = NewVersion {
                 message: &message,
-                source: "evaluation",
+                source: crate::store::states::VersionSource::Evaluation,
                 run_id: Some(ctx.id()),
                 parent_version: None,
                 scores: Some(scores),

@@ -3,97 +3,30 @@
 //! job kind. The job bodies are the only users of the job context.
 //!
 //! - `context`: what a job body gets (database, LLM, caches, progress, resumable state)
+//! - `submit`: the checks of each kind and the one way a job is queued
 //! - `optimize`, `evaluate`, `summarize`: the three kinds of job (`fused`: the evaluation's
 //!   blend-tuning method)
 
-pub mod autopilot;
 pub mod context;
 pub mod evaluate;
 mod fused;
 pub mod optimize;
+pub mod submit;
 pub mod summarize;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use tokio::sync::watch;
 
-pub use context::{JobContext, JobError, Progress, ProgressSink};
+pub use context::{BestSoFar, JobContext, JobError, Progress, ProgressSink, Published};
 
 use crate::llm::LlmClient;
 use crate::serving::Reranker;
 use crate::store::jobs::{self as db, JobRow};
-
-/// What a job does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum JobKind {
-    Optimization,
-    Evaluation,
-    SummarizeCatalog,
-}
-
-impl JobKind {
-    /// The stored name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            JobKind::Optimization => "optimization",
-            JobKind::Evaluation => "evaluation",
-            JobKind::SummarizeCatalog => "summarize_catalog",
-        }
-    }
-
-    /// Parses a stored name.
-    pub fn parse(s: &str) -> Option<JobKind> {
-        [
-            JobKind::Optimization,
-            JobKind::Evaluation,
-            JobKind::SummarizeCatalog,
-        ]
-        .into_iter()
-        .find(|k| k.as_str() == s)
-    }
-}
-
-/// Where a job is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum JobStatus {
-    Queued,
-    Running,
-    Succeeded,
-    Failed,
-    Cancelled,
-}
-
-impl JobStatus {
-    /// The stored name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            JobStatus::Queued => "queued",
-            JobStatus::Running => "running",
-            JobStatus::Succeeded => "succeeded",
-            JobStatus::Failed => "failed",
-            JobStatus::Cancelled => "cancelled",
-        }
-    }
-
-    /// Parses a stored name.
-    pub fn parse(s: &str) -> Option<JobStatus> {
-        [
-            JobStatus::Queued,
-            JobStatus::Running,
-            JobStatus::Succeeded,
-            JobStatus::Failed,
-            JobStatus::Cancelled,
-        ]
-        .into_iter()
-        .find(|k| k.as_str() == s)
-    }
-}
+pub use crate::store::states::{JobKind, JobStatus};
 
 /// How a worker runs.
 #[derive(Debug, Clone)]
@@ -243,16 +176,12 @@ pub async fn execute(
         })
     };
     tracing::info!(job = %id, kind = %job.kind, attempt = job.attempts, "running job");
-    let kind = JobKind::parse(&job.kind);
+    let kind = job.kind;
     let ctx = JobContext::new(pool.clone(), llm.clone(), reranker, job, cancel, sink);
     let result = match kind {
-        Some(JobKind::Evaluation) => evaluate::run(&ctx).await,
-        Some(JobKind::Optimization) => optimize::run(&ctx).await,
-        Some(JobKind::SummarizeCatalog) => summarize::run(&ctx).await,
-        None => Err(context::failed(format!(
-            "unknown job kind {}",
-            ctx.job.kind
-        ))),
+        JobKind::Evaluation => evaluate::run(&ctx).await,
+        JobKind::Optimization => optimize::run(&ctx).await,
+        JobKind::SummarizeCatalog => summarize::run(&ctx).await,
     };
     hb.abort();
     llm.flush_usage().await;
@@ -279,15 +208,7 @@ pub async fn execute(
             (JobStatus::Failed, None, Some(format!("{e:#}")))
         }
     };
-    if let Err(e) = db::finish(
-        &pool,
-        id,
-        status.as_str(),
-        result.as_ref(),
-        error.as_deref(),
-    )
-    .await
-    {
+    if let Err(e) = db::finish(&pool, id, status, result.as_ref(), error.as_deref()).await {
         // The lease runs out and another worker resumes the job from its saved state.
         metrics::counter!("agp_job_finish_errors_total").increment(1);
         tracing::error!(job = %id, status = status.as_str(), error = %e, "could not store the job's outcome");

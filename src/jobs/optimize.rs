@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use utoipa::ToSchema;
 
-use super::context::{JobContext, JobError, failed};
+use super::context::{BestSoFar, JobContext, JobError, failed};
 use crate::agp::accept::{self, Acceptance};
 use crate::agp::batch::{self, BatchSpec, Known, Lab, Prompt, Settings, Step, StepKind, Templates};
 use crate::agp::case::{Case, CaseOutcome};
@@ -26,6 +26,7 @@ use crate::rankers::{Incoming, Ranker};
 use crate::report::{MethodResult, PromptShown, Report, SeedMetrics, StepRow};
 use crate::store::jobs as jobs_db;
 use crate::store::prompts::{self as prompts_db, NewVersion};
+use crate::store::states::VersionSource;
 
 /// Request of an optimization (the data settings plus the loop's).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema, clap::Args)]
@@ -351,7 +352,7 @@ async fn baseline(ctx: &JobContext, setup: &Setup, st: &mut State) -> Result<(),
         scored: false,
     };
     put_step(ctx, 0, 0, 0, &step).await?;
-    ctx.save(st).await
+    save(ctx, st).await
 }
 
 /// The training users of batch `batch` of `epoch` (each epoch has its seeded order).
@@ -378,7 +379,7 @@ async fn one_batch(ctx: &JobContext, setup: &Setup, st: &mut State) -> Result<()
     let (epoch, batch) = (st.epoch, st.batch);
     let done_batches = (epoch * setup.batches_per_epoch + batch) as u64;
     ctx.tick(|pr| {
-        pr.phase = "optimizing".into();
+        pr.phase = "optimizing".into(); // not a state: the phase shown
         pr.done = done_batches;
         pr.total = (setup.batches_per_epoch * p.epochs) as u64;
         pr.message = format!(
@@ -444,6 +445,23 @@ async fn one_batch(ctx: &JobContext, setup: &Setup, st: &mut State) -> Result<()
     ctx.tick(|pr| pr.done = done_batches + 1);
     st.loop_ms += started.elapsed().as_millis() as u64;
     st.loop_calls += ctx.tally.snapshot().llm_calls - calls_before;
+    save(ctx, st).await
+}
+
+/// Publishes the best version so far (the beam's head; the current prompt before anything
+/// was scored) and saves the resume state.
+async fn save(ctx: &JobContext, st: &State) -> Result<(), JobError> {
+    let best = match st.beam.first() {
+        Some(&(version, score)) => BestSoFar {
+            version,
+            score: Some(score),
+        },
+        None => BestSoFar {
+            version: st.current,
+            score: None,
+        },
+    };
+    ctx.tick(|p| p.best = Some(best));
     ctx.save(st).await
 }
 
@@ -547,7 +565,7 @@ async fn store_candidate(
     };
     let meta = NewVersion {
         message: &message,
-        source: "optimization",
+        source: VersionSource::Optimization,
         run_id: Some(ctx.id()),
         parent_version: Some(parent),
         scores: None,
@@ -693,9 +711,9 @@ async fn finish(ctx: &JobContext, setup: &Setup, st: &State) -> Result<Report, J
     }
     Ok(Report {
         title: format!("AGP optimization of p_gen: {}", ctx.subject(&p.data).await?),
-        kind: super::JobKind::Optimization.as_str().into(),
+        kind: super::JobKind::Optimization,
         job_id: ctx.id().to_string(),
-        status: "succeeded".into(),
+        status: super::JobStatus::Succeeded,
         started_at: ctx.job.started_at,
         finished_at: Some(chrono::Utc::now()),
         settings: {

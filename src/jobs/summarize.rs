@@ -67,9 +67,9 @@ pub async fn run(ctx: &JobContext) -> Result<Report, JobError> {
     let (stages, total_cost) = ctx.stage_costs().await?;
     Ok(Report {
         title: format!("Item summaries for project {project}"),
-        kind: super::JobKind::SummarizeCatalog.as_str().into(),
+        kind: super::JobKind::SummarizeCatalog,
         job_id: ctx.id().to_string(),
-        status: "succeeded".into(),
+        status: super::JobStatus::Succeeded,
         started_at: ctx.job.started_at,
         finished_at: Some(chrono::Utc::now()),
         settings: serde_json::json!({ "p_sum_version": sum.0 }),

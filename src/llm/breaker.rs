@@ -184,6 +184,7 @@ impl Breaker {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::states::UsageOutcome;
 
     fn policy() -> BreakerPolicy {
         BreakerPolicy {
@@ -198,10 +199,10 @@ mod tests {
         let b = Breaker::new(policy());
         let t0 = Instant::now();
         for _ in 0..2 {
-            b.failure(t0, "timeout");
+            b.failure(t0, UsageOutcome::Timeout.as_str());
             assert_eq!(b.admit(t0), Admission::Allow);
         }
-        b.failure(t0, "timeout");
+        b.failure(t0, UsageOutcome::Timeout.as_str());
         assert!(matches!(b.admit(t0), Admission::Refuse(m) if m.contains("3 failed")));
         assert!(matches!(b.health(t0), Health::Down { failures: 3, .. }));
         let later = t0 + Duration::from_millis(1001);
@@ -211,7 +212,7 @@ mod tests {
             "one probe after the cooldown"
         );
         assert!(matches!(b.admit(later), Admission::Refuse(_)), "only one");
-        b.failure(later, "timeout");
+        b.failure(later, UsageOutcome::Timeout.as_str());
         // Re-opened with a doubled cooldown.
         assert!(matches!(
             b.admit(later + Duration::from_millis(1500)),

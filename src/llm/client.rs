@@ -17,6 +17,7 @@ use super::retry::parse_retry_after;
 use super::usage::{UsageRecord, record_metrics};
 use super::{CallContext, ChatRequest, ChatResponse, LlmError, Priority, Role};
 use crate::store::journal::{Journal, JournalOptions, Record};
+use crate::store::states::UsageOutcome;
 
 /// Structured-output support of an upstream server, learned from its answers.
 const SCHEMA_UNKNOWN: u8 = 0;
@@ -439,9 +440,9 @@ impl LlmClient {
                 r.completion_tokens,
                 r.cached_tokens,
                 r.cached,
-                "ok".to_string(),
+                UsageOutcome::Ok,
             ),
-            Err(e) => (0, 0, 0, false, e.kind().to_string()),
+            Err(e) => (0, 0, 0, false, e.outcome()),
         };
         let record = UsageRecord {
             uid: uuid::Uuid::new_v4(),

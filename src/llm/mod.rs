@@ -18,6 +18,7 @@ pub mod retry;
 pub mod test_server;
 pub mod usage;
 
+use crate::store::states::UsageOutcome;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -279,19 +280,24 @@ impl LlmError {
         }
     }
 
-    /// Short stable label for metrics and usage rows.
-    pub fn kind(&self) -> &'static str {
+    /// How the call ended, as usage rows store it.
+    pub fn outcome(&self) -> UsageOutcome {
         match self.root() {
-            LlmError::NotConfigured(_) => "not_configured",
-            LlmError::Timeout(_) => "timeout",
-            LlmError::Unavailable(_) => "circuit_open",
-            LlmError::Connect(_) => "connect_error",
-            LlmError::RateLimited { .. } => "rate_limited",
-            LlmError::Server { .. } => "server_error",
-            LlmError::Refused { .. } => "refused",
-            LlmError::Garbage(_) => "garbage",
-            LlmError::Exhausted { .. } => "exhausted",
+            LlmError::NotConfigured(_) => UsageOutcome::NotConfigured,
+            LlmError::Timeout(_) => UsageOutcome::Timeout,
+            LlmError::Unavailable(_) => UsageOutcome::CircuitOpen,
+            LlmError::Connect(_) => UsageOutcome::ConnectError,
+            LlmError::RateLimited { .. } => UsageOutcome::RateLimited,
+            LlmError::Server { .. } => UsageOutcome::ServerError,
+            LlmError::Refused { .. } => UsageOutcome::Refused,
+            LlmError::Garbage(_) => UsageOutcome::Garbage,
+            LlmError::Exhausted { .. } => UsageOutcome::Exhausted,
         }
+    }
+
+    /// Short stable label for metrics and usage rows (the outcome's name).
+    pub fn kind(&self) -> &'static str {
+        self.outcome().as_str()
     }
 
     /// True when the root cause is a timeout (rerank maps it to `llm_timeout`).
@@ -406,7 +412,7 @@ mod tests {
             last: Box::new(LlmError::Timeout(Duration::from_secs(1))),
         };
         assert!(ex.is_timeout());
-        assert_eq!(ex.kind(), "timeout");
+        assert_eq!(ex.outcome(), UsageOutcome::Timeout);
     }
 
     #[test]

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use serde::Serialize;
 
 pub use crate::store::llm::UsageRecord;
+use crate::store::states::UsageOutcome;
 
 /// Running totals a caller collects across its calls (a rerank's `meta.usage`, a job step).
 #[derive(Debug, Default)]
@@ -53,7 +54,7 @@ impl Tally {
             self.cached_tokens
                 .fetch_add(r.cached_tokens as u64, Ordering::Relaxed);
         }
-        if r.outcome != "ok" {
+        if r.outcome != UsageOutcome::Ok {
             self.errors.fetch_add(1, Ordering::Relaxed);
         }
         self.llm_micros.fetch_add(r.latency_us, Ordering::Relaxed);
@@ -126,7 +127,7 @@ pub fn record_metrics(r: &UsageRecord) {
     let labels = [
         ("role", r.role.clone()),
         ("model", r.model.clone()),
-        ("outcome", r.outcome.clone()),
+        ("outcome", r.outcome.as_str().to_string()),
         ("cache", cache.to_string()),
     ];
     metrics::counter!("agp_llm_calls_total", &labels).increment(1);
@@ -145,7 +146,7 @@ pub fn record_metrics(r: &UsageRecord) {
 mod tests {
     use super::*;
 
-    fn rec(hit: bool, outcome: &str) -> UsageRecord {
+    fn rec(hit: bool, outcome: UsageOutcome) -> UsageRecord {
         UsageRecord {
             uid: uuid::Uuid::new_v4(),
             created_at: chrono::Utc::now(),
@@ -158,7 +159,7 @@ mod tests {
             completion_tokens: 3,
             cached_tokens: 0,
             cache_hit: hit,
-            outcome: outcome.into(),
+            outcome,
             request_id: None,
             job_id: None,
         }
@@ -167,9 +168,9 @@ mod tests {
     #[test]
     fn tally_counts_calls_hits_and_tokens() {
         let t = Tally::default();
-        t.add(&rec(false, "ok"));
-        t.add(&rec(true, "ok"));
-        t.add(&rec(false, "timeout"));
+        t.add(&rec(false, UsageOutcome::Ok));
+        t.add(&rec(true, UsageOutcome::Ok));
+        t.add(&rec(false, UsageOutcome::Timeout));
         let s = t.snapshot();
         assert_eq!(
             (

@@ -128,15 +128,8 @@ fn markdown(r: &Report, out: &mut String) -> fmt::Result {
 }
 
 fn header(r: &Report, out: &mut String) -> fmt::Result {
-    let kind = match r.kind.trim() {
-        "" => "Run".to_string(),
-        k => capitalize(k) + " run",
-    };
-    let status = if r.status.trim().is_empty() {
-        "unknown"
-    } else {
-        r.status.trim()
-    };
+    let kind = capitalize(r.kind.as_str()) + " run";
+    let status = r.status.as_str();
     write!(
         out,
         "{} `{}`, status **{}**. ",
@@ -517,7 +510,7 @@ mod tests {
     #[test]
     fn markdown_steps_table_only_with_steps_and_escapes_pipes() {
         let mut r = eval_report();
-        r.kind = "optimization".into();
+        r.kind = crate::store::states::JobKind::Optimization;
         r.methods[0].method = "a|b".into();
         r.steps = vec![
             StepRow {

@@ -15,6 +15,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::eval::metrics::Metrics;
+use crate::store::states::{JobKind, JobStatus};
 
 /// The metrics of one seed of a method.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, Default, PartialEq)]
@@ -81,11 +82,9 @@ pub struct PromptShown {
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
 pub struct Report {
     pub title: String,
-    /// "evaluation" | "optimization"
-    pub kind: String,
+    pub kind: JobKind,
     pub job_id: String,
-    /// succeeded | failed | cancelled
-    pub status: String,
+    pub status: JobStatus,
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
     /// The request as run (protocol, users, seeds, batch size, ...).
@@ -158,9 +157,9 @@ pub(crate) mod fixtures {
     pub fn eval_report() -> Report {
         Report {
             title: "Evaluation <Yelp> & co".into(),
-            kind: "evaluation".into(),
+            kind: JobKind::Evaluation,
             job_id: "job-1".into(),
-            status: "succeeded".into(),
+            status: JobStatus::Succeeded,
             settings: serde_json::json!({"protocol": "llmrank", "users": 200, "seeds": [1, 2]}),
             methods: vec![
                 method("random", &[(1, &[5, 9, 12]), (2, &[7, 3, 11])], 0),
@@ -249,9 +248,9 @@ mod tests {
             };
         let r = Report {
             title: "Optimization of the profile prompt — Yelp core-40 (llmrank, 20 candidates)".into(),
-            kind: "optimization".into(),
+            kind: JobKind::Optimization,
             job_id: "7f3c2a10-5d4e-4b7a-9a51-0c2f3e8d9b11".into(),
-            status: "succeeded".into(),
+            status: JobStatus::Succeeded,
             started_at: Some(t0),
             finished_at: Some(t0 + chrono::Duration::seconds(2 * 3600 + 17 * 60 + 41)),
             settings: serde_json::json!({
@@ -309,7 +308,7 @@ mod tests {
         assert_eq!(paths.len(), 3);
         // Also the evaluation-only variant and the empty one, for a look.
         let mut eval = r.clone();
-        eval.kind = "evaluation".into();
+        eval.kind = JobKind::Evaluation;
         eval.steps.clear();
         std::fs::write("/tmp/sample-report/chart-eval.svg", render_svg(&eval)).unwrap();
         std::fs::write(

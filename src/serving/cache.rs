@@ -307,6 +307,6 @@ mod tests {
         ] {
             assert_eq!(Invalidation::parse(&inv.payload()), inv);
         }
-        assert_eq!(Invalidation::parse("garbage"), Invalidation::All);
+        assert_eq!(Invalidation::parse("nonsense"), Invalidation::All);
     }
 }

@@ -1,9 +1,9 @@
 //! The autopilot's state in Postgres: the per-project policy (off by default) and its runs,
 //! each a row with a status and a reason.
 
-use serde::{Deserialize, Serialize};
-use sqlx::PgPool;
-use utoipa::ToSchema;
+use sqlx::{PgConnection, PgPool};
+
+use super::states::AutopilotStatus;
 use uuid::Uuid;
 
 /// A project's autopilot policy.
@@ -17,17 +17,13 @@ pub struct Policy {
 
 /// The project's policy (none: never set, which means off).
 pub async fn policy(pool: &PgPool, project: &str) -> Result<Option<Policy>, sqlx::Error> {
-    let row: Option<(bool, serde_json::Value, i64)> = sqlx::query_as(
+    sqlx::query_as!(
+        Policy,
         "SELECT enabled, settings, last_feedback_id FROM autopilot WHERE project = $1",
+        project
     )
-    .bind(project)
     .fetch_optional(pool)
-    .await?;
-    Ok(row.map(|(enabled, settings, last_feedback_id)| Policy {
-        enabled,
-        settings,
-        last_feedback_id,
-    }))
+    .await
 }
 
 /// Sets the policy (the feedback counter starts at the newest feedback row when created).
@@ -37,14 +33,14 @@ pub async fn set_policy(
     enabled: bool,
     settings: &serde_json::Value,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
+    sqlx::query!(
         "INSERT INTO autopilot (project, enabled, settings, last_feedback_id)
          VALUES ($1, $2, $3, (SELECT COALESCE(max(id), 0) FROM feedback WHERE project = $1))
          ON CONFLICT (project) DO UPDATE SET enabled = $2, settings = $3, updated_at = now()",
+        project,
+        enabled,
+        settings,
     )
-    .bind(project)
-    .bind(enabled)
-    .bind(settings)
     .execute(pool)
     .await
     .map(|_| ())
@@ -52,7 +48,7 @@ pub async fn set_policy(
 
 /// Projects whose autopilot is on.
 pub async fn enabled_projects(pool: &PgPool) -> Result<Vec<String>, sqlx::Error> {
-    sqlx::query_scalar("SELECT project FROM autopilot WHERE enabled ORDER BY project")
+    sqlx::query_scalar!("SELECT project FROM autopilot WHERE enabled ORDER BY project")
         .fetch_all(pool)
         .await
 }
@@ -64,23 +60,23 @@ pub async fn new_positives(
     since: i64,
     kinds: &[String],
 ) -> Result<(i64, i64), sqlx::Error> {
-    sqlx::query_as(
-        "SELECT count(*), COALESCE(max(id), $2) FROM feedback
-         WHERE project = $1 AND id > $2 AND kind = ANY($3)",
+    let row = sqlx::query!(
+        r#"SELECT count(*) AS "n!", COALESCE(max(id), $2) AS "newest!" FROM feedback
+           WHERE project = $1 AND id > $2 AND kind = ANY($3)"#,
+        project,
+        since,
+        kinds,
     )
-    .bind(project)
-    .bind(since)
-    .bind(kinds)
     .fetch_one(pool)
-    .await
+    .await?;
+    Ok((row.n, row.newest))
 }
 
 /// One autopilot step.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone)]
 pub struct Run {
     pub id: Uuid,
-    /// `optimizing`, `experimenting`, `done`, `skipped` or `failed`.
-    pub status: String,
+    pub status: AutopilotStatus,
     pub job_id: Option<Uuid>,
     pub experiment_id: Option<Uuid>,
     pub reason: String,
@@ -88,121 +84,105 @@ pub struct Run {
     pub updated_at: chrono::DateTime<chrono::Utc>,
 }
 
-type RunTuple = (
-    Uuid,
-    String,
-    Option<Uuid>,
-    Option<Uuid>,
-    String,
-    chrono::DateTime<chrono::Utc>,
-    chrono::DateTime<chrono::Utc>,
-);
-
-fn run(t: RunTuple) -> Run {
-    Run {
-        id: t.0,
-        status: t.1,
-        job_id: t.2,
-        experiment_id: t.3,
-        reason: t.4,
-        created_at: t.5,
-        updated_at: t.6,
-    }
-}
-
 /// The project's runs, newest first (at most 50).
 pub async fn runs(pool: &PgPool, project: &str) -> Result<Vec<Run>, sqlx::Error> {
-    let rows: Vec<RunTuple> = sqlx::query_as(
-        "SELECT id, status, job_id, experiment_id, reason, created_at, updated_at FROM autopilot_runs
-         WHERE project = $1 ORDER BY created_at DESC LIMIT 50",
+    sqlx::query_as!(
+        Run,
+        r#"SELECT id, status AS "status: AutopilotStatus", job_id, experiment_id, reason, created_at,
+                  updated_at
+           FROM autopilot_runs WHERE project = $1 ORDER BY created_at DESC LIMIT 50"#,
+        project
     )
-    .bind(project)
     .fetch_all(pool)
-    .await?;
-    Ok(rows.into_iter().map(run).collect())
+    .await
 }
 
 /// The run in progress (optimizing or experimenting), if any.
 pub async fn active(pool: &PgPool, project: &str) -> Result<Option<Run>, sqlx::Error> {
-    let row: Option<RunTuple> = sqlx::query_as(
-        "SELECT id, status, job_id, experiment_id, reason, created_at, updated_at FROM autopilot_runs
-         WHERE project = $1 AND status IN ('optimizing', 'experimenting') ORDER BY created_at DESC LIMIT 1",
+    sqlx::query_as!(
+        Run,
+        r#"SELECT id, status AS "status: AutopilotStatus", job_id, experiment_id, reason, created_at,
+                  updated_at
+           FROM autopilot_runs WHERE project = $1 AND status = ANY($2)
+           ORDER BY created_at DESC LIMIT 1"#,
+        project,
+        &AutopilotStatus::ACTIVE as _,
     )
-    .bind(project)
     .fetch_optional(pool)
-    .await?;
-    Ok(row.map(run))
+    .await
 }
 
-/// Starts a run with its optimization job, counting feedback up to `feedback_id`, in one
-/// transaction that holds the policy row (so two replicas never start two runs). Returns
-/// false when another replica holds it or a run is already active.
-pub async fn start_run(
-    pool: &PgPool,
-    project: &str,
-    feedback_id: i64,
-    params: &serde_json::Value,
-    reason: &str,
-) -> Result<Option<Uuid>, sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    let held: Option<(String,)> = sqlx::query_as(
+/// Takes the project's policy row for starting a run, in the caller's transaction: false
+/// when another replica holds it, the autopilot is off, or a run is already active (so two
+/// replicas never start two runs).
+pub async fn lock_for_start(tx: &mut PgConnection, project: &str) -> Result<bool, sqlx::Error> {
+    let held = sqlx::query_scalar!(
         "SELECT project FROM autopilot WHERE project = $1 AND enabled FOR UPDATE SKIP LOCKED",
+        project
     )
-    .bind(project)
     .fetch_optional(&mut *tx)
     .await?;
     if held.is_none() {
-        return Ok(None);
+        return Ok(false);
     }
-    let busy: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM autopilot_runs WHERE project = $1 AND status IN ('optimizing', 'experimenting')",
+    let busy = sqlx::query_scalar!(
+        r#"SELECT count(*) AS "n!" FROM autopilot_runs WHERE project = $1 AND status = ANY($2)"#,
+        project,
+        &AutopilotStatus::ACTIVE as _,
     )
-    .bind(project)
     .fetch_one(&mut *tx)
     .await?;
-    if busy > 0 {
-        return Ok(None);
-    }
-    let job = super::jobs::enqueue(&mut *tx, project, "optimization", params).await?;
-    sqlx::query(
-        "INSERT INTO autopilot_runs (id, project, status, job_id, reason) VALUES ($1, $2, 'optimizing', $3, $4)",
+    Ok(busy == 0)
+}
+
+/// Records a started run (optimizing with `job`), counting feedback up to `feedback_id`, in
+/// the transaction that took [`lock_for_start`] and queued the job.
+pub async fn record_start(
+    tx: &mut PgConnection,
+    project: &str,
+    job: Uuid,
+    feedback_id: i64,
+    reason: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query!(
+        "INSERT INTO autopilot_runs (id, project, status, job_id, reason) VALUES ($1, $2, $3, $4, $5)",
+        Uuid::new_v4(),
+        project,
+        AutopilotStatus::Optimizing as _,
+        job,
+        reason,
     )
-    .bind(Uuid::new_v4())
-    .bind(project)
-    .bind(job.id)
-    .bind(reason)
     .execute(&mut *tx)
     .await?;
-    sqlx::query(
+    sqlx::query!(
         "UPDATE autopilot SET last_feedback_id = $2, updated_at = now() WHERE project = $1",
+        project,
+        feedback_id,
     )
-    .bind(project)
-    .bind(feedback_id)
     .execute(&mut *tx)
     .await?;
-    tx.commit().await?;
-    Ok(Some(job.id))
+    Ok(())
 }
 
 /// Moves a run on (only from the status it was read in, so replicas never do it twice).
 pub async fn advance(
     pool: &PgPool,
     id: Uuid,
-    from: &str,
-    to: &str,
+    from: AutopilotStatus,
+    to: AutopilotStatus,
     experiment_id: Option<Uuid>,
     reason: &str,
 ) -> Result<bool, sqlx::Error> {
-    Ok(sqlx::query(
+    Ok(sqlx::query!(
         "UPDATE autopilot_runs SET status = $3, experiment_id = COALESCE($4, experiment_id), reason = $5,
                 updated_at = now()
          WHERE id = $1 AND status = $2",
+        id,
+        from as _,
+        to as _,
+        experiment_id,
+        reason,
     )
-    .bind(id)
-    .bind(from)
-    .bind(to)
-    .bind(experiment_id)
-    .bind(reason)
     .execute(pool)
     .await?
     .rows_affected()

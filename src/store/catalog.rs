@@ -6,6 +6,7 @@ use sha2::{Digest, Sha256};
 use sqlx::{PgPool, Postgres, Transaction};
 use utoipa::ToSchema;
 
+use super::states::HistoryOrder;
 use crate::catalog::{DEFAULT_KIND, NewInteraction, NewItem};
 
 /// An item as stored.
@@ -238,12 +239,12 @@ pub async fn counts(pool: &PgPool, project: &str) -> Result<(i64, i64, i64), sql
 }
 
 /// Records where the project's data came from: whether its interaction order is
-/// chronological (`chronological`) or carries no time (`unordered`; evaluation picks its
+/// chronological or carries no time (evaluation then picks its
 /// hold-out from it), and the dataset's name (report titles).
 pub async fn set_source(
     pool: &PgPool,
     project: &str,
-    order: &str,
+    order: HistoryOrder,
     dataset: &str,
 ) -> Result<(), sqlx::Error> {
     sqlx::query("UPDATE projects SET history_order = $2, dataset = $3 WHERE id = $1")
@@ -264,13 +265,15 @@ pub async fn dataset(pool: &PgPool, project: &str) -> Result<Option<String>, sql
         .map(Option::flatten)
 }
 
-/// The project's history order (`chronological` or `unordered`).
-pub async fn history_order(pool: &PgPool, project: &str) -> Result<String, sqlx::Error> {
-    sqlx::query_scalar("SELECT history_order FROM projects WHERE id = $1")
-        .bind(project)
-        .fetch_optional(pool)
-        .await
-        .map(|o| o.unwrap_or_else(|| "chronological".into()))
+/// The project's history order (chronological when it was never set).
+pub async fn history_order(pool: &PgPool, project: &str) -> Result<HistoryOrder, sqlx::Error> {
+    sqlx::query_scalar!(
+        r#"SELECT history_order AS "order: HistoryOrder" FROM projects WHERE id = $1"#,
+        project
+    )
+    .fetch_optional(pool)
+    .await
+    .map(Option::unwrap_or_default)
 }
 
 /// Every user's item sequence in history order (for evaluation and optimization).

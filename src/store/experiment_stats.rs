@@ -20,6 +20,7 @@ use uuid::Uuid;
 
 use super::experiments::ExperimentRow;
 use super::rerank::{IN_RUNNING_EXPERIMENT, arm_version};
+use super::states::ExperimentStatus;
 use crate::experiment::fold::{
     Arm, ArmSums, LoggedRequest, Pending, Positive, UserCounts, fold, fold_users,
 };
@@ -78,7 +79,7 @@ async fn fold_batch(
     sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
         .execute(&mut *tx)
         .await?;
-    let guard: Option<(String, bool)> = sqlx::query_as(
+    let guard: Option<(ExperimentStatus, bool)> = sqlx::query_as(
         "SELECT status, stats_backfilled FROM experiments WHERE id = $1 FOR NO KEY UPDATE NOWAIT",
     )
     .bind(e.id)
@@ -87,7 +88,7 @@ async fn fold_batch(
     let Some((status, backfilled)) = guard else {
         return Ok(0);
     };
-    if status != "running" {
+    if status != ExperimentStatus::Running {
         return Ok(0);
     }
     if !backfilled {

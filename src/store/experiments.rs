@@ -2,43 +2,37 @@
 //! ends one (in one transaction each), and, as a reference for tests and benchmarks, the
 //! logged requests of its arms with their positive feedback read from the whole log.
 
-use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
-use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::prompts::{LabelTarget, SplitArm, set_label_tx};
+use super::states::{ExperimentSource, ExperimentStatus};
 use crate::experiment::interleave::{Credit, decode_teams};
 use crate::experiment::{Design, ExperimentSettings, Look, Observed, Plan};
 
 /// A stored experiment.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone)]
 pub struct ExperimentRow {
     pub id: Uuid,
     /// `p_gen` or `blend`.
     pub name: String,
     pub label: String,
-    /// `ab`: users split between the arms; `interleave`: users in the treatment's share see
-    /// both arms' rankings merged (team-draft), the rest the control.
     pub design: Design,
     pub control: i32,
     pub treatment: i32,
     /// Share of users in the treatment (`ab`) or seeing the interleaved list (`interleave`).
     pub treatment_share: f64,
     pub settings: ExperimentSettings,
-    /// `running`, `promoted`, `kept_control`, `rolled_back`, `inconclusive` or `stopped`.
-    pub status: String,
+    pub status: ExperimentStatus,
     /// Always-valid p-value (the minimum over looks).
     pub p_value: f64,
     /// Always-valid p-value of the sequential sample ratio check (the minimum over looks).
     pub srm_p: f64,
     pub looks: i32,
     /// The last look's figures and decision.
-    #[schema(value_type = Option<Object>)]
     pub result: Option<serde_json::Value>,
     pub reason: Option<String>,
-    /// `api` or `autopilot`.
-    pub source: String,
+    pub source: ExperimentSource,
     pub started_at: chrono::DateTime<chrono::Utc>,
     pub ended_at: Option<chrono::DateTime<chrono::Utc>>,
 }
@@ -58,36 +52,33 @@ impl ExperimentRow {
     }
 }
 
-/// An `experiments` row as stored.
-#[derive(sqlx::FromRow)]
+/// An `experiments` row as stored (its settings as JSON).
 struct Stored {
     id: Uuid,
     name: String,
     label: String,
-    design: String,
+    design: Design,
     control: i32,
     treatment: i32,
     treatment_share: f64,
     settings: serde_json::Value,
-    status: String,
+    status: ExperimentStatus,
     p_value: f64,
     srm_p: f64,
     looks: i32,
     result: Option<serde_json::Value>,
     reason: Option<String>,
-    source: String,
+    source: ExperimentSource,
     started_at: chrono::DateTime<chrono::Utc>,
     ended_at: Option<chrono::DateTime<chrono::Utc>>,
 }
-
-const COLUMNS: &str = "id, name, label, design, control, treatment, treatment_share, settings, status, p_value, srm_p, looks, result, reason, source, started_at, ended_at";
 
 fn row(t: Stored) -> ExperimentRow {
     ExperimentRow {
         id: t.id,
         name: t.name,
         label: t.label,
-        design: Design::parse(&t.design).unwrap_or_default(),
+        design: t.design,
         control: t.control,
         treatment: t.treatment,
         treatment_share: t.treatment_share,
@@ -115,7 +106,7 @@ pub struct NewExperiment<'a> {
     pub treatment: i32,
     pub treatment_share: f64,
     pub settings: &'a ExperimentSettings,
-    pub source: &'a str,
+    pub source: ExperimentSource,
 }
 
 /// Why an experiment could not start.
@@ -136,15 +127,16 @@ pub enum StartError {
 /// Stores the experiment and splits the label between control and treatment, at once.
 pub async fn start(pool: &PgPool, e: &NewExperiment<'_>) -> Result<ExperimentRow, StartError> {
     let mut tx = pool.begin().await?;
-    let running: Option<(Uuid,)> = sqlx::query_as(
-        "SELECT id FROM experiments WHERE project = $1 AND name = $2 AND label = $3 AND status = 'running' FOR UPDATE",
+    let running = sqlx::query_scalar!(
+        "SELECT id FROM experiments WHERE project = $1 AND name = $2 AND label = $3 AND status = $4 FOR UPDATE",
+        e.project,
+        e.name,
+        e.label,
+        ExperimentStatus::Running as _,
     )
-    .bind(e.project)
-    .bind(e.name)
-    .bind(e.label)
     .fetch_optional(&mut *tx)
     .await?;
-    if let Some((id,)) = running {
+    if let Some(id) = running {
         return Err(StartError::Running {
             name: e.name.into(),
             label: e.label.into(),
@@ -153,30 +145,37 @@ pub async fn start(pool: &PgPool, e: &NewExperiment<'_>) -> Result<ExperimentRow
     }
     // One interleaved experiment per project at a time: a request merges one pair of rankings.
     if e.design == Design::Interleave {
-        let other: Option<(Uuid,)> = sqlx::query_as(
-            "SELECT id FROM experiments WHERE project = $1 AND design = 'interleave' AND status = 'running' FOR UPDATE",
+        let other = sqlx::query_scalar!(
+            "SELECT id FROM experiments WHERE project = $1 AND design = $2 AND status = $3 FOR UPDATE",
+            e.project,
+            Design::Interleave as _,
+            ExperimentStatus::Running as _,
         )
-        .bind(e.project)
         .fetch_optional(&mut *tx)
         .await?;
-        if let Some((id,)) = other {
+        if let Some(id) = other {
             return Err(StartError::Interleaving(id));
         }
     }
-    let t: Stored = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "INSERT INTO experiments (id, project, name, label, design, control, treatment, treatment_share, settings, source)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING {COLUMNS}"
-    )))
-    .bind(Uuid::new_v4())
-    .bind(e.project)
-    .bind(e.name)
-    .bind(e.label)
-    .bind(e.design.as_str())
-    .bind(e.control)
-    .bind(e.treatment)
-    .bind(e.treatment_share)
-    .bind(serde_json::to_value(e.settings).unwrap_or_default())
-    .bind(e.source)
+    let t = sqlx::query_as!(
+        Stored,
+        r#"INSERT INTO experiments (id, project, name, label, design, control, treatment, treatment_share,
+                                   settings, source)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+           RETURNING id, name, label, design AS "design: Design", control, treatment, treatment_share, settings,
+                  status AS "status: ExperimentStatus", p_value, srm_p, looks, result, reason,
+                  source AS "source: ExperimentSource", started_at, ended_at"#,
+        Uuid::new_v4(),
+        e.project,
+        e.name,
+        e.label,
+        e.design as _,
+        e.control,
+        e.treatment,
+        e.treatment_share,
+        serde_json::to_value(e.settings).unwrap_or_default(),
+        e.source as _,
+    )
     .fetch_one(&mut *tx)
     .await?;
     let split = [
@@ -194,10 +193,10 @@ pub async fn start(pool: &PgPool, e: &NewExperiment<'_>) -> Result<ExperimentRow
         interleave: e.design == Design::Interleave,
     };
     set_label_tx(&mut tx, e.project, e.name, e.label, target).await?;
-    sqlx::query(
+    sqlx::query!(
         "INSERT INTO experiment_arms (experiment_id, arm) VALUES ($1, 'control'), ($1, 'treatment')",
+        t.id
     )
-    .bind(t.id)
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;
@@ -210,11 +209,15 @@ pub async fn get(
     project: &str,
     id: Uuid,
 ) -> Result<Option<ExperimentRow>, sqlx::Error> {
-    let t: Option<Stored> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {COLUMNS} FROM experiments WHERE project = $1 AND id = $2"
-    )))
-    .bind(project)
-    .bind(id)
+    let t = sqlx::query_as!(
+        Stored,
+        r#"SELECT id, name, label, design AS "design: Design", control, treatment, treatment_share, settings,
+                  status AS "status: ExperimentStatus", p_value, srm_p, looks, result, reason,
+                  source AS "source: ExperimentSource", started_at, ended_at
+           FROM experiments WHERE project = $1 AND id = $2"#,
+        project,
+        id,
+    )
     .fetch_optional(pool)
     .await?;
     Ok(t.map(row))
@@ -222,10 +225,14 @@ pub async fn get(
 
 /// A project's experiments, newest first.
 pub async fn list(pool: &PgPool, project: &str) -> Result<Vec<ExperimentRow>, sqlx::Error> {
-    let t: Vec<Stored> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {COLUMNS} FROM experiments WHERE project = $1 ORDER BY started_at DESC LIMIT 100"
-    )))
-    .bind(project)
+    let t = sqlx::query_as!(
+        Stored,
+        r#"SELECT id, name, label, design AS "design: Design", control, treatment, treatment_share, settings,
+                  status AS "status: ExperimentStatus", p_value, srm_p, looks, result, reason,
+                  source AS "source: ExperimentSource", started_at, ended_at
+           FROM experiments WHERE project = $1 ORDER BY started_at DESC LIMIT 100"#,
+        project,
+    )
     .fetch_all(pool)
     .await?;
     Ok(t.into_iter().map(row).collect())
@@ -233,11 +240,13 @@ pub async fn list(pool: &PgPool, project: &str) -> Result<Vec<ExperimentRow>, sq
 
 /// Every running experiment: (project, id).
 pub async fn running(pool: &PgPool) -> Result<Vec<(String, Uuid)>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT project, id FROM experiments WHERE status = 'running' ORDER BY started_at",
+    let rows = sqlx::query!(
+        "SELECT project, id FROM experiments WHERE status = $1 ORDER BY started_at",
+        ExperimentStatus::Running as _,
     )
     .fetch_all(pool)
-    .await
+    .await?;
+    Ok(rows.into_iter().map(|r| (r.project, r.id)).collect())
 }
 
 /// (user, version, order shown, fell back, latency, usage, positive items, teams).
@@ -316,16 +325,17 @@ pub async fn record_look(
     look: &Look,
     result: &serde_json::Value,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
+    sqlx::query!(
         "UPDATE experiments SET p_value = LEAST(p_value, $2), looks = looks + 1, result = $3, reason = $4,
                 srm_p = LEAST(srm_p, $5)
-         WHERE id = $1 AND status = 'running'",
+         WHERE id = $1 AND status = $6",
+        id,
+        look.p_value,
+        result,
+        &look.reason,
+        look.sample_ratio_p,
+        ExperimentStatus::Running as _,
     )
-    .bind(id)
-    .bind(look.p_value)
-    .bind(result)
-    .bind(&look.reason)
-    .bind(look.sample_ratio_p)
     .execute(pool)
     .await
     .map(|_| ())
@@ -337,24 +347,25 @@ pub async fn end(
     pool: &PgPool,
     project: &str,
     e: &ExperimentRow,
-    status: &str,
+    status: ExperimentStatus,
     version: i32,
     reason: &str,
     look: Option<(&Look, &serde_json::Value)>,
 ) -> Result<bool, sqlx::Error> {
     let mut tx = pool.begin().await?;
-    let ended = sqlx::query(
+    let ended = sqlx::query!(
         "UPDATE experiments SET status = $2, reason = $3, ended_at = now(), looks = looks + 1,
-                result = COALESCE($4, result), p_value = LEAST(p_value, COALESCE($5, 1)),
-                srm_p = LEAST(srm_p, COALESCE($6, 1))
-         WHERE id = $1 AND status = 'running'",
+                result = COALESCE($4, result), p_value = LEAST(p_value, COALESCE($5::float8, 1)),
+                srm_p = LEAST(srm_p, COALESCE($6::float8, 1))
+         WHERE id = $1 AND status = $7",
+        e.id,
+        status as _,
+        reason,
+        look.map(|l| l.1),
+        look.map(|l| l.0.p_value),
+        look.map(|l| l.0.sample_ratio_p),
+        ExperimentStatus::Running as _,
     )
-    .bind(e.id)
-    .bind(status)
-    .bind(reason)
-    .bind(look.map(|l| l.1))
-    .bind(look.map(|l| l.0.p_value))
-    .bind(look.map(|l| l.0.sample_ratio_p))
     .execute(&mut *tx)
     .await?
     .rows_affected();
@@ -370,14 +381,18 @@ pub async fn end(
     )
     .await?;
     // The result keeps the figures; what only folding needed goes.
-    for table in ["experiment_inbox", "experiment_users"] {
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "DELETE FROM {table} WHERE experiment_id = $1"
-        )))
-        .bind(e.id)
-        .execute(&mut *tx)
-        .await?;
-    }
+    sqlx::query!(
+        "DELETE FROM experiment_inbox WHERE experiment_id = $1",
+        e.id
+    )
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query!(
+        "DELETE FROM experiment_users WHERE experiment_id = $1",
+        e.id
+    )
+    .execute(&mut *tx)
+    .await?;
     tx.commit().await?;
     Ok(true)
 }

@@ -4,25 +4,21 @@
 //! rows keyed by (job, step): a resumed job rewrites a step, never duplicates it.
 
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
-use utoipa::ToSchema;
 use uuid::Uuid;
 
+use super::states::{JobKind, JobStatus};
+
 /// A job as stored.
-#[derive(Debug, Clone, Serialize, Deserialize, sqlx::FromRow, ToSchema)]
+#[derive(Debug, Clone)]
 pub struct JobRow {
     pub id: Uuid,
     pub project: String,
-    /// `optimization` or `evaluation`.
-    pub kind: String,
-    /// `queued`, `running`, `succeeded`, `failed`, `cancelled`.
-    pub status: String,
-    #[schema(value_type = Object)]
+    pub kind: JobKind,
+    pub status: JobStatus,
     pub params: serde_json::Value,
-    #[schema(value_type = Object)]
+    /// What the job publishes ([`crate::jobs::Published`]) and its private resume state.
     pub progress: serde_json::Value,
-    #[schema(value_type = Option<Object>)]
     pub result: Option<serde_json::Value>,
     pub error: Option<String>,
     pub attempts: i32,
@@ -36,34 +32,39 @@ pub struct JobRow {
     pub updated_at: DateTime<Utc>,
 }
 
-const COLS: &str = "id, project, kind, status, params, progress, result, error, attempts, max_attempts, cancel_requested, \
-                    locked_by, lease_until, created_at, started_at, finished_at, updated_at";
-
 /// Queues a job.
 pub async fn enqueue<'e>(
     db: impl sqlx::PgExecutor<'e>,
     project: &str,
-    kind: &str,
+    kind: JobKind,
     params: &serde_json::Value,
 ) -> Result<JobRow, sqlx::Error> {
-    sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "INSERT INTO jobs (id, project, kind, params) VALUES ($1, $2, $3, $4) RETURNING {COLS}"
-    )))
-    .bind(Uuid::new_v4())
-    .bind(project)
-    .bind(kind)
-    .bind(params)
+    sqlx::query_as!(
+        JobRow,
+        r#"INSERT INTO jobs (id, project, kind, params) VALUES ($1, $2, $3, $4)
+           RETURNING id, project, kind AS "kind: JobKind", status AS "status: JobStatus", params,
+                     progress, result, error, attempts, max_attempts, cancel_requested, locked_by,
+                     lease_until, created_at, started_at, finished_at, updated_at"#,
+        Uuid::new_v4(),
+        project,
+        kind as _,
+        params,
+    )
     .fetch_one(db)
     .await
 }
 
 /// The project's most recent jobs (newest first).
 pub async fn recent(pool: &PgPool, project: &str, limit: i64) -> Result<Vec<JobRow>, sqlx::Error> {
-    sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {COLS} FROM jobs WHERE project = $1 ORDER BY created_at DESC LIMIT $2"
-    )))
-    .bind(project)
-    .bind(limit)
+    sqlx::query_as!(
+        JobRow,
+        r#"SELECT id, project, kind AS "kind: JobKind", status AS "status: JobStatus", params,
+                  progress, result, error, attempts, max_attempts, cancel_requested, locked_by,
+                  lease_until, created_at, started_at, finished_at, updated_at
+           FROM jobs WHERE project = $1 ORDER BY created_at DESC LIMIT $2"#,
+        project,
+        limit,
+    )
     .fetch_all(pool)
     .await
 }
@@ -73,14 +74,18 @@ pub async fn get(
     pool: &PgPool,
     project: &str,
     id: Uuid,
-    kind: Option<&str>,
+    kind: Option<JobKind>,
 ) -> Result<Option<JobRow>, sqlx::Error> {
-    sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {COLS} FROM jobs WHERE id = $1 AND project = $2 AND ($3::text IS NULL OR kind = $3)"
-    )))
-    .bind(id)
-    .bind(project)
-    .bind(kind)
+    sqlx::query_as!(
+        JobRow,
+        r#"SELECT id, project, kind AS "kind: JobKind", status AS "status: JobStatus", params,
+                  progress, result, error, attempts, max_attempts, cancel_requested, locked_by,
+                  lease_until, created_at, started_at, finished_at, updated_at
+           FROM jobs WHERE id = $1 AND project = $2 AND ($3::text IS NULL OR kind = $3)"#,
+        id,
+        project,
+        kind as _,
+    )
     .fetch_optional(pool)
     .await
 }
@@ -93,29 +98,37 @@ pub async fn claim(
     lease_secs: i64,
     only: Option<Uuid>,
 ) -> Result<Option<JobRow>, sqlx::Error> {
-    sqlx::query(
-        "UPDATE jobs SET status = 'failed', finished_at = now(), updated_at = now(),
+    sqlx::query!(
+        "UPDATE jobs SET status = $1, finished_at = now(), updated_at = now(),
                 error = coalesce(error, 'gave up after ' || attempts || ' attempts (the worker stopped answering)')
-         WHERE status = 'running' AND lease_until < now() AND attempts >= max_attempts",
+         WHERE status = $2 AND lease_until < now() AND attempts >= max_attempts",
+        JobStatus::Failed as _,
+        JobStatus::Running as _,
     )
     .execute(pool)
     .await?;
-    sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "UPDATE jobs SET status = 'running', attempts = attempts + 1, locked_by = $1,
-                lease_until = now() + make_interval(secs => $2), started_at = coalesce(started_at, now()), updated_at = now()
-         WHERE id = (
-           SELECT id FROM jobs
-           WHERE (status = 'queued' OR (status = 'running' AND lease_until < now()))
-             AND NOT cancel_requested AND attempts < max_attempts
-             AND ($3::uuid IS NULL OR id = $3)
-           ORDER BY created_at
-           FOR UPDATE SKIP LOCKED
-           LIMIT 1)
-         RETURNING {COLS}"
-    )))
-    .bind(worker)
-    .bind(lease_secs as f64)
-    .bind(only)
+    sqlx::query_as!(
+        JobRow,
+        r#"UPDATE jobs SET status = $4, attempts = attempts + 1, locked_by = $1,
+                lease_until = now() + make_interval(secs => $2), started_at = coalesce(started_at, now()),
+                updated_at = now()
+           WHERE id = (
+             SELECT id FROM jobs
+             WHERE (status = $5 OR (status = $4 AND lease_until < now()))
+               AND NOT cancel_requested AND attempts < max_attempts
+               AND ($3::uuid IS NULL OR id = $3)
+             ORDER BY created_at
+             FOR UPDATE SKIP LOCKED
+             LIMIT 1)
+           RETURNING id, project, kind AS "kind: JobKind", status AS "status: JobStatus", params,
+                     progress, result, error, attempts, max_attempts, cancel_requested, locked_by,
+                     lease_until, created_at, started_at, finished_at, updated_at"#,
+        worker,
+        lease_secs as f64,
+        only,
+        JobStatus::Running as _,
+        JobStatus::Queued as _,
+    )
     .fetch_optional(pool)
     .await
 }
@@ -128,14 +141,15 @@ pub async fn heartbeat(
     worker: &str,
     lease_secs: i64,
 ) -> Result<Option<bool>, sqlx::Error> {
-    sqlx::query_scalar(
+    sqlx::query_scalar!(
         "UPDATE jobs SET lease_until = now() + make_interval(secs => $3), updated_at = now()
-         WHERE id = $1 AND locked_by = $2 AND status = 'running'
+         WHERE id = $1 AND locked_by = $2 AND status = $4
          RETURNING cancel_requested",
+        id,
+        worker,
+        lease_secs as f64,
+        JobStatus::Running as _,
     )
-    .bind(id)
-    .bind(worker)
-    .bind(lease_secs as f64)
     .fetch_optional(pool)
     .await
 }
@@ -146,30 +160,32 @@ pub async fn save_progress(
     id: Uuid,
     progress: &serde_json::Value,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE jobs SET progress = $2, updated_at = now() WHERE id = $1")
-        .bind(id)
-        .bind(progress)
-        .execute(pool)
-        .await
-        .map(|_| ())
+    sqlx::query!(
+        "UPDATE jobs SET progress = $2, updated_at = now() WHERE id = $1",
+        id,
+        progress
+    )
+    .execute(pool)
+    .await
+    .map(|_| ())
 }
 
 /// Ends a job with a final status and its result or error.
 pub async fn finish(
     pool: &PgPool,
     id: Uuid,
-    status: &str,
+    status: JobStatus,
     result: Option<&serde_json::Value>,
     error: Option<&str>,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
+    sqlx::query!(
         "UPDATE jobs SET status = $2, result = coalesce($3, result), error = $4, finished_at = now(),
                 lease_until = NULL, updated_at = now() WHERE id = $1",
+        id,
+        status as _,
+        result,
+        error,
     )
-    .bind(id)
-    .bind(status)
-    .bind(result)
-    .bind(error)
     .execute(pool)
     .await
     .map(|_| ())
@@ -181,36 +197,40 @@ pub async fn request_cancel(
     pool: &PgPool,
     project: &str,
     id: Uuid,
-    kind: &str,
+    kind: JobKind,
 ) -> Result<Option<JobRow>, sqlx::Error> {
-    sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "UPDATE jobs SET cancel_requested = (status IN ('queued', 'running')),
-                status = CASE WHEN status = 'queued' THEN 'cancelled' ELSE status END,
-                finished_at = CASE WHEN status = 'queued' THEN now() ELSE finished_at END,
+    sqlx::query_as!(
+        JobRow,
+        r#"UPDATE jobs SET cancel_requested = (status = $4 OR status = $5),
+                status = CASE WHEN status = $4 THEN $6 ELSE status END,
+                finished_at = CASE WHEN status = $4 THEN now() ELSE finished_at END,
                 updated_at = now()
-         WHERE id = $1 AND project = $2 AND kind = $3
-         RETURNING {COLS}"
-    )))
-    .bind(id)
-    .bind(project)
-    .bind(kind)
+           WHERE id = $1 AND project = $2 AND kind = $3
+           RETURNING id, project, kind AS "kind: JobKind", status AS "status: JobStatus", params,
+                     progress, result, error, attempts, max_attempts, cancel_requested, locked_by,
+                     lease_until, created_at, started_at, finished_at, updated_at"#,
+        id,
+        project,
+        kind as _,
+        JobStatus::Queued as _,
+        JobStatus::Running as _,
+        JobStatus::Cancelled as _,
+    )
     .fetch_optional(pool)
     .await
 }
 
 /// A stored run step.
-#[derive(Debug, Clone, Serialize, Deserialize, sqlx::FromRow, ToSchema)]
-pub struct StepRowDb {
+#[derive(Debug, Clone)]
+pub struct RunStepRow {
     pub step: i32,
     pub epoch: i32,
     pub batch: i32,
     pub kind: String,
     pub prompt_version: Option<i32>,
-    #[schema(value_type = Object)]
     pub scores: serde_json::Value,
     pub accepted: Option<bool>,
     pub reason: Option<String>,
-    #[schema(value_type = Object)]
     pub usage: serde_json::Value,
     pub created_at: DateTime<Utc>,
 }
@@ -230,35 +250,36 @@ pub async fn put_step(
     reason: &str,
     usage: &serde_json::Value,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
+    sqlx::query!(
         "INSERT INTO run_steps (job_id, step, epoch, batch, kind, prompt_version, scores, accepted, reason, usage)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
          ON CONFLICT (job_id, step) DO UPDATE SET epoch = excluded.epoch, batch = excluded.batch, kind = excluded.kind,
            prompt_version = excluded.prompt_version, scores = excluded.scores, accepted = excluded.accepted,
            reason = excluded.reason, usage = excluded.usage",
+        job,
+        step,
+        epoch,
+        batch,
+        kind,
+        version,
+        scores,
+        accepted,
+        reason,
+        usage,
     )
-    .bind(job)
-    .bind(step)
-    .bind(epoch)
-    .bind(batch)
-    .bind(kind)
-    .bind(version)
-    .bind(scores)
-    .bind(accepted)
-    .bind(reason)
-    .bind(usage)
     .execute(pool)
     .await
     .map(|_| ())
 }
 
 /// Every step of a job, in order.
-pub async fn steps(pool: &PgPool, job: Uuid) -> Result<Vec<StepRowDb>, sqlx::Error> {
-    sqlx::query_as(
+pub async fn steps(pool: &PgPool, job: Uuid) -> Result<Vec<RunStepRow>, sqlx::Error> {
+    sqlx::query_as!(
+        RunStepRow,
         "SELECT step, epoch, batch, kind, prompt_version, scores, accepted, reason, usage, created_at
          FROM run_steps WHERE job_id = $1 ORDER BY step",
+        job
     )
-    .bind(job)
     .fetch_all(pool)
     .await
 }
@@ -271,13 +292,13 @@ pub async fn run_version_with_template(
     run: Uuid,
     template: &str,
 ) -> Result<Option<i32>, sqlx::Error> {
-    sqlx::query_scalar(
+    sqlx::query_scalar!(
         "SELECT version FROM prompt_versions WHERE project = $1 AND name = 'p_gen' AND run_id = $2 AND template = $3
          ORDER BY version LIMIT 1",
+        project,
+        run,
+        template,
     )
-    .bind(project)
-    .bind(run)
-    .bind(template)
     .fetch_optional(pool)
     .await
 }
@@ -285,12 +306,14 @@ pub async fn run_version_with_template(
 /// Puts a running job of `worker` back in the queue (graceful shutdown), not counting the
 /// interrupted attempt.
 pub async fn release(pool: &PgPool, id: Uuid, worker: &str) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "UPDATE jobs SET status = 'queued', locked_by = NULL, lease_until = NULL, attempts = greatest(attempts - 1, 0),
-                updated_at = now() WHERE id = $1 AND locked_by = $2 AND status = 'running'",
+    sqlx::query!(
+        "UPDATE jobs SET status = $3, locked_by = NULL, lease_until = NULL, attempts = greatest(attempts - 1, 0),
+                updated_at = now() WHERE id = $1 AND locked_by = $2 AND status = $4",
+        id,
+        worker,
+        JobStatus::Queued as _,
+        JobStatus::Running as _,
     )
-    .bind(id)
-    .bind(worker)
     .execute(pool)
     .await
     .map(|_| ())
@@ -298,28 +321,32 @@ pub async fn release(pool: &PgPool, id: Uuid, worker: &str) -> Result<(), sqlx::
 
 /// Ends a job's lease now, so it can be claimed at once (its worker is known to be gone).
 pub async fn expire_lease(pool: &PgPool, id: Uuid) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE jobs SET lease_until = now() - interval '1 second' WHERE id = $1")
-        .bind(id)
-        .execute(pool)
-        .await
-        .map(|_| ())
+    sqlx::query!(
+        "UPDATE jobs SET lease_until = now() - interval '1 second' WHERE id = $1",
+        id
+    )
+    .execute(pool)
+    .await
+    .map(|_| ())
 }
 
 /// Steps of a job of one kind (`candidate`, `feedback`, ...).
 pub async fn count_steps(pool: &PgPool, job: Uuid, kind: &str) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar("SELECT count(*) FROM run_steps WHERE job_id = $1 AND kind = $2")
-        .bind(job)
-        .bind(kind)
-        .fetch_one(pool)
-        .await
+    sqlx::query_scalar!(
+        r#"SELECT count(*) AS "n!" FROM run_steps WHERE job_id = $1 AND kind = $2"#,
+        job,
+        kind
+    )
+    .fetch_one(pool)
+    .await
 }
 
 /// The starting prompt's validation NDCG@10 of an optimization, once scored.
 pub async fn baseline_score(pool: &PgPool, job: Uuid) -> Result<Option<f64>, sqlx::Error> {
-    sqlx::query_scalar::<_, Option<f64>>(
+    sqlx::query_scalar!(
         "SELECT (scores->>'validation_ndcg_10')::float8 FROM run_steps WHERE job_id = $1 AND kind = 'baseline'",
+        job
     )
-    .bind(job)
     .fetch_optional(pool)
     .await
     .map(Option::flatten)

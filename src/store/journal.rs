@@ -383,7 +383,7 @@ fn write_loop(rx: mpsc::Receiver<Entry>, shared: &Shared, opts: &JournalOptions)
             if let Some(ack) = e.ack {
                 let _ = ack.send(Err(JournalError::Full(kept)));
             } else {
-                metrics::counter!("agp_journal_dropped_total", "kind" => "queued").increment(1);
+                metrics::counter!("agp_journal_dropped_total", "kind" => "queued").increment(1); // not a state
             }
         }
         let result = if buf.is_empty() {
@@ -417,7 +417,7 @@ fn write_loop(rx: mpsc::Receiver<Entry>, shared: &Shared, opts: &JournalOptions)
             if let Some(ack) = e.ack {
                 let _ = ack.send(result.clone());
             } else if result.is_err() {
-                metrics::counter!("agp_journal_dropped_total", "kind" => "queued").increment(1);
+                metrics::counter!("agp_journal_dropped_total", "kind" => "queued").increment(1); // not a state
             }
         }
         shared.written.notify_one();
@@ -671,7 +671,7 @@ mod tests {
             completion_tokens: 1,
             cached_tokens: 0,
             cache_hit: false,
-            outcome: "ok".into(),
+            outcome: crate::store::states::UsageOutcome::Ok,
             request_id: None,
             job_id: None,
         })

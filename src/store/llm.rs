@@ -2,6 +2,8 @@
 
 use sqlx::PgPool;
 
+use super::states::UsageOutcome;
+
 /// One LLM call, as stored in `llm_usage` (cache hits included).
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct UsageRecord {
@@ -20,8 +22,7 @@ pub struct UsageRecord {
     #[serde(default)]
     pub cached_tokens: u32,
     pub cache_hit: bool,
-    /// `ok`, or the error kind (`timeout`, `rate_limited`, ...).
-    pub outcome: String,
+    pub outcome: UsageOutcome,
     pub request_id: Option<String>,
     pub job_id: Option<uuid::Uuid>,
 }
@@ -76,7 +77,7 @@ pub async fn insert_usage<'e>(
     let roles = col(|r| r.role.clone());
     let providers = col(|r| r.provider.clone());
     let models = col(|r| r.model.clone());
-    let outcomes = col(|r| r.outcome.clone());
+    let outcomes: Vec<UsageOutcome> = rows.iter().map(|r| r.outcome).collect();
     let latency: Vec<i32> = rows
         .iter()
         .map(|r| (r.latency_us / 1000).min(i32::MAX as u64) as i32)
@@ -122,11 +123,12 @@ pub async fn job_usage_by_role(
                 count(*) FILTER (WHERE cache_hit),
                 coalesce(sum(prompt_tokens) FILTER (WHERE NOT cache_hit), 0),
                 coalesce(sum(completion_tokens) FILTER (WHERE NOT cache_hit), 0),
-                count(*) FILTER (WHERE outcome <> 'ok'),
+                count(*) FILTER (WHERE outcome <> $2),
                 coalesce(sum(latency_ms), 0)::int8
          FROM llm_usage WHERE job_id = $1 GROUP BY role ORDER BY role",
     )
     .bind(job_id)
+    .bind(UsageOutcome::Ok)
     .fetch_all(pool)
     .await?;
     Ok(rows

@@ -18,6 +18,7 @@ pub mod llm;
 pub mod partitions;
 pub mod prompts;
 pub mod rerank;
+pub mod states;
 
 use std::time::Duration;
 

@@ -5,6 +5,8 @@ use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use utoipa::ToSchema;
 
+use super::states::VersionSource;
+
 /// The label every prompt starts with and the rerank path uses by default.
 pub const PRODUCTION: &str = "production";
 
@@ -111,11 +113,12 @@ pub async fn ensure_project(
         }
         sqlx::query(
             "INSERT INTO prompt_versions (project, name, version, template, message, source)
-             VALUES ($1, $2, 1, $3, 'default written for AGP Rerank', 'seed')",
+             VALUES ($1, $2, 1, $3, 'default written for AGP Rerank', $4)",
         )
         .bind(project)
         .bind(name)
         .bind(template)
+        .bind(VersionSource::Seed)
         .execute(&mut *tx)
         .await?;
         sqlx::query(
@@ -143,11 +146,11 @@ pub async fn upgrade_seed(
     let mut tx = pool.begin().await?;
     let moved: Vec<(String,)> = sqlx::query_as(
         "INSERT INTO prompt_versions (project, name, version, template, message, source, parent_version)
-         SELECT v.project, v.name, 2, $3, $4, 'seed', 1
+         SELECT v.project, v.name, 2, $3, $4, $5, 1
          FROM prompt_versions v
          JOIN prompt_labels l ON l.project = v.project AND l.name = v.name
               AND l.label = 'production' AND l.version = 1
-         WHERE v.name = $1 AND v.version = 1 AND v.source = 'seed' AND v.template = $2
+         WHERE v.name = $1 AND v.version = 1 AND v.source = $5 AND v.template = $2
            AND NOT EXISTS (SELECT 1 FROM prompt_versions w
                            WHERE w.project = v.project AND w.name = v.name AND w.version > 1)
          RETURNING project",
@@ -156,6 +159,7 @@ pub async fn upgrade_seed(
     .bind(legacy)
     .bind(current)
     .bind(message)
+    .bind(VersionSource::Seed)
     .fetch_all(&mut *tx)
     .await?;
     let projects: Vec<String> = moved.into_iter().map(|(p,)| p).collect();
@@ -245,7 +249,7 @@ pub async fn version(
 #[derive(Debug, Clone, Default)]
 pub struct NewVersion<'a> {
     pub message: &'a str,
-    pub source: &'a str,
+    pub source: VersionSource,
     pub run_id: Option<uuid::Uuid>,
     pub parent_version: Option<i32>,
     pub scores: Option<serde_json::Value>,
@@ -281,7 +285,7 @@ pub async fn create_version(
     .bind(next)
     .bind(template)
     .bind(meta.message)
-    .bind(if meta.source.is_empty() { "api" } else { meta.source })
+    .bind(meta.source)
     .bind(meta.run_id)
     .bind(meta.parent_version)
     .bind(&meta.scores)

@@ -232,7 +232,7 @@ pub struct RerankLogRow {
     pub repaired: bool,
     pub latency_ms: i32,
     pub usage: serde_json::Value,
-    /// The blend that answered (`{"version", "weights", "skipped"}`); absent in rows
+    /// The blend that answered (its version, weights and the rankers it skipped); absent in rows
     /// journaled before blends existed.
     #[serde(default)]
     pub blend: serde_json::Value,
@@ -261,8 +261,9 @@ pub(crate) fn arm_version(name: &str) -> &'static str {
 pub(crate) static IN_RUNNING_EXPERIMENT: std::sync::LazyLock<String> =
     std::sync::LazyLock::new(|| {
         format!(
-            "e.status = 'running' AND e.project = r.project AND r.created_at >= e.started_at
+            "e.status = '{}' AND e.project = r.project AND r.created_at >= e.started_at
              AND (CASE WHEN e.name = 'blend' THEN {} ELSE {} END) IN (e.control, e.treatment)",
+            super::states::ExperimentStatus::Running.as_str(),
             arm_version("blend"),
             arm_version("p_gen")
         )

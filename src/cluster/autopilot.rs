@@ -16,13 +16,16 @@ use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use utoipa::ToSchema;
 
-use super::optimize::OptParams;
 use crate::eval::Protocol;
 use crate::experiment::{Design, ExperimentSettings};
+use crate::jobs::JobStatus;
+use crate::jobs::optimize::OptParams;
+use crate::jobs::submit::{JobRequest, SubmitError, submit};
 use crate::store::autopilot::{self as db, Run};
 use crate::store::experiments::{self as experiments_db, NewExperiment, StartError};
 use crate::store::jobs as jobs_db;
 use crate::store::prompts::{self as prompts_db, PRODUCTION};
+use crate::store::states::{AutopilotStatus as Status, ExperimentSource, ExperimentStatus};
 
 /// The autopilot's settings (all optional; defaults shown).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -115,7 +118,7 @@ pub async fn tick(pool: &PgPool, project: &str) -> Result<(), sqlx::Error> {
     }
     let settings: AutopilotSettings = serde_json::from_value(policy.settings).unwrap_or_default();
     match db::active(pool, project).await? {
-        Some(run) if run.status == "optimizing" => {
+        Some(run) if run.status == Status::Optimizing => {
             after_optimization(pool, project, &run, &settings).await
         }
         Some(run) => after_experiment(pool, project, &run).await,
@@ -147,15 +150,29 @@ async fn maybe_start(
     };
     let mut params = s.optimization.clone();
     params.base_version = Some(production);
-    let params = serde_json::to_value(&params).unwrap_or_default();
     let reason = format!(
         "{new} new positive feedback events (threshold {}), {have} logged cases: optimizing p_gen v{production} \
          on logged data",
         s.min_new_positives
     );
-    if let Some(job) = db::start_run(pool, project, newest, &params, &reason).await? {
-        tracing::info!(project, %job, "autopilot started an optimization");
+    // One transaction: the policy row held, the job queued through the one submit path (every
+    // check an optimization gets from the API), the run recorded.
+    let mut tx = pool.begin().await?;
+    if !db::lock_for_start(&mut tx, project).await? {
+        return Ok(());
     }
+    let request = JobRequest::Optimization(params);
+    let job = match submit(pool, &mut *tx, project, &request).await {
+        Ok(job) => job,
+        Err(SubmitError::Invalid(why)) => {
+            tracing::warn!(project, reason = %why, "autopilot: the optimization was refused");
+            return Ok(());
+        }
+        Err(SubmitError::Db(e)) => return Err(e),
+    };
+    db::record_start(&mut tx, project, job.id, newest, &reason).await?;
+    tx.commit().await?;
+    tracing::info!(project, job = %job.id, "autopilot started an optimization");
     Ok(())
 }
 
@@ -190,24 +207,32 @@ async fn after_optimization(
     s: &AutopilotSettings,
 ) -> Result<(), sqlx::Error> {
     let Some(job_id) = run.job_id else {
-        db::advance(pool, run.id, "optimizing", "failed", None, "no job").await?;
+        db::advance(
+            pool,
+            run.id,
+            Status::Optimizing,
+            Status::Failed,
+            None,
+            "no job",
+        )
+        .await?;
         return Ok(());
     };
     let Some(job) = jobs_db::get(pool, project, job_id, None).await? else {
         db::advance(
             pool,
             run.id,
-            "optimizing",
-            "failed",
+            Status::Optimizing,
+            Status::Failed,
             None,
             "the job is gone",
         )
         .await?;
         return Ok(());
     };
-    match job.status.as_str() {
-        "queued" | "running" => Ok(()),
-        "succeeded" => {
+    match job.status {
+        JobStatus::Queued | JobStatus::Running => Ok(()),
+        JobStatus::Succeeded => {
             let found = job.result.as_ref().and_then(best_candidate);
             match found {
                 Some((base_v, base, Some((best_v, best)))) if best > base && best_v != base_v => {
@@ -220,7 +245,7 @@ async fn after_optimization(
                         treatment: best_v,
                         treatment_share: s.treatment_share,
                         settings: &s.experiment,
-                        source: "autopilot",
+                        source: ExperimentSource::Autopilot,
                     };
                     let why = format!(
                         "p_gen v{best_v} beat production v{base_v} on logged validation (NDCG@10 {best:.4} vs {base:.4}): \
@@ -232,8 +257,8 @@ async fn after_optimization(
                             db::advance(
                                 pool,
                                 run.id,
-                                "optimizing",
-                                "experimenting",
+                                Status::Optimizing,
+                                Status::Experimenting,
                                 Some(e.id),
                                 &why,
                             )
@@ -241,7 +266,15 @@ async fn after_optimization(
                         }
                         Err(StartError::Running { id, .. } | StartError::Interleaving(id)) => {
                             let why = format!("{why}; not started: experiment {id} is running");
-                            db::advance(pool, run.id, "optimizing", "skipped", None, &why).await?;
+                            db::advance(
+                                pool,
+                                run.id,
+                                Status::Optimizing,
+                                Status::Skipped,
+                                None,
+                                &why,
+                            )
+                            .await?;
                         }
                         Err(StartError::Db(e)) => return Err(e),
                     }
@@ -256,15 +289,15 @@ async fn after_optimization(
                             "no candidate was accepted against production v{base_v} (validation NDCG@10 {base:.4})"
                         ),
                     };
-                    db::advance(pool, run.id, "optimizing", "done", None, &why)
+                    db::advance(pool, run.id, Status::Optimizing, Status::Done, None, &why)
                         .await
                         .map(|_| ())
                 }
                 None => db::advance(
                     pool,
                     run.id,
-                    "optimizing",
-                    "failed",
+                    Status::Optimizing,
+                    Status::Failed,
                     None,
                     "the optimization report has no validation scores",
                 )
@@ -272,9 +305,9 @@ async fn after_optimization(
                 .map(|_| ()),
             }
         }
-        other => {
+        other @ (JobStatus::Failed | JobStatus::Cancelled) => {
             let why = format!("optimization {other}: {}", job.error.unwrap_or_default());
-            db::advance(pool, run.id, "optimizing", "failed", None, &why)
+            db::advance(pool, run.id, Status::Optimizing, Status::Failed, None, &why)
                 .await
                 .map(|_| ())
         }
@@ -286,8 +319,8 @@ async fn after_experiment(pool: &PgPool, project: &str, run: &Run) -> Result<(),
         db::advance(
             pool,
             run.id,
-            "experimenting",
-            "failed",
+            Status::Experimenting,
+            Status::Failed,
             None,
             "no experiment",
         )
@@ -298,15 +331,15 @@ async fn after_experiment(pool: &PgPool, project: &str, run: &Run) -> Result<(),
         db::advance(
             pool,
             run.id,
-            "experimenting",
-            "failed",
+            Status::Experimenting,
+            Status::Failed,
             None,
             "the experiment is gone",
         )
         .await?;
         return Ok(());
     };
-    if e.status == "running" {
+    if e.status == ExperimentStatus::Running {
         return Ok(());
     }
     let why = format!(
@@ -315,9 +348,16 @@ async fn after_experiment(pool: &PgPool, project: &str, run: &Run) -> Result<(),
         e.status,
         e.reason.unwrap_or_default()
     );
-    db::advance(pool, run.id, "experimenting", "done", None, &why)
-        .await
-        .map(|_| ())
+    db::advance(
+        pool,
+        run.id,
+        Status::Experimenting,
+        Status::Done,
+        None,
+        &why,
+    )
+    .await
+    .map(|_| ())
 }
 
 #[cfg(test)]
