@@ -76,6 +76,7 @@ pub fn build_app(state: AppState) -> Router {
         .merge(http::jobs::router())
         .merge(http::experiments::router())
         .merge(http::autopilot::router())
+        .merge(http::budget::router())
         .merge(http::console::router())
         .route_layer(middleware::from_fn_with_state(
             state.clone(),

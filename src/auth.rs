@@ -110,9 +110,12 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// The scope an HTTP call needs: reads need `read`; the serving path needs `rerank`;
-/// everything else (prompts, jobs) needs `admin`.
+/// The scope an HTTP call needs: reads need `read` (but the budget's, `admin`); the serving
+/// path needs `rerank`; everything else (prompts, jobs) needs `admin`.
 pub fn required_scope(method: &axum::http::Method, path: &str) -> Scope {
+    if path == "/v1/budget" {
+        return Scope::Admin;
+    }
     if method == axum::http::Method::GET || method == axum::http::Method::HEAD {
         return Scope::Read;
     }
@@ -184,6 +187,10 @@ mod tests {
         );
         assert_eq!(
             required_scope(&axum::http::Method::POST, "/v1/optimizations"),
+            Scope::Admin
+        );
+        assert_eq!(
+            required_scope(&axum::http::Method::GET, "/v1/budget"),
             Scope::Admin
         );
     }

@@ -68,6 +68,9 @@ pub struct JobView {
     pub baseline_score: Option<f64>,
     /// LLM usage so far, over all attempts.
     pub cost: TallySnapshot,
+    /// Set while the job waits for its background LLM budget (it resumes by itself when the
+    /// window rolls or the budget is raised).
+    pub paused: Option<PauseView>,
     pub attempts: i32,
     pub cancel_requested: bool,
     pub error: Option<String>,
@@ -77,6 +80,13 @@ pub struct JobView {
     /// The full report (methods, metrics per seed, steps, cost per stage) once finished.
     #[schema(value_type = Option<Object>)]
     pub report: Option<serde_json::Value>,
+}
+
+/// Why a running job waits, and until when.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct PauseView {
+    pub until: chrono::DateTime<chrono::Utc>,
+    pub reason: String,
 }
 
 /// A job in a list: what it is and where it is (its report and parameters through its own
@@ -181,6 +191,15 @@ async fn view(state: &AppState, job: JobRow) -> Result<JobView, AppError> {
         cost.llm_micros += t.latency_ms * 1000;
     }
     let best = Published::of(&job.progress).best;
+    let paused = match job.status {
+        JobStatus::Running => {
+            crate::store::budget::job_pause(&state.pool, job.id)
+                .await?
+                .0
+        }
+        _ => None,
+    }
+    .map(|(until, reason)| PauseView { until, reason });
     let baseline_score = if job.kind == JobKind::Optimization {
         db::baseline_score(&state.pool, job.id).await?
     } else {
@@ -196,6 +215,7 @@ async fn view(state: &AppState, job: JobRow) -> Result<JobView, AppError> {
         best_score: best.and_then(|b| b.score),
         baseline_score,
         cost,
+        paused,
         attempts: job.attempts,
         cancel_requested: job.cancel_requested,
         error: job.error,

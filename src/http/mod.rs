@@ -3,6 +3,7 @@
 
 pub mod autopilot;
 pub mod blends;
+pub mod budget;
 pub mod console;
 pub mod error;
 pub mod experiments;

@@ -5,7 +5,8 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use super::{
-    autopilot, blends, console, error, experiments, items, jobs, prompts, rerank, service, users,
+    autopilot, blends, budget, console, error, experiments, items, jobs, prompts, rerank, service,
+    users,
 };
 use crate::catalog;
 use crate::store::catalog as store;
@@ -26,6 +27,7 @@ use crate::store::catalog as store;
         jobs::create_summaries, jobs::get_summaries,
         experiments::create, experiments::list, experiments::read, experiments::stop,
         autopilot::read, autopilot::set,
+        budget::read, budget::set,
         console::overview, console::jobs, console::chart, console::report_md, console::load_sample,
     ),
     components(schemas(
@@ -39,6 +41,7 @@ use crate::store::catalog as store;
         (name = "rerank", description = "Personalized reranking, feedback and profiles"),
         (name = "prompts", description = "The prompt registry: versions, labels, A/B splits"),
         (name = "blends", description = "How the LLM ranking is fused with the incoming order and built-in rankers: versions, labels, A/B splits"),
+        (name = "budget", description = "LLM token budgets per hour and day for reranks and for jobs, and the spend against them"),
         (name = "console", description = "What the web console at /console reads besides the API: overview, recent jobs, report files, the bundled sample"),
         (name = "experiments", description = "Online experiments on a label: arms, always-valid decision, guardrails"),
         (name = "jobs", description = "AGP optimization and offline evaluation as durable background jobs"),

@@ -11,12 +11,14 @@ use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 
 use super::breaker::{Admission, Breaker, Health};
+use super::budget::Budgets;
 use super::config::{LlmSettings, Route};
 use super::limiter::PriorityLimiter;
 use super::retry::parse_retry_after;
 use super::usage::{UsageRecord, record_metrics};
 use super::{CallContext, ChatRequest, ChatResponse, LlmError, Priority, Role};
 use crate::store::journal::{Journal, JournalOptions, Record};
+use crate::store::states::BudgetClass;
 use crate::store::states::UsageOutcome;
 
 /// Structured-output support of an upstream server, learned from its answers.
@@ -46,6 +48,8 @@ struct Inner {
     pool: Option<PgPool>,
     /// Where usage rows go (none without a database).
     journal: Option<Arc<Journal>>,
+    /// The projects' LLM budgets (none without a database).
+    budgets: Option<Budgets>,
 }
 
 /// Cheap to clone; all clones share limits, cache and usage writer.
@@ -110,9 +114,17 @@ impl LlmClient {
                 http,
                 routes,
                 settings,
+                budgets: pool.clone().map(Budgets::new),
                 pool,
                 journal,
             }),
+        }
+    }
+
+    /// Forgets this process's copy of the project's budget (after a change through it).
+    pub fn budget_changed(&self, project: &str) {
+        if let Some(b) = &self.inner.budgets {
+            b.forget(project);
         }
     }
 
@@ -279,13 +291,29 @@ impl LlmClient {
             attempt += 1;
             let result = {
                 let permit = rr.endpoint.limiter.acquire(ctx.priority);
-                let _permit = match ctx.deadline {
+                let permit = match ctx.deadline {
                     Some(d) => match tokio::time::timeout_at(d.into(), permit).await {
                         Ok(p) => p,
                         Err(_) => return Err(LlmError::Timeout(started.elapsed())),
                     },
                     None => permit.await,
                 };
+                // The budget is read and charged while the slot is held (llm::budget).
+                if let Some(b) = &self.inner.budgets
+                    && let Err(spent) = b.check(&ctx.project, class_of(ctx)).await
+                {
+                    drop(permit);
+                    match ctx.priority {
+                        Priority::Interactive => return Err(LlmError::OverBudget(spent.why)),
+                        Priority::Background => {
+                            b.wait(&ctx.project, ctx.job_id, spent)
+                                .await
+                                .map_err(|s| LlmError::OverBudget(s.why))?;
+                            attempt -= 1;
+                            continue;
+                        }
+                    }
+                }
                 let left = ctx
                     .deadline
                     .map(|d| d.saturating_duration_since(Instant::now()));
@@ -298,7 +326,13 @@ impl LlmClient {
                 let timeout = left.map_or(self.inner.settings.timeout, |left| {
                     self.inner.settings.timeout.min(left)
                 });
-                self.attempt(role, rr, &body, timeout).await
+                let result = self.attempt(role, rr, &body, timeout).await;
+                if let (Some(b), Ok(r)) = (&self.inner.budgets, &result) {
+                    let tokens = u64::from(r.prompt_tokens) + u64::from(r.completion_tokens);
+                    b.charge(&ctx.project, class_of(ctx), tokens).await;
+                }
+                drop(permit);
+                result
             };
             let err = match result {
                 Ok(mut resp) => {
@@ -632,6 +666,14 @@ pub fn parse_completion(text: &str, model: &str) -> Result<ChatResponse, LlmErro
         latency_ms: 0,
         attempts: 0,
     })
+}
+
+/// The budget a call is charged to.
+fn class_of(ctx: &CallContext) -> BudgetClass {
+    match ctx.priority {
+        Priority::Interactive => BudgetClass::Interactive,
+        Priority::Background => BudgetClass::Background,
+    }
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@
 //! - `test_server`: a scriptable in-process server speaking the same protocol (tests, benches)
 
 pub mod breaker;
+pub mod budget;
 pub mod client;
 pub mod config;
 pub mod limiter;
@@ -252,6 +253,9 @@ pub enum LlmError {
     Refused { status: u16, body: String },
     #[error("the LLM answered something unusable: {0}")]
     Garbage(String),
+    /// The project's LLM budget for this kind of work is spent (the call was not made).
+    #[error("{0}")]
+    OverBudget(String),
     #[error("gave up after {attempts} attempts in {elapsed:?}: {last}")]
     Exhausted {
         attempts: u32,
@@ -291,6 +295,7 @@ impl LlmError {
             LlmError::Server { .. } => UsageOutcome::ServerError,
             LlmError::Refused { .. } => UsageOutcome::Refused,
             LlmError::Garbage(_) => UsageOutcome::Garbage,
+            LlmError::OverBudget(_) => UsageOutcome::OverBudget,
             LlmError::Exhausted { .. } => UsageOutcome::Exhausted,
         }
     }
@@ -298,6 +303,11 @@ impl LlmError {
     /// Short stable label for metrics and usage rows (the outcome's name).
     pub fn kind(&self) -> &'static str {
         self.outcome().as_str()
+    }
+
+    /// True when the root cause is a spent budget (rerank maps it to `budget`).
+    pub fn is_over_budget(&self) -> bool {
+        matches!(self.root(), LlmError::OverBudget(_))
     }
 
     /// True when the root cause is a timeout (rerank maps it to `llm_timeout`).

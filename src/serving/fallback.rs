@@ -17,7 +17,8 @@ impl Reranker {
                 Fallback::LlmError | Fallback::UnusableOutput => {
                     return Err(RerankError::StrictUpstream(detail));
                 }
-                Fallback::ColdStart => {}
+                // A spent budget is the operator's choice, not a failure: answered as usual.
+                Fallback::ColdStart | Fallback::Budget => {}
             }
         }
         Ok(Answer {

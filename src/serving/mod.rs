@@ -145,6 +145,8 @@ pub enum Fallback {
     LlmTimeout,
     LlmError,
     UnusableOutput,
+    /// The project's interactive LLM budget is spent (until its window rolls).
+    Budget,
 }
 
 impl Fallback {
@@ -154,6 +156,7 @@ impl Fallback {
             Fallback::LlmTimeout => "llm_timeout",
             Fallback::LlmError => "llm_error",
             Fallback::UnusableOutput => "unusable_output",
+            Fallback::Budget => "budget",
         }
     }
 }

@@ -66,10 +66,17 @@ impl Reranker {
         let fail = |e: LlmError| {
             let reason = if e.is_timeout() {
                 Fallback::LlmTimeout
+            } else if e.is_over_budget() {
+                Fallback::Budget
             } else {
                 Fallback::LlmError
             };
-            tracing::warn!(request_id = %req.request_id, error = %e, reason = reason.as_str(), "rerank falls back");
+            if reason == Fallback::Budget {
+                // Expected while the budget is spent: counted in metrics, not a warning.
+                tracing::debug!(request_id = %req.request_id, error = %e, "rerank answers without the LLM: budget");
+            } else {
+                tracing::warn!(request_id = %req.request_id, error = %e, reason = reason.as_str(), "rerank falls back");
+            }
             (reason, e.public_message())
         };
         let project = req.project.as_str();

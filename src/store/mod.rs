@@ -4,6 +4,7 @@
 
 pub mod autopilot;
 pub mod blends;
+pub mod budget;
 pub mod catalog;
 pub mod console;
 pub mod embedded;

@@ -108,6 +108,14 @@ text_enum! {
 }
 
 text_enum! {
+    /// Which budget an LLM call is charged to: reranks, or jobs and refreshes.
+    pub enum BudgetClass {
+        Interactive = "interactive",
+        Background = "background",
+    }
+}
+
+text_enum! {
     /// How an LLM call ended (a usage row's `outcome`; also the metrics label).
     pub enum UsageOutcome {
         Ok = "ok",
@@ -119,6 +127,8 @@ text_enum! {
         ServerError = "server_error",
         Refused = "refused",
         Garbage = "garbage",
+        /// Not made: the project's budget for this kind of work is spent.
+        OverBudget = "over_budget",
         Exhausted = "exhausted",
     }
 }
@@ -157,6 +167,7 @@ mod tests {
             ),
             of("HistoryOrder", HistoryOrder::ALL, HistoryOrder::as_str),
             of("UsageOutcome", UsageOutcome::ALL, UsageOutcome::as_str),
+            of("BudgetClass", BudgetClass::ALL, BudgetClass::as_str),
         ]
         .concat()
     }
@@ -248,6 +259,7 @@ mod tests {
         check(AutopilotStatus::ALL, |v| v.as_str());
         check(HistoryOrder::ALL, |v| v.as_str());
         check(UsageOutcome::ALL, |v| v.as_str());
+        check(BudgetClass::ALL, |v| v.as_str());
         check(crate::experiment::Design::ALL, |v| v.as_str());
     }
 
