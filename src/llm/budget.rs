@@ -121,7 +121,8 @@ impl Budgets {
     ) -> Result<(), Spent> {
         let mut spent = first;
         loop {
-            metrics::counter!("agp_llm_budget_pauses_total", "class" => "background").increment(1);
+            metrics::counter!("agp_llm_budget_pauses_total", "class" => BudgetClass::Background.as_str())
+                .increment(1);
             if let Some(job) = job {
                 if let Err(e) =
                     db::set_job_paused(&self.pool, job, Some(spent.until), Some(&spent.why)).await
@@ -212,7 +213,7 @@ mod tests {
         assert!(verdict(c, None, None, &s).is_ok());
         let why = verdict(c, None, Some(50), &s).unwrap_err().why;
         assert!(
-            why.contains("50 tokens per day") && why.contains("interactive"),
+            why.contains("50 tokens per day") && why.contains(c.as_str()),
             "{why}"
         );
     }
