@@ -10,7 +10,7 @@ use super::states::HistoryOrder;
 use crate::catalog::{DEFAULT_KIND, NewInteraction, NewItem};
 
 /// An item as stored.
-#[derive(Debug, Clone, Serialize, Deserialize, sqlx::FromRow, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Item {
     pub id: String,
     pub title: String,
@@ -22,7 +22,7 @@ pub struct Item {
 }
 
 /// One entry of a user's history, with the item's title for convenience.
-#[derive(Debug, Clone, Serialize, Deserialize, sqlx::FromRow, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct HistoryEntry {
     pub item_id: String,
     pub title: String,
@@ -59,7 +59,7 @@ pub async fn upsert_items(
         .map(|i| i.attributes.as_ref().map(|a| a.to_string()))
         .collect();
     let hashes: Vec<Vec<u8>> = items.iter().map(content_hash).collect();
-    let res = sqlx::query(
+    let res = sqlx::query!(
         "INSERT INTO items (project, id, title, text, attributes, content_hash)
          SELECT $1, t.id, t.title, t.text, t.attrs::jsonb, t.hash
          FROM UNNEST($2::text[], $3::text[], $4::text[], $5::text[], $6::bytea[])
@@ -68,13 +68,13 @@ pub async fn upsert_items(
            SET title = excluded.title, text = excluded.text, attributes = excluded.attributes,
                content_hash = excluded.content_hash, updated_at = now()
            WHERE items.content_hash <> excluded.content_hash",
+        project,
+        &ids as &[&str],
+        &titles as &[&str],
+        &texts as &[Option<&str>],
+        &attrs as &[Option<String>],
+        &hashes,
     )
-    .bind(project)
-    .bind(&ids)
-    .bind(&titles)
-    .bind(&texts)
-    .bind(&attrs)
-    .bind(&hashes)
     .execute(&mut **tx)
     .await?;
     super::notify_tx(tx, &super::Invalidation::Items(project.to_string())).await?;
@@ -87,12 +87,13 @@ pub async fn missing_items(
     project: &str,
     ids: &[&str],
 ) -> Result<Vec<String>, sqlx::Error> {
-    let known: Vec<String> =
-        sqlx::query_scalar("SELECT id FROM items WHERE project = $1 AND id = ANY($2::text[])")
-            .bind(project)
-            .bind(ids)
-            .fetch_all(&mut **tx)
-            .await?;
+    let known: Vec<String> = sqlx::query_scalar!(
+        "SELECT id FROM items WHERE project = $1 AND id = ANY($2::text[])",
+        project,
+        ids as &[&str],
+    )
+    .fetch_all(&mut **tx)
+    .await?;
     let known: std::collections::HashSet<String> = known.into_iter().collect();
     Ok(ids
         .iter()
@@ -123,12 +124,12 @@ pub async fn insert_interactions(
     let mut users: Vec<&str> = rows.iter().map(|r| r.user_id.as_str()).collect();
     users.sort_unstable();
     users.dedup();
-    sqlx::query(
+    sqlx::query!(
         "INSERT INTO users (project, id) SELECT $1, u FROM UNNEST($2::text[]) AS u
          ON CONFLICT (project, id) DO NOTHING",
+        project,
+        &users as &[&str],
     )
-    .bind(project)
-    .bind(&users)
     .execute(&mut **tx)
     .await?;
 
@@ -144,8 +145,8 @@ pub async fn insert_interactions(
         .zip(default_ts)
         .map(|(r, d)| r.timestamp.unwrap_or(*d))
         .collect();
-    let inserted: i64 = sqlx::query_scalar(
-        "WITH ins AS (
+    let inserted: i64 = sqlx::query_scalar!(
+        r#"WITH ins AS (
            INSERT INTO interactions (project, user_id, item_id, kind, value, ts)
            SELECT $1, t.u, t.i, t.k, t.v, t.ts
            FROM UNNEST($2::text[], $3::text[], $4::text[], $5::float8[], $6::timestamptz[])
@@ -157,24 +158,26 @@ pub async fn insert_interactions(
            UPDATE users SET history_version = history_version + 1
            WHERE project = $1 AND id IN (SELECT DISTINCT user_id FROM ins)
          )
-         SELECT count(*) FROM ins",
+         SELECT count(*) AS "inserted!" FROM ins"#,
+        project,
+        &user_ids as &[&str],
+        &item_ids as &[&str],
+        &kinds as &[&str],
+        &values as &[Option<f64>],
+        &ts,
     )
-    .bind(project)
-    .bind(&user_ids)
-    .bind(&item_ids)
-    .bind(&kinds)
-    .bind(&values)
-    .bind(&ts)
     .fetch_one(&mut **tx)
     .await?;
     let inserted = inserted.max(0) as u64;
     if notify && inserted > 0 {
-        sqlx::query("SELECT pg_notify($1, 'user' || chr(31) || $2 || chr(31) || u) FROM UNNEST($3::text[]) AS u")
-            .bind(super::INVALIDATION_CHANNEL)
-            .bind(project)
-            .bind(&users)
-            .execute(&mut **tx)
-            .await?;
+        sqlx::query!(
+            "SELECT pg_notify($1, 'user' || chr(31) || $2 || chr(31) || u) FROM UNNEST($3::text[]) AS u",
+            super::INVALIDATION_CHANNEL,
+            project,
+            &users as &[&str],
+        )
+        .execute(&mut **tx)
+        .await?;
     }
     Ok(InsertedInteractions {
         inserted,
@@ -184,12 +187,13 @@ pub async fn insert_interactions(
 
 /// One item by id.
 pub async fn get_item(pool: &PgPool, project: &str, id: &str) -> Result<Option<Item>, sqlx::Error> {
-    sqlx::query_as(
+    sqlx::query_as!(
+        Item,
         "SELECT id, title, text, attributes, created_at, updated_at
          FROM items WHERE project = $1 AND id = $2",
+        project,
+        id,
     )
-    .bind(project)
-    .bind(id)
     .fetch_optional(pool)
     .await
 }
@@ -201,25 +205,27 @@ pub async fn history(
     user_id: &str,
     limit: i64,
 ) -> Result<Option<Vec<HistoryEntry>>, sqlx::Error> {
-    let exists: Option<i32> =
-        sqlx::query_scalar("SELECT 1 FROM users WHERE project = $1 AND id = $2")
-            .bind(project)
-            .bind(user_id)
-            .fetch_optional(pool)
-            .await?;
+    let exists = sqlx::query_scalar!(
+        "SELECT 1 FROM users WHERE project = $1 AND id = $2",
+        project,
+        user_id,
+    )
+    .fetch_optional(pool)
+    .await?;
     if exists.is_none() {
         return Ok(None);
     }
-    let mut rows: Vec<HistoryEntry> = sqlx::query_as(
+    let mut rows = sqlx::query_as!(
+        HistoryEntry,
         "SELECT x.item_id, i.title, x.kind, x.value, x.ts AS timestamp
          FROM interactions x JOIN items i ON i.project = x.project AND i.id = x.item_id
          WHERE x.project = $1 AND x.user_id = $2
          ORDER BY x.ts DESC, x.seq DESC
          LIMIT $3",
+        project,
+        user_id,
+        limit,
     )
-    .bind(project)
-    .bind(user_id)
-    .bind(limit)
     .fetch_all(pool)
     .await?;
     rows.reverse();
@@ -228,14 +234,15 @@ pub async fn history(
 
 /// Row counts of the catalog tables of a project (for import summaries and status).
 pub async fn counts(pool: &PgPool, project: &str) -> Result<(i64, i64, i64), sqlx::Error> {
-    sqlx::query_as(
-        "SELECT (SELECT count(*) FROM items WHERE project = $1),
-                (SELECT count(*) FROM users WHERE project = $1),
-                (SELECT count(*) FROM interactions WHERE project = $1)",
+    let r = sqlx::query!(
+        r#"SELECT (SELECT count(*) FROM items WHERE project = $1) AS "items!",
+                  (SELECT count(*) FROM users WHERE project = $1) AS "users!",
+                  (SELECT count(*) FROM interactions WHERE project = $1) AS "interactions!""#,
+        project
     )
-    .bind(project)
     .fetch_one(pool)
-    .await
+    .await?;
+    Ok((r.items, r.users, r.interactions))
 }
 
 /// Records where the project's data came from: whether its interaction order is
@@ -247,19 +254,20 @@ pub async fn set_source(
     order: HistoryOrder,
     dataset: &str,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE projects SET history_order = $2, dataset = $3 WHERE id = $1")
-        .bind(project)
-        .bind(order)
-        .bind(dataset)
-        .execute(pool)
-        .await
-        .map(|_| ())
+    sqlx::query!(
+        "UPDATE projects SET history_order = $2, dataset = $3 WHERE id = $1",
+        project,
+        order as _,
+        dataset,
+    )
+    .execute(pool)
+    .await
+    .map(|_| ())
 }
 
 /// The dataset the project was imported from, if any.
 pub async fn dataset(pool: &PgPool, project: &str) -> Result<Option<String>, sqlx::Error> {
-    sqlx::query_scalar("SELECT dataset FROM projects WHERE id = $1")
-        .bind(project)
+    sqlx::query_scalar!("SELECT dataset FROM projects WHERE id = $1", project)
         .fetch_optional(pool)
         .await
         .map(Option::flatten)
@@ -281,18 +289,22 @@ pub async fn user_sequences(
     pool: &PgPool,
     project: &str,
 ) -> Result<Vec<(String, Vec<String>)>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT user_id, array_agg(item_id ORDER BY ts, seq) FROM interactions WHERE project = $1 GROUP BY user_id",
+    let rows = sqlx::query!(
+        r#"SELECT user_id, array_agg(item_id ORDER BY ts, seq) AS "items!"
+           FROM interactions WHERE project = $1 GROUP BY user_id"#,
+        project
     )
-    .bind(project)
     .fetch_all(pool)
-    .await
+    .await?;
+    Ok(rows.into_iter().map(|r| (r.user_id, r.items)).collect())
 }
 
 /// Every item id of a project, sorted.
 pub async fn item_ids(pool: &PgPool, project: &str) -> Result<Vec<String>, sqlx::Error> {
-    sqlx::query_scalar("SELECT id FROM items WHERE project = $1 ORDER BY id")
-        .bind(project)
-        .fetch_all(pool)
-        .await
+    sqlx::query_scalar!(
+        "SELECT id FROM items WHERE project = $1 ORDER BY id",
+        project
+    )
+    .fetch_all(pool)
+    .await
 }

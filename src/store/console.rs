@@ -38,57 +38,43 @@ pub struct Activity {
 
 /// The project's counts and its last hour.
 pub async fn activity(pool: &PgPool, project: &str) -> Result<Activity, sqlx::Error> {
-    let (items, users, interactions): (i64, i64, i64) = sqlx::query_as(
-        "SELECT (SELECT count(*) FROM items WHERE project = $1),
-                (SELECT count(*) FROM users WHERE project = $1),
-                (SELECT count(*) FROM interactions WHERE project = $1)",
+    let counts = sqlx::query!(
+        r#"SELECT (SELECT count(*) FROM items WHERE project = $1) AS "items!",
+                  (SELECT count(*) FROM users WHERE project = $1) AS "users!",
+                  (SELECT count(*) FROM interactions WHERE project = $1) AS "interactions!""#,
+        project
     )
-    .bind(project)
     .fetch_one(pool)
     .await?;
-    let reranks: Vec<(chrono::DateTime<chrono::Utc>, String, i64)> = sqlx::query_as(
-        "SELECT date_trunc('minute', created_at), COALESCE(fallback, 'none'), count(*)
-         FROM rerank_requests WHERE project = $1 AND created_at > now() - interval '60 minutes'
-         GROUP BY 1, 2 ORDER BY 1, 2",
+    let reranks = sqlx::query_as!(
+        RerankMinute,
+        r#"SELECT date_trunc('minute', created_at) AS "minute!",
+                  COALESCE(fallback, 'none') AS "fallback!", count(*) AS "reranks!"
+           FROM rerank_requests WHERE project = $1 AND created_at > now() - interval '60 minutes'
+           GROUP BY 1, 2 ORDER BY 1, 2"#,
+        project
     )
-    .bind(project)
     .fetch_all(pool)
     .await?;
-    let llm: Vec<(chrono::DateTime<chrono::Utc>, String, i64, i64, i64, f64)> = sqlx::query_as(
-        "SELECT date_trunc('minute', created_at), role,
-                count(*) FILTER (WHERE NOT cache_hit), count(*) FILTER (WHERE cache_hit),
-                COALESCE(sum(prompt_tokens + completion_tokens) FILTER (WHERE NOT cache_hit), 0)::int8,
-                COALESCE(avg(latency_ms) FILTER (WHERE NOT cache_hit), 0)::float8
-         FROM llm_usage WHERE project = $1 AND created_at > now() - interval '60 minutes'
-         GROUP BY 1, 2 ORDER BY 1, 2",
+    let llm = sqlx::query_as!(
+        LlmMinute,
+        r#"SELECT date_trunc('minute', created_at) AS "minute!", role,
+                  count(*) FILTER (WHERE NOT cache_hit) AS "calls!",
+                  count(*) FILTER (WHERE cache_hit) AS "cache_hits!",
+                  COALESCE(sum(prompt_tokens + completion_tokens) FILTER (WHERE NOT cache_hit), 0)::int8
+                    AS "tokens!",
+                  COALESCE(avg(latency_ms) FILTER (WHERE NOT cache_hit), 0)::float8 AS "latency_ms!"
+           FROM llm_usage WHERE project = $1 AND created_at > now() - interval '60 minutes'
+           GROUP BY 1, 2 ORDER BY 1, 2"#,
+        project
     )
-    .bind(project)
     .fetch_all(pool)
     .await?;
     Ok(Activity {
-        items,
-        users,
-        interactions,
-        reranks: reranks
-            .into_iter()
-            .map(|(minute, fallback, reranks)| RerankMinute {
-                minute,
-                fallback,
-                reranks,
-            })
-            .collect(),
-        llm: llm
-            .into_iter()
-            .map(
-                |(minute, role, calls, cache_hits, tokens, latency_ms)| LlmMinute {
-                    minute,
-                    role,
-                    calls,
-                    cache_hits,
-                    tokens,
-                    latency_ms,
-                },
-            )
-            .collect(),
+        items: counts.items,
+        users: counts.users,
+        interactions: counts.interactions,
+        reranks,
+        llm,
     })
 }

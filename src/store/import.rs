@@ -37,7 +37,7 @@ pub async fn write(
 ) -> Result<ImportSummary, sqlx::Error> {
     let mut tx = pool.begin().await?;
     // The import is one big transaction; don't wait for a disk flush per statement.
-    sqlx::query("SET LOCAL synchronous_commit = off")
+    sqlx::query!("SET LOCAL synchronous_commit = off")
         .execute(&mut *tx)
         .await?;
     let mut summary = ImportSummary::default();

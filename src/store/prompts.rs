@@ -11,7 +11,7 @@ use super::states::VersionSource;
 pub const PRODUCTION: &str = "production";
 
 /// One stored version.
-#[derive(Debug, Clone, Serialize, Deserialize, sqlx::FromRow, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct VersionRow {
     pub name: String,
     pub version: i32,
@@ -64,26 +64,25 @@ pub enum LabelTarget<'a> {
     },
 }
 
-type LabelTuple = (
-    String,
-    String,
-    Option<i32>,
-    Option<serde_json::Value>,
-    bool,
-    DateTime<Utc>,
-);
+/// A `prompt_labels` row as read (the split still JSON).
+struct LabelRecord {
+    name: String,
+    label: String,
+    version: Option<i32>,
+    split: Option<serde_json::Value>,
+    interleave: bool,
+    updated_at: DateTime<Utc>,
+}
 
-const LABEL_COLUMNS: &str = "name, label, version, split, interleave, updated_at";
-
-fn label_row((name, label, version, split, interleave, updated_at): LabelTuple) -> LabelRow {
-    let split = split.and_then(|s| serde_json::from_value(s).ok());
+fn label_row(r: LabelRecord) -> LabelRow {
+    let split = r.split.and_then(|s| serde_json::from_value(s).ok());
     LabelRow {
-        name,
-        label,
-        version,
+        name: r.name,
+        label: r.label,
+        version: r.version,
         split,
-        interleave,
-        updated_at,
+        interleave: r.interleave,
+        updated_at: r.updated_at,
     }
 }
 
@@ -95,38 +94,40 @@ pub async fn ensure_project(
     seeds: &[(&str, &str)],
 ) -> Result<(), sqlx::Error> {
     let mut tx = pool.begin().await?;
-    sqlx::query("INSERT INTO projects (id) VALUES ($1) ON CONFLICT DO NOTHING")
-        .bind(project)
-        .execute(&mut *tx)
-        .await?;
+    sqlx::query!(
+        "INSERT INTO projects (id) VALUES ($1) ON CONFLICT DO NOTHING",
+        project
+    )
+    .execute(&mut *tx)
+    .await?;
     for &(name, template) in seeds {
-        let created = sqlx::query(
+        let created = sqlx::query!(
             "INSERT INTO prompts (project, name) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+            project,
+            name,
         )
-        .bind(project)
-        .bind(name)
         .execute(&mut *tx)
         .await?
         .rows_affected();
         if created == 0 {
             continue;
         }
-        sqlx::query(
+        sqlx::query!(
             "INSERT INTO prompt_versions (project, name, version, template, message, source)
              VALUES ($1, $2, 1, $3, 'default written for AGP Rerank', $4)",
+            project,
+            name,
+            template,
+            VersionSource::Seed as _,
         )
-        .bind(project)
-        .bind(name)
-        .bind(template)
-        .bind(VersionSource::Seed)
         .execute(&mut *tx)
         .await?;
-        sqlx::query(
+        sqlx::query!(
             "INSERT INTO prompt_labels (project, name, label, version) VALUES ($1, $2, $3, 1)",
+            project,
+            name,
+            PRODUCTION,
         )
-        .bind(project)
-        .bind(name)
-        .bind(PRODUCTION)
         .execute(&mut *tx)
         .await?;
     }
@@ -144,7 +145,7 @@ pub async fn upgrade_seed(
     message: &str,
 ) -> Result<Vec<String>, sqlx::Error> {
     let mut tx = pool.begin().await?;
-    let moved: Vec<(String,)> = sqlx::query_as(
+    let projects: Vec<String> = sqlx::query_scalar!(
         "INSERT INTO prompt_versions (project, name, version, template, message, source, parent_version)
          SELECT v.project, v.name, 2, $3, $4, $5, 1
          FROM prompt_versions v
@@ -154,29 +155,28 @@ pub async fn upgrade_seed(
            AND NOT EXISTS (SELECT 1 FROM prompt_versions w
                            WHERE w.project = v.project AND w.name = v.name AND w.version > 1)
          RETURNING project",
+        name,
+        legacy,
+        current,
+        message,
+        VersionSource::Seed as _,
     )
-    .bind(name)
-    .bind(legacy)
-    .bind(current)
-    .bind(message)
-    .bind(VersionSource::Seed)
     .fetch_all(&mut *tx)
     .await?;
-    let projects: Vec<String> = moved.into_iter().map(|(p,)| p).collect();
-    sqlx::query(
+    sqlx::query!(
         "UPDATE prompt_labels SET version = 2, updated_at = now()
          WHERE name = $1 AND label = 'production' AND project = ANY($2)",
+        name,
+        &projects,
     )
-    .bind(name)
-    .bind(&projects)
     .execute(&mut *tx)
     .await?;
-    sqlx::query(
+    sqlx::query!(
         "INSERT INTO prompt_label_history (project, name, label, version)
          SELECT p, $1, 'production', 2 FROM unnest($2::text[]) AS p",
+        name,
+        &projects,
     )
-    .bind(name)
-    .bind(&projects)
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;
@@ -188,30 +188,36 @@ pub async fn list(
     pool: &PgPool,
     project: &str,
 ) -> Result<Vec<(String, i32, Vec<LabelRow>)>, sqlx::Error> {
-    let latest: Vec<(String, i32)> = sqlx::query_as(
-        "SELECT name, max(version) FROM prompt_versions WHERE project = $1 GROUP BY name ORDER BY name",
+    let latest = sqlx::query!(
+        r#"SELECT name, max(version) AS "latest!" FROM prompt_versions WHERE project = $1
+           GROUP BY name ORDER BY name"#,
+        project
     )
-    .bind(project)
     .fetch_all(pool)
     .await?;
-    let labels: Vec<LabelTuple> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {LABEL_COLUMNS} FROM prompt_labels WHERE project = $1 ORDER BY name, label"
-    )))
-    .bind(project)
+    let labels: Vec<LabelRow> = sqlx::query_as!(
+        LabelRecord,
+        "SELECT name, label, version, split, interleave, updated_at
+         FROM prompt_labels WHERE project = $1 ORDER BY name, label",
+        project
+    )
     .fetch_all(pool)
-    .await?;
-    let labels: Vec<LabelRow> = labels.into_iter().map(label_row).collect();
+    .await?
+    .into_iter()
+    .map(label_row)
+    .collect();
     Ok(latest
         .into_iter()
-        .map(|(name, v)| {
-            let l = labels.iter().filter(|l| l.name == name).cloned().collect();
-            (name, v, l)
+        .map(|r| {
+            let l = labels
+                .iter()
+                .filter(|l| l.name == r.name)
+                .cloned()
+                .collect();
+            (r.name, r.latest, l)
         })
         .collect())
 }
-
-const VERSION_COLS: &str =
-    "name, version, template, message, source, run_id, parent_version, scores, created_at";
 
 /// All versions of a prompt, oldest first.
 pub async fn versions(
@@ -219,11 +225,13 @@ pub async fn versions(
     project: &str,
     name: &str,
 ) -> Result<Vec<VersionRow>, sqlx::Error> {
-    sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {VERSION_COLS} FROM prompt_versions WHERE project = $1 AND name = $2 ORDER BY version"
-    )))
-    .bind(project)
-    .bind(name)
+    sqlx::query_as!(
+        VersionRow,
+        "SELECT name, version, template, message, source, run_id, parent_version, scores, created_at
+         FROM prompt_versions WHERE project = $1 AND name = $2 ORDER BY version",
+        project,
+        name,
+    )
     .fetch_all(pool)
     .await
 }
@@ -235,12 +243,14 @@ pub async fn version(
     name: &str,
     version: i32,
 ) -> Result<Option<VersionRow>, sqlx::Error> {
-    sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {VERSION_COLS} FROM prompt_versions WHERE project = $1 AND name = $2 AND version = $3"
-    )))
-    .bind(project)
-    .bind(name)
-    .bind(version)
+    sqlx::query_as!(
+        VersionRow,
+        "SELECT name, version, template, message, source, run_id, parent_version, scores, created_at
+         FROM prompt_versions WHERE project = $1 AND name = $2 AND version = $3",
+        project,
+        name,
+        version,
+    )
     .fetch_optional(pool)
     .await
 }
@@ -264,31 +274,34 @@ pub async fn create_version(
     meta: &NewVersion<'_>,
 ) -> Result<i32, sqlx::Error> {
     let mut tx = pool.begin().await?;
-    sqlx::query("SELECT 1 FROM prompts WHERE project = $1 AND name = $2 FOR UPDATE")
-        .bind(project)
-        .bind(name)
-        .fetch_one(&mut *tx)
-        .await?;
-    let next: i32 = sqlx::query_scalar(
-        "SELECT coalesce(max(version), 0) + 1 FROM prompt_versions WHERE project = $1 AND name = $2",
+    sqlx::query_scalar!(
+        "SELECT 1 FROM prompts WHERE project = $1 AND name = $2 FOR UPDATE",
+        project,
+        name,
     )
-    .bind(project)
-    .bind(name)
     .fetch_one(&mut *tx)
     .await?;
-    sqlx::query(
+    let next = sqlx::query_scalar!(
+        r#"SELECT coalesce(max(version), 0) + 1 AS "next!"
+           FROM prompt_versions WHERE project = $1 AND name = $2"#,
+        project,
+        name,
+    )
+    .fetch_one(&mut *tx)
+    .await?;
+    sqlx::query!(
         "INSERT INTO prompt_versions (project, name, version, template, message, source, run_id, parent_version, scores)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, coalesce($9, '{}'::jsonb))",
+        project,
+        name,
+        next,
+        template,
+        meta.message,
+        meta.source as _,
+        meta.run_id,
+        meta.parent_version,
+        meta.scores.as_ref(),
     )
-    .bind(project)
-    .bind(name)
-    .bind(next)
-    .bind(template)
-    .bind(meta.message)
-    .bind(meta.source)
-    .bind(meta.run_id)
-    .bind(meta.parent_version)
-    .bind(&meta.scores)
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;
@@ -302,12 +315,14 @@ pub async fn label(
     name: &str,
     label: &str,
 ) -> Result<Option<LabelRow>, sqlx::Error> {
-    let row: Option<LabelTuple> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {LABEL_COLUMNS} FROM prompt_labels WHERE project = $1 AND name = $2 AND label = $3"
-    )))
-    .bind(project)
-    .bind(name)
-    .bind(label)
+    let row = sqlx::query_as!(
+        LabelRecord,
+        "SELECT name, label, version, split, interleave, updated_at
+         FROM prompt_labels WHERE project = $1 AND name = $2 AND label = $3",
+        project,
+        name,
+        label,
+    )
     .fetch_optional(pool)
     .await?;
     Ok(row.map(label_row))
@@ -352,31 +367,35 @@ pub async fn set_label_tx(
             interleave,
         ),
     };
-    let row: LabelTuple = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+    let row = sqlx::query_as!(
+        LabelRecord,
         "INSERT INTO prompt_labels (project, name, label, version, split, interleave, updated_at)
          VALUES ($1, $2, $3, $4, $5, $6, now())
          ON CONFLICT (project, name, label) DO UPDATE
            SET version = excluded.version, split = excluded.split, interleave = excluded.interleave,
                updated_at = now()
-         RETURNING {LABEL_COLUMNS}"
-    )))
-    .bind(project)
-    .bind(name)
-    .bind(label)
-    .bind(version)
-    .bind(&split_json)
-    .bind(interleave)
+         RETURNING name, label, version, split, interleave, updated_at",
+        project,
+        name,
+        label,
+        version,
+        split_json.as_ref(),
+        interleave,
+    )
     .fetch_one(&mut **tx)
     .await?;
-    sqlx::query("INSERT INTO prompt_label_history (project, name, label, version, split, interleave) VALUES ($1, $2, $3, $4, $5, $6)")
-        .bind(project)
-        .bind(name)
-        .bind(label)
-        .bind(version)
-        .bind(&split_json)
-        .bind(interleave)
-        .execute(&mut **tx)
-        .await?;
+    sqlx::query!(
+        "INSERT INTO prompt_label_history (project, name, label, version, split, interleave)
+         VALUES ($1, $2, $3, $4, $5, $6)",
+        project,
+        name,
+        label,
+        version,
+        split_json.as_ref(),
+        interleave,
+    )
+    .execute(&mut **tx)
+    .await?;
     super::notify_tx(tx, &super::Invalidation::Labels(project.to_string())).await?;
     Ok(label_row(row))
 }
@@ -388,12 +407,14 @@ pub async fn existing_versions(
     name: &str,
     versions: &[i32],
 ) -> Result<Vec<i32>, sqlx::Error> {
-    sqlx::query_scalar("SELECT version FROM prompt_versions WHERE project = $1 AND name = $2 AND version = ANY($3)")
-        .bind(project)
-        .bind(name)
-        .bind(versions)
-        .fetch_all(pool)
-        .await
+    sqlx::query_scalar!(
+        "SELECT version FROM prompt_versions WHERE project = $1 AND name = $2 AND version = ANY($3)",
+        project,
+        name,
+        versions,
+    )
+    .fetch_all(pool)
+    .await
 }
 
 /// Records scores on a version (its template stays immutable).
@@ -404,12 +425,14 @@ pub async fn set_scores(
     version: i32,
     scores: &serde_json::Value,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE prompt_versions SET scores = scores || $4 WHERE project = $1 AND name = $2 AND version = $3")
-        .bind(project)
-        .bind(name)
-        .bind(version)
-        .bind(scores)
-        .execute(pool)
-        .await
-        .map(|_| ())
+    sqlx::query!(
+        "UPDATE prompt_versions SET scores = scores || $4 WHERE project = $1 AND name = $2 AND version = $3",
+        project,
+        name,
+        version,
+        scores,
+    )
+    .execute(pool)
+    .await
+    .map(|_| ())
 }
