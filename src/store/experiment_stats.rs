@@ -76,43 +76,49 @@ async fn fold_batch(
     batch: i64,
 ) -> Result<usize, sqlx::Error> {
     let mut tx = pool.begin().await?;
-    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+    sqlx::query!("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
         .execute(&mut *tx)
         .await?;
-    let guard: Option<(ExperimentStatus, bool)> = sqlx::query_as(
-        "SELECT status, stats_backfilled FROM experiments WHERE id = $1 FOR NO KEY UPDATE NOWAIT",
+    let guard = sqlx::query!(
+        r#"SELECT status AS "status: ExperimentStatus", stats_backfilled
+           FROM experiments WHERE id = $1 FOR NO KEY UPDATE NOWAIT"#,
+        e.id,
     )
-    .bind(e.id)
     .fetch_optional(&mut *tx)
     .await?;
-    let Some((status, backfilled)) = guard else {
+    let Some(guard) = guard else {
         return Ok(0);
     };
-    if status != ExperimentStatus::Running {
+    if guard.status != ExperimentStatus::Running {
         return Ok(0);
     }
-    if !backfilled {
+    if !guard.stats_backfilled {
         backfill(&mut tx, e.id).await?;
     }
-    let taken: Vec<(String, DateTime<Utc>, i64)> = sqlx::query_as(
+    let taken: Vec<(String, DateTime<Utc>, i64)> = sqlx::query!(
         "DELETE FROM experiment_inbox WHERE experiment_id = $1 AND request_id IN (
            SELECT DISTINCT request_id FROM experiment_inbox WHERE experiment_id = $1 LIMIT $2)
          RETURNING request_id, request_at, feedback_id",
+        e.id,
+        batch,
     )
-    .bind(e.id)
-    .bind(batch)
     .fetch_all(&mut *tx)
-    .await?;
+    .await?
+    .into_iter()
+    .map(|r| (r.request_id, r.request_at, r.feedback_id))
+    .collect();
     let pending = read_pending(&mut tx, project, e, &taken).await?;
     if !pending.is_empty() {
         write_delta(&mut tx, e.id, &pending, e.settings.k).await?;
     }
     // Always touch the row: a fold whose snapshot is older than this commit fails instead
     // of folding the same entries again.
-    sqlx::query("UPDATE experiments SET stats_backfilled = true WHERE id = $1")
-        .bind(e.id)
-        .execute(&mut *tx)
-        .await?;
+    sqlx::query!(
+        "UPDATE experiments SET stats_backfilled = true WHERE id = $1",
+        e.id
+    )
+    .execute(&mut *tx)
+    .await?;
     tx.commit().await?;
     let requests: HashSet<&str> = taken.iter().map(|t| t.0.as_str()).collect();
     Ok(requests.len())
@@ -121,6 +127,7 @@ async fn fold_batch(
 /// The first fold puts what was logged since the start into the inbox (rows drained while
 /// the start committed, or an experiment older than the inbox).
 async fn backfill(tx: &mut Transaction<'_, Postgres>, id: Uuid) -> Result<(), sqlx::Error> {
+    // Dynamic: the condition is the shared SQL fragment `IN_RUNNING_EXPERIMENT`.
     sqlx::query(sqlx::AssertSqlSafe(format!(
         "INSERT INTO experiment_inbox (experiment_id, request_id, request_at)
          SELECT e.id, r.id, r.created_at FROM experiments e
@@ -132,11 +139,11 @@ async fn backfill(tx: &mut Transaction<'_, Postgres>, id: Uuid) -> Result<(), sq
     .bind(id)
     .execute(&mut **tx)
     .await?;
-    sqlx::query(
+    sqlx::query!(
         "INSERT INTO experiment_arms (experiment_id, arm) VALUES ($1, 'control'), ($1, 'treatment')
          ON CONFLICT DO NOTHING",
+        id,
     )
-    .bind(id)
     .execute(&mut **tx)
     .await?;
     Ok(())
@@ -186,6 +193,7 @@ async fn read_pending(
     for window in time_windows(&by_time, chrono::Duration::seconds(60)) {
         let ids: Vec<&str> = window.iter().map(|k| k.0).collect();
         let (from, to) = (window[0].1, window[window.len() - 1].1);
+        // Dynamic: the version's expression depends on the experiment (`arm_version`).
         rows.extend(
             sqlx::query_as::<_, RequestTuple>(sqlx::AssertSqlSafe(format!(
                 "SELECT r.id, r.created_at, r.user_id, {}, r.result_order, r.fallback IS NOT NULL,
@@ -202,17 +210,19 @@ async fn read_pending(
             .await?,
         );
         feedback.extend(
-            sqlx::query_as::<_, (String, DateTime<Utc>, i64, String)>(
+            sqlx::query!(
                 "SELECT f.request_id, f.request_at, f.id, f.item_id FROM feedback f
                  WHERE f.request_id = ANY($1) AND f.request_at BETWEEN $2 AND $3 AND f.kind = ANY($4)
                  ORDER BY f.id",
+                &ids as &[&str],
+                from,
+                to,
+                &e.settings.positive_kinds,
             )
-            .bind(&ids)
-            .bind(from)
-            .bind(to)
-            .bind(&e.settings.positive_kinds)
             .fetch_all(&mut **tx)
-            .await?,
+            .await?
+            .into_iter()
+            .map(|r| (r.request_id, r.request_at, r.id, r.item_id)),
         );
     }
     let mut positives: HashMap<(String, DateTime<Utc>), Vec<Positive>> = HashMap::new();
@@ -280,51 +290,49 @@ async fn write_delta(
     let delta = fold(pending, k);
     let arms: Vec<&str> = delta.users.keys().map(|(a, _)| a.as_str()).collect();
     let users: Vec<&str> = delta.users.keys().map(|(_, u)| u.as_str()).collect();
-    let before: Vec<(String, String, i32, i32, i32, i32)> = sqlx::query_as(
+    let before = sqlx::query!(
         "SELECT u.arm, u.user_id, u.requests, u.positive_requests, u.wins, u.losses
          FROM experiment_users u JOIN UNNEST($2::text[], $3::text[]) AS k(arm, user_id)
               ON u.arm = k.arm AND u.user_id = k.user_id
          WHERE u.experiment_id = $1",
+        id,
+        &arms as &[&str],
+        &users as &[&str],
     )
-    .bind(id)
-    .bind(&arms)
-    .bind(&users)
     .fetch_all(&mut **tx)
     .await?;
     let before: HashMap<(Arm, String), UserCounts> = before
         .into_iter()
-        .filter_map(|(arm, user, requests, positive, wins, losses)| {
+        .filter_map(|r| {
             Some((
-                (Arm::parse(&arm)?, user),
+                (Arm::parse(&r.arm)?, r.user_id),
                 UserCounts {
-                    requests: i64::from(requests),
-                    positive_requests: i64::from(positive),
-                    wins: i64::from(wins),
-                    losses: i64::from(losses),
+                    requests: i64::from(r.requests),
+                    positive_requests: i64::from(r.positive_requests),
+                    wins: i64::from(r.wins),
+                    losses: i64::from(r.losses),
                 },
             ))
         })
         .collect();
     let (user_sums, after) = fold_users(&delta.users, &before);
-    sqlx::query(
+    sqlx::query!(
         "INSERT INTO experiment_users (experiment_id, arm, user_id, requests, positive_requests, wins, losses)
          SELECT $1, * FROM UNNEST($2::text[], $3::text[], $4::int4[], $5::int4[], $6::int4[], $7::int4[])
          ON CONFLICT (experiment_id, arm, user_id)
            DO UPDATE SET requests = EXCLUDED.requests, positive_requests = EXCLUDED.positive_requests,
                          wins = EXCLUDED.wins, losses = EXCLUDED.losses",
-    )
-    .bind(id)
-    .bind(after.iter().map(|((a, _), _)| a.as_str()).collect::<Vec<_>>())
-    .bind(after.iter().map(|((_, u), _)| u.as_str()).collect::<Vec<_>>())
-    .bind(after.iter().map(|(_, c)| c.requests as i32).collect::<Vec<_>>())
-    .bind(
-        after
+        id,
+        &after.iter().map(|((a, _), _)| a.as_str()).collect::<Vec<_>>() as &[&str],
+        &after.iter().map(|((_, u), _)| u.as_str()).collect::<Vec<_>>() as &[&str],
+        &after.iter().map(|(_, c)| c.requests as i32).collect::<Vec<_>>(),
+        &after
             .iter()
             .map(|(_, c)| c.positive_requests as i32)
             .collect::<Vec<_>>(),
+        &after.iter().map(|(_, c)| c.wins as i32).collect::<Vec<_>>(),
+        &after.iter().map(|(_, c)| c.losses as i32).collect::<Vec<_>>(),
     )
-    .bind(after.iter().map(|(_, c)| c.wins as i32).collect::<Vec<_>>())
-    .bind(after.iter().map(|(_, c)| c.losses as i32).collect::<Vec<_>>())
     .execute(&mut **tx)
     .await?;
     for (i, arm) in Arm::BOTH.iter().enumerate() {
@@ -333,7 +341,7 @@ async fn write_delta(
         if d == ArmSums::default() {
             continue;
         }
-        sqlx::query(
+        sqlx::query!(
             "UPDATE experiment_arms SET requests = requests + $3, positives = positives + $4,
                 positive_at_k = positive_at_k + $5, reciprocal_rank_sum = reciprocal_rank_sum + $6,
                 fallbacks = fallbacks + $7, llm_calls = llm_calls + $8, tokens = tokens + $9,
@@ -345,43 +353,43 @@ async fn write_delta(
                 pref_users = pref_users + $19, pref_sum = pref_sum + $20,
                 pref_sq_sum = pref_sq_sum + $21
              WHERE experiment_id = $1 AND arm = $2",
+            id,
+            arm.as_str(),
+            d.requests,
+            d.positives,
+            d.positive_at_k,
+            d.reciprocal_rank_sum,
+            d.fallbacks,
+            d.llm_calls,
+            d.tokens,
+            d.users,
+            d.users_with_positive,
+            d.user_ctr_sum,
+            d.user_ctr_sq_sum,
+            d.wins,
+            d.losses,
+            d.ties,
+            d.control_team_clicks,
+            d.treatment_team_clicks,
+            d.pref_users,
+            d.pref_sum,
+            d.pref_sq_sum,
         )
-        .bind(id)
-        .bind(arm.as_str())
-        .bind(d.requests)
-        .bind(d.positives)
-        .bind(d.positive_at_k)
-        .bind(d.reciprocal_rank_sum)
-        .bind(d.fallbacks)
-        .bind(d.llm_calls)
-        .bind(d.tokens)
-        .bind(d.users)
-        .bind(d.users_with_positive)
-        .bind(d.user_ctr_sum)
-        .bind(d.user_ctr_sq_sum)
-        .bind(d.wins)
-        .bind(d.losses)
-        .bind(d.ties)
-        .bind(d.control_team_clicks)
-        .bind(d.treatment_team_clicks)
-        .bind(d.pref_users)
-        .bind(d.pref_sum)
-        .bind(d.pref_sq_sum)
         .execute(&mut **tx)
         .await?;
     }
     if !delta.latency.is_empty() {
         let keys: Vec<&(Arm, i32)> = delta.latency.keys().collect();
-        sqlx::query(
+        sqlx::query!(
             "INSERT INTO experiment_latency (experiment_id, arm, latency_ms, n)
              SELECT $1, * FROM UNNEST($2::text[], $3::int4[], $4::int8[])
              ON CONFLICT (experiment_id, arm, latency_ms)
                DO UPDATE SET n = experiment_latency.n + EXCLUDED.n",
+            id,
+            &keys.iter().map(|(a, _)| a.as_str()).collect::<Vec<_>>() as &[&str],
+            &keys.iter().map(|(_, ms)| *ms).collect::<Vec<_>>(),
+            &keys.iter().map(|k| delta.latency[*k]).collect::<Vec<_>>(),
         )
-        .bind(id)
-        .bind(keys.iter().map(|(a, _)| a.as_str()).collect::<Vec<_>>())
-        .bind(keys.iter().map(|(_, ms)| *ms).collect::<Vec<_>>())
-        .bind(keys.iter().map(|k| delta.latency[*k]).collect::<Vec<_>>())
         .execute(&mut **tx)
         .await?;
     }
@@ -389,7 +397,6 @@ async fn write_delta(
 }
 
 /// An `experiment_arms` row as stored.
-#[derive(sqlx::FromRow)]
 struct StoredArm {
     arm: String,
     requests: i64,
@@ -418,19 +425,20 @@ pub async fn arm_sums(
     pool: &PgPool,
     id: Uuid,
 ) -> Result<[(ArmSums, BTreeMap<i32, i64>); 2], sqlx::Error> {
-    let rows: Vec<StoredArm> = sqlx::query_as(
+    let rows = sqlx::query_as!(
+        StoredArm,
         "SELECT arm, requests, positives, positive_at_k, reciprocal_rank_sum, fallbacks, llm_calls,
                 tokens, users, users_with_positive, user_ctr_sum, user_ctr_sq_sum, wins, losses, ties,
                 control_team_clicks, treatment_team_clicks, pref_users, pref_sum, pref_sq_sum
          FROM experiment_arms WHERE experiment_id = $1",
+        id,
     )
-    .bind(id)
     .fetch_all(pool)
     .await?;
-    let latency: Vec<(String, i32, i64)> = sqlx::query_as(
+    let latency = sqlx::query!(
         "SELECT arm, latency_ms, n FROM experiment_latency WHERE experiment_id = $1",
+        id,
     )
-    .bind(id)
     .fetch_all(pool)
     .await?;
     let mut out: [(ArmSums, BTreeMap<i32, i64>); 2] = Default::default();
@@ -458,9 +466,9 @@ pub async fn arm_sums(
             pref_sq_sum: r.pref_sq_sum,
         };
     }
-    for (arm, ms, n) in latency {
-        let i = usize::from(Arm::parse(&arm) == Some(Arm::Treatment));
-        out[i].1.insert(ms, n);
+    for r in latency {
+        let i = usize::from(Arm::parse(&r.arm) == Some(Arm::Treatment));
+        out[i].1.insert(r.latency_ms, r.n);
     }
     Ok(out)
 }
@@ -480,16 +488,18 @@ pub async fn metrics(
 
 /// Entries waiting in an experiment's inbox (monitoring, tests).
 pub async fn pending(pool: &PgPool, id: Uuid) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar("SELECT count(*) FROM experiment_inbox WHERE experiment_id = $1")
-        .bind(id)
-        .fetch_one(pool)
-        .await
+    sqlx::query_scalar!(
+        r#"SELECT count(*) AS "n!" FROM experiment_inbox WHERE experiment_id = $1"#,
+        id
+    )
+    .fetch_one(pool)
+    .await
 }
 
 /// Reclaims the inbox's dead entries now (the leader calls it after large folds, so a fold's
 /// index scan never walks a backlog of them while autovacuum waits for its next round).
 pub async fn vacuum_inbox(pool: &PgPool) -> Result<(), sqlx::Error> {
-    sqlx::query("VACUUM experiment_inbox")
+    sqlx::query!("VACUUM experiment_inbox")
         .execute(pool)
         .await
         .map(|_| ())

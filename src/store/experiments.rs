@@ -270,6 +270,7 @@ pub async fn observed_full(
     e: &ExperimentRow,
 ) -> Result<Vec<Observed>, sqlx::Error> {
     let version = super::rerank::arm_version(&e.name);
+    // Dynamic: the version's expression depends on the experiment (`arm_version`).
     let rows: Vec<LoggedTuple> =
         sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "SELECT r.user_id, {version}, r.result_order, r.fallback IS NOT NULL, r.latency_ms, r.usage,

@@ -45,8 +45,7 @@ pub async fn cache_get(
     pool: &PgPool,
     key: &[u8],
 ) -> Result<Option<serde_json::Value>, sqlx::Error> {
-    sqlx::query_scalar("SELECT response FROM llm_cache WHERE key = $1")
-        .bind(key)
+    sqlx::query_scalar!("SELECT response FROM llm_cache WHERE key = $1", key)
         .fetch_optional(pool)
         .await
 }
@@ -58,13 +57,15 @@ pub async fn cache_put(
     model: &str,
     response: &serde_json::Value,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query("INSERT INTO llm_cache (key, model, response) VALUES ($1, $2, $3) ON CONFLICT (key) DO NOTHING")
-        .bind(key)
-        .bind(model)
-        .bind(response)
-        .execute(pool)
-        .await
-        .map(|_| ())
+    sqlx::query!(
+        "INSERT INTO llm_cache (key, model, response) VALUES ($1, $2, $3) ON CONFLICT (key) DO NOTHING",
+        key,
+        model,
+        response,
+    )
+    .execute(pool)
+    .await
+    .map(|_| ())
 }
 
 /// Inserts usage rows in one statement (a row already there, by `uid`, is left as it is).
@@ -87,26 +88,26 @@ pub async fn insert_usage<'e>(
     let hits: Vec<bool> = rows.iter().map(|r| r.cache_hit).collect();
     let req: Vec<Option<String>> = rows.iter().map(|r| r.request_id.clone()).collect();
     let jobs: Vec<Option<uuid::Uuid>> = rows.iter().map(|r| r.job_id).collect();
-    sqlx::query(
+    sqlx::query!(
         "INSERT INTO llm_usage (project, role, provider, model, latency_ms, prompt_tokens, completion_tokens,
                                 cache_hit, outcome, request_id, job_id, uid, created_at)
          SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::int4[], $6::int4[], $7::int4[],
                               $8::bool[], $9::text[], $10::text[], $11::uuid[], $12::uuid[], $13::timestamptz[])
          ON CONFLICT (uid) DO NOTHING",
+        &projects,
+        &roles,
+        &providers,
+        &models,
+        &latency,
+        &pt,
+        &ct,
+        &hits,
+        &outcomes as _,
+        &req as &[Option<String>],
+        &jobs as &[Option<uuid::Uuid>],
+        &rows.iter().map(|r| r.uid).collect::<Vec<_>>(),
+        &rows.iter().map(|r| r.created_at).collect::<Vec<_>>(),
     )
-    .bind(&projects)
-    .bind(&roles)
-    .bind(&providers)
-    .bind(&models)
-    .bind(&latency)
-    .bind(&pt)
-    .bind(&ct)
-    .bind(&hits)
-    .bind(&outcomes)
-    .bind(&req)
-    .bind(&jobs)
-    .bind(rows.iter().map(|r| r.uid).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.created_at).collect::<Vec<_>>())
     .execute(db)
     .await
     .map(|_| ())
@@ -117,32 +118,32 @@ pub async fn job_usage_by_role(
     pool: &PgPool,
     job_id: uuid::Uuid,
 ) -> Result<Vec<(String, UsageTotals)>, sqlx::Error> {
-    let rows: Vec<(String, i64, i64, i64, i64, i64, i64)> = sqlx::query_as(
-        "SELECT role,
-                count(*) FILTER (WHERE NOT cache_hit),
-                count(*) FILTER (WHERE cache_hit),
-                coalesce(sum(prompt_tokens) FILTER (WHERE NOT cache_hit), 0),
-                coalesce(sum(completion_tokens) FILTER (WHERE NOT cache_hit), 0),
-                count(*) FILTER (WHERE outcome <> $2),
-                coalesce(sum(latency_ms), 0)::int8
-         FROM llm_usage WHERE job_id = $1 GROUP BY role ORDER BY role",
+    let rows = sqlx::query!(
+        r#"SELECT role,
+                count(*) FILTER (WHERE NOT cache_hit) AS "calls!",
+                count(*) FILTER (WHERE cache_hit) AS "hits!",
+                coalesce(sum(prompt_tokens) FILTER (WHERE NOT cache_hit), 0) AS "pt!",
+                coalesce(sum(completion_tokens) FILTER (WHERE NOT cache_hit), 0) AS "ct!",
+                count(*) FILTER (WHERE outcome <> $2) AS "errors!",
+                coalesce(sum(latency_ms), 0)::int8 AS "ms!"
+         FROM llm_usage WHERE job_id = $1 GROUP BY role ORDER BY role"#,
+        job_id,
+        UsageOutcome::Ok as _,
     )
-    .bind(job_id)
-    .bind(UsageOutcome::Ok)
     .fetch_all(pool)
     .await?;
     Ok(rows
         .into_iter()
-        .map(|(role, calls, hits, pt, ct, errors, ms)| {
+        .map(|r| {
             (
-                role,
+                r.role,
                 UsageTotals {
-                    calls: calls as u64,
-                    cache_hits: hits as u64,
-                    prompt_tokens: pt as u64,
-                    completion_tokens: ct as u64,
-                    errors: errors as u64,
-                    latency_ms: ms.max(0) as u64,
+                    calls: r.calls as u64,
+                    cache_hits: r.hits as u64,
+                    prompt_tokens: r.pt as u64,
+                    completion_tokens: r.ct as u64,
+                    errors: r.errors as u64,
+                    latency_ms: r.ms.max(0) as u64,
                 },
             )
         })

@@ -66,7 +66,10 @@ pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
 
 /// Cheap liveness query for `/readyz`.
 pub async fn ping(pool: &PgPool) -> Result<(), sqlx::Error> {
-    sqlx::query("SELECT 1").execute(pool).await.map(|_| ())
+    sqlx::query_scalar!("SELECT 1")
+        .fetch_one(pool)
+        .await
+        .map(|_| ())
 }
 
 /// Channel on which writers tell every replica which in-process cache entries went stale.
@@ -115,10 +118,12 @@ pub async fn notify_tx(
     tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
     inv: &Invalidation,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query("SELECT pg_notify($1, $2)")
-        .bind(INVALIDATION_CHANNEL)
-        .bind(inv.payload())
-        .execute(&mut **tx)
-        .await
-        .map(|_| ())
+    sqlx::query_scalar!(
+        "SELECT pg_notify($1, $2)",
+        INVALIDATION_CHANNEL,
+        inv.payload()
+    )
+    .fetch_one(&mut **tx)
+    .await
+    .map(|_| ())
 }

@@ -8,7 +8,7 @@
 //! gives up and is tried again at the next pass.
 
 use chrono::{Duration, NaiveDate};
-use sqlx::PgPool;
+use sqlx::{PgPool, Postgres, Transaction};
 
 /// Days of partitions made ahead of today.
 pub const DAYS_AHEAD: i64 = 7;
@@ -54,15 +54,11 @@ pub async fn ensure(
     let mut day = from;
     while day <= to {
         let mut tx = pool.begin().await?;
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'"
-        )))
-        .execute(&mut *tx)
-        .await?;
-        let created: bool = sqlx::query_scalar("SELECT agp_ensure_log_partition($1)")
-            .bind(day)
-            .fetch_one(&mut *tx)
-            .await?;
+        set_lock_timeout(&mut tx).await?;
+        let created =
+            sqlx::query_scalar!(r#"SELECT agp_ensure_log_partition($1) AS "created!""#, day)
+                .fetch_one(&mut *tx)
+                .await?;
         tx.commit().await?;
         if created {
             made.push(day);
@@ -70,6 +66,14 @@ pub async fn ensure(
         day += Duration::days(1);
     }
     Ok(made)
+}
+
+/// `SET LOCAL lock_timeout` to [`LOCK_TIMEOUT`], for the rest of the transaction.
+async fn set_lock_timeout(tx: &mut Transaction<'_, Postgres>) -> Result<(), sqlx::Error> {
+    sqlx::query_scalar!("SELECT set_config('lock_timeout', $1, true)", LOCK_TIMEOUT)
+        .fetch_one(&mut **tx)
+        .await
+        .map(|_| ())
 }
 
 /// The days that have a partition, oldest first (from the request log's partitions).
@@ -84,11 +88,11 @@ pub async fn days(pool: &PgPool) -> Result<Vec<NaiveDate>, sqlx::Error> {
 }
 
 async fn partitions_of(pool: &PgPool, parent: &str) -> Result<Vec<String>, sqlx::Error> {
-    sqlx::query_scalar(
-        "SELECT c.relname::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
-         WHERE i.inhparent = to_regclass($1)",
+    sqlx::query_scalar!(
+        r#"SELECT c.relname::text AS "name!" FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+           WHERE i.inhparent = to_regclass($1)"#,
+        parent
     )
-    .bind(parent)
     .fetch_all(pool)
     .await
 }
@@ -109,12 +113,9 @@ pub async fn drop_before(
                 continue;
             }
             let mut tx = pool.begin().await?;
-            sqlx::query(sqlx::AssertSqlSafe(format!(
-                "SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'"
-            )))
-            .execute(&mut *tx)
-            .await?;
-            // The name comes from the catalog and matched `<parent>_pYYYYMMDD`.
+            set_lock_timeout(&mut tx).await?;
+            // Dynamic: the table is a partition found in the catalog at run time. The name
+            // comes from the catalog and matched `<parent>_pYYYYMMDD`.
             sqlx::query(sqlx::AssertSqlSafe(format!("DROP TABLE \"{name}\"")))
                 .execute(&mut *tx)
                 .await?;
@@ -123,16 +124,18 @@ pub async fn drop_before(
         }
     }
     let cut = horizon.and_hms_opt(0, 0, 0).map(|t| t.and_utc());
-    let mut deleted = 0;
-    for (parent, key) in TABLES {
-        deleted += sqlx::query(sqlx::AssertSqlSafe(format!(
-            "DELETE FROM {parent}_default WHERE {key} < $1"
-        )))
-        .bind(cut)
+    // The default partitions of `TABLES`, one statement each.
+    let mut deleted = sqlx::query!(
+        "DELETE FROM rerank_requests_default WHERE created_at < $1",
+        cut
+    )
+    .execute(pool)
+    .await?
+    .rows_affected();
+    deleted += sqlx::query!("DELETE FROM feedback_default WHERE request_at < $1", cut)
         .execute(pool)
         .await?
         .rows_affected();
-    }
     Ok((dropped.into_iter().collect(), deleted))
 }
 
@@ -156,12 +159,12 @@ pub async fn maintain(
 
 /// Bytes on disk of a partitioned table (heap, indexes, TOAST) over all its partitions.
 pub async fn table_bytes(pool: &PgPool, parent: &str) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar(
-        "SELECT COALESCE(sum(pg_total_relation_size(c.oid)), 0)::int8
-         FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
-         WHERE i.inhparent = to_regclass($1)",
+    sqlx::query_scalar!(
+        r#"SELECT COALESCE(sum(pg_total_relation_size(c.oid)), 0)::int8 AS "bytes!"
+           FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+           WHERE i.inhparent = to_regclass($1)"#,
+        parent
     )
-    .bind(parent)
     .fetch_one(pool)
     .await
 }

@@ -10,7 +10,7 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 /// What the rerank path needs of an item.
-#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ItemLite {
     pub id: String,
     pub title: String,
@@ -25,11 +25,12 @@ pub async fn items_by_ids(
     project: &str,
     ids: &[&str],
 ) -> Result<Vec<ItemLite>, sqlx::Error> {
-    sqlx::query_as(
+    sqlx::query_as!(
+        ItemLite,
         "SELECT id, title, text, attributes, content_hash FROM items WHERE project = $1 AND id = ANY($2::text[])",
+        project,
+        ids as &[&str],
     )
-    .bind(project)
-    .bind(ids)
     .fetch_all(pool)
     .await
 }
@@ -41,16 +42,10 @@ pub async fn recent_items(
     user: &str,
     limit: i64,
 ) -> Result<Option<Vec<ItemLite>>, sqlx::Error> {
-    /// A history row; all NULL for a known user without interactions.
-    type Row = (
-        Option<String>,
-        Option<String>,
-        Option<String>,
-        Option<serde_json::Value>,
-        Option<Vec<u8>>,
-    );
-    let rows: Vec<Row> = sqlx::query_as(
-        "SELECT h.id, h.title, h.text, h.attributes, h.content_hash
+    // A history row; all NULL for a known user without interactions.
+    let rows = sqlx::query!(
+        r#"SELECT h.id AS "id?", h.title AS "title?", h.text AS "text?", h.attributes AS "attributes?",
+                  h.content_hash AS "content_hash?"
              FROM users u
              LEFT JOIN LATERAL (
                SELECT i.id, i.title, i.text, i.attributes, i.content_hash, x.ts, x.seq
@@ -59,11 +54,11 @@ pub async fn recent_items(
                ORDER BY x.ts DESC, x.seq DESC LIMIT $3
              ) h ON true
              WHERE u.project = $1 AND u.id = $2
-             ORDER BY h.ts ASC NULLS FIRST, h.seq ASC",
+             ORDER BY h.ts ASC NULLS FIRST, h.seq ASC"#,
+        project,
+        user,
+        limit,
     )
-    .bind(project)
-    .bind(user)
-    .bind(limit)
     .fetch_all(pool)
     .await?;
     if rows.is_empty() {
@@ -71,13 +66,13 @@ pub async fn recent_items(
     }
     Ok(Some(
         rows.into_iter()
-            .filter_map(|(id, title, text, attributes, hash)| {
+            .filter_map(|r| {
                 Some(ItemLite {
-                    id: id?,
-                    title: title?,
-                    text,
-                    attributes,
-                    content_hash: hash?,
+                    id: r.id?,
+                    title: r.title?,
+                    text: r.text,
+                    attributes: r.attributes,
+                    content_hash: r.content_hash?,
                 })
             })
             .collect(),
@@ -93,17 +88,18 @@ pub async fn get_profile(
     version: i32,
     model: &str,
 ) -> Result<Option<(Uuid, String)>, sqlx::Error> {
-    sqlx::query_as(
+    let row = sqlx::query!(
         "SELECT id, profile FROM user_profiles
          WHERE project = $1 AND user_id = $2 AND history_hash = $3 AND prompt_version = $4 AND model = $5",
+        project,
+        user,
+        history_hash,
+        version,
+        model,
     )
-    .bind(project)
-    .bind(user)
-    .bind(history_hash)
-    .bind(version)
-    .bind(model)
     .fetch_optional(pool)
-    .await
+    .await?;
+    Ok(row.map(|r| (r.id, r.profile)))
 }
 
 /// Stores a profile; when another writer got there first, theirs is kept and returned.
@@ -116,26 +112,27 @@ pub async fn put_profile(
     model: &str,
     profile: &str,
 ) -> Result<(Uuid, String), sqlx::Error> {
-    sqlx::query_as(
+    let row = sqlx::query!(
         "INSERT INTO user_profiles (id, project, user_id, history_hash, prompt_version, model, profile)
          VALUES ($1, $2, $3, $4, $5, $6, $7)
          ON CONFLICT (project, user_id, history_hash, prompt_version, model)
            DO UPDATE SET profile = user_profiles.profile
          RETURNING id, profile",
+        Uuid::new_v4(),
+        project,
+        user,
+        history_hash,
+        version,
+        model,
+        profile,
     )
-    .bind(Uuid::new_v4())
-    .bind(project)
-    .bind(user)
-    .bind(history_hash)
-    .bind(version)
-    .bind(model)
-    .bind(profile)
     .fetch_one(pool)
-    .await
+    .await?;
+    Ok((row.id, row.profile))
 }
 
 /// A stored profile with its provenance.
-#[derive(Debug, Clone, Serialize, Deserialize, sqlx::FromRow, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct ProfileRow {
     pub id: Uuid,
     pub user_id: String,
@@ -152,14 +149,15 @@ pub async fn latest_profile(
     user: &str,
     version: Option<i32>,
 ) -> Result<Option<ProfileRow>, sqlx::Error> {
-    sqlx::query_as(
+    sqlx::query_as!(
+        ProfileRow,
         "SELECT id, user_id, profile, prompt_version, model, created_at FROM user_profiles
          WHERE project = $1 AND user_id = $2 AND ($3::int4 IS NULL OR prompt_version = $3)
          ORDER BY created_at DESC LIMIT 1",
+        project,
+        user,
+        version,
     )
-    .bind(project)
-    .bind(user)
-    .bind(version)
     .fetch_optional(pool)
     .await
 }
@@ -174,19 +172,19 @@ pub async fn get_summaries(
 ) -> Result<HashMap<String, String>, sqlx::Error> {
     let ids: Vec<&str> = items.iter().map(|(i, _)| *i).collect();
     let hashes: Vec<&[u8]> = items.iter().map(|(_, h)| *h).collect();
-    let rows: Vec<(String, String)> = sqlx::query_as(
+    let rows = sqlx::query!(
         "SELECT s.item_id, s.summary FROM item_summaries s
          JOIN UNNEST($2::text[], $3::bytea[]) AS k(id, hash) ON s.item_id = k.id AND s.content_hash = k.hash
          WHERE s.project = $1 AND s.prompt_version = $4 AND s.model = $5",
+        project,
+        &ids as &[&str],
+        &hashes as &[&[u8]],
+        version,
+        model,
     )
-    .bind(project)
-    .bind(&ids)
-    .bind(&hashes)
-    .bind(version)
-    .bind(model)
     .fetch_all(pool)
     .await?;
-    Ok(rows.into_iter().collect())
+    Ok(rows.into_iter().map(|r| (r.item_id, r.summary)).collect())
 }
 
 /// Stores a summary (first writer wins).
@@ -199,16 +197,16 @@ pub async fn put_summary(
     model: &str,
     summary: &str,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
+    sqlx::query!(
         "INSERT INTO item_summaries (project, item_id, content_hash, prompt_version, model, summary)
          VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+        project,
+        item,
+        hash,
+        version,
+        model,
+        summary,
     )
-    .bind(project)
-    .bind(item)
-    .bind(hash)
-    .bind(version)
-    .bind(model)
-    .bind(summary)
     .execute(pool)
     .await
     .map(|_| ())
@@ -320,6 +318,7 @@ pub async fn insert_rerank_logs<'e>(
     let j = |f: fn(&RerankLogRow) -> &serde_json::Value| {
         rows.iter().map(|r| f(r).to_string()).collect::<Vec<_>>()
     };
+    // Dynamic: the statement embeds the shared SQL fragment `IN_RUNNING_EXPERIMENT`.
     sqlx::query(sqlx::AssertSqlSafe(INSERT_LOGS.as_str()))
         .bind(rows.iter().map(|r| r.id.as_str()).collect::<Vec<_>>())
         .bind(rows.iter().map(|r| r.project.as_str()).collect::<Vec<_>>())
@@ -364,36 +363,28 @@ pub async fn logged_cases(
     project: &str,
     kinds: &[String],
 ) -> Result<Vec<LoggedCase>, sqlx::Error> {
-    type Row = (
-        String,
-        DateTime<Utc>,
-        String,
-        serde_json::Value,
-        serde_json::Value,
-        String,
-    );
-    let rows: Vec<Row> = sqlx::query_as(
-        "SELECT r.id, r.created_at, r.user_id, r.candidates, r.history,
-                (array_agg(f.item_id ORDER BY f.created_at, f.id))[1]
+    let rows = sqlx::query!(
+        r#"SELECT r.id, r.created_at, r.user_id, r.candidates, r.history AS "history!",
+                (array_agg(f.item_id ORDER BY f.created_at, f.id))[1] AS "target!"
          FROM rerank_requests r
          JOIN feedback f ON f.request_id = r.id AND f.request_at = r.created_at AND f.kind = ANY($2)
          WHERE r.project = $1 AND jsonb_array_length(COALESCE(r.history, '[]')) > 0
-         GROUP BY r.id, r.created_at ORDER BY r.created_at, r.id",
+         GROUP BY r.id, r.created_at ORDER BY r.created_at, r.id"#,
+        project,
+        kinds,
     )
-    .bind(project)
-    .bind(kinds)
     .fetch_all(pool)
     .await?;
     let ids = |v: serde_json::Value| serde_json::from_value::<Vec<String>>(v).unwrap_or_default();
     Ok(rows
         .into_iter()
-        .map(|(request_id, at, user_id, c, h, target)| LoggedCase {
-            request_id,
-            at,
-            user_id,
-            candidates: ids(c),
-            history: ids(h),
-            target,
+        .map(|r| LoggedCase {
+            request_id: r.id,
+            at: r.created_at,
+            user_id: r.user_id,
+            candidates: ids(r.candidates),
+            history: ids(r.history),
+            target: r.target,
         })
         .collect())
 }
@@ -404,13 +395,13 @@ pub async fn count_logged_cases(
     project: &str,
     kinds: &[String],
 ) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar(
-        "SELECT count(DISTINCT (r.id, r.created_at)) FROM rerank_requests r
+    sqlx::query_scalar!(
+        r#"SELECT count(DISTINCT (r.id, r.created_at)) AS "n!" FROM rerank_requests r
          JOIN feedback f ON f.request_id = r.id AND f.request_at = r.created_at AND f.kind = ANY($2)
-         WHERE r.project = $1 AND jsonb_array_length(COALESCE(r.history, '[]')) > 0",
+         WHERE r.project = $1 AND jsonb_array_length(COALESCE(r.history, '[]')) > 0"#,
+        project,
+        kinds,
     )
-    .bind(project)
-    .bind(kinds)
     .fetch_one(pool)
     .await
 }
@@ -430,19 +421,15 @@ pub async fn logged_request(
     project: &str,
     id: &str,
 ) -> Result<Option<LoggedRequest>, sqlx::Error> {
-    let row: Option<(String, serde_json::Value, DateTime<Utc>)> = sqlx::query_as(
+    sqlx::query_as!(
+        LoggedRequest,
         "SELECT user_id, candidates, created_at FROM rerank_requests WHERE project = $1 AND id = $2
          ORDER BY created_at DESC LIMIT 1",
+        project,
+        id,
     )
-    .bind(project)
-    .bind(id)
     .fetch_optional(pool)
-    .await?;
-    Ok(row.map(|(user_id, candidates, created_at)| LoggedRequest {
-        user_id,
-        candidates,
-        created_at,
-    }))
+    .await
 }
 
 /// Records feedback on the request answered at `request_at`; false when the same
@@ -457,6 +444,7 @@ pub async fn insert_feedback(
     item: &str,
     kind: &str,
 ) -> Result<bool, sqlx::Error> {
+    // Dynamic: the statement embeds the shared SQL fragment `IN_RUNNING_EXPERIMENT`.
     let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(INSERT_FEEDBACK.as_str()))
         .bind(project)
         .bind(request_id)
@@ -475,12 +463,13 @@ pub async fn popularity(
     project: &str,
     ids: &[&str],
 ) -> Result<HashMap<String, i64>, sqlx::Error> {
-    let rows: Vec<(String, i64)> = sqlx::query_as(
-        "SELECT item_id, count(*) FROM interactions WHERE project = $1 AND item_id = ANY($2::text[]) GROUP BY item_id",
+    let rows = sqlx::query!(
+        r#"SELECT item_id, count(*) AS "n!" FROM interactions
+           WHERE project = $1 AND item_id = ANY($2::text[]) GROUP BY item_id"#,
+        project,
+        ids as &[&str],
     )
-    .bind(project)
-    .bind(ids)
     .fetch_all(pool)
     .await?;
-    Ok(rows.into_iter().collect())
+    Ok(rows.into_iter().map(|r| (r.item_id, r.n)).collect())
 }
