@@ -206,6 +206,36 @@ pub struct RerankArgs {
     /// Entries per in-process cache (items, histories, profiles, summaries).
     #[arg(long, env = "AGP_CACHE_ENTRIES", default_value_t = 100_000)]
     pub cache_entries: usize,
+    /// Write a user's new profile in the background when their interactions arrive
+    /// (`POST /v1/interactions`), so their next rerank makes one LLM call. Background LLM
+    /// work: charged to the background budget. Off by default (it spends on users who may
+    /// not come back).
+    #[arg(long, env = "AGP_REFRESH_AHEAD", default_value_t = false, action = clap::ArgAction::Set)]
+    pub refresh_ahead: bool,
+    /// Profile refreshes started per second at most (with `--refresh-ahead`).
+    #[arg(long, env = "AGP_REFRESH_PER_SECOND", default_value_t = 5.0)]
+    pub refresh_per_second: f64,
+}
+
+impl RerankArgs {
+    /// The refresh-ahead pacing, when it is on.
+    pub fn refresh_options(
+        &self,
+    ) -> Result<Option<crate::serving::refresh::RefreshOptions>, String> {
+        if !self.refresh_ahead {
+            return Ok(None);
+        }
+        if !(self.refresh_per_second > 0.0 && self.refresh_per_second <= 1000.0) {
+            return Err(format!(
+                "AGP_REFRESH_PER_SECOND must be above 0 and at most 1000, got {}",
+                self.refresh_per_second
+            ));
+        }
+        Ok(Some(crate::serving::refresh::RefreshOptions {
+            per_second: self.refresh_per_second,
+            ..Default::default()
+        }))
+    }
 }
 
 /// The rerank deadline when none is configured.
@@ -310,6 +340,8 @@ pub struct AppConfig {
     pub max_body_bytes: usize,
     pub limits: Limits,
     pub rerank: crate::serving::RerankSettings,
+    /// Refresh profiles ahead of time when interactions arrive (off: `None`).
+    pub refresh: Option<crate::serving::refresh::RefreshOptions>,
 }
 
 /// Shortest master key accepted: it is the admin password of the whole service.
@@ -348,6 +380,7 @@ impl AppConfig {
             max_body_bytes: args.max_body_bytes,
             limits: args.limits.limits(),
             rerank: args.rerank.settings_with(deadline),
+            refresh: args.rerank.refresh_options()?,
         })
     }
 }
@@ -362,6 +395,7 @@ impl Default for AppConfig {
             max_body_bytes: 8 * 1024 * 1024,
             limits: Limits::default(),
             rerank: crate::serving::RerankSettings::default(),
+            refresh: None,
         }
     }
 }

@@ -172,10 +172,11 @@ impl Scorer {
                         *version,
                         template,
                         ctx,
+                        crate::store::states::ProfileWriter::Inline,
                     )
                     .await
                 {
-                    Ok((_, p)) => (p.to_string(), Some(p)),
+                    Ok(p) => (p.text.to_string(), Some(p.text)),
                     Err(e) => return fail(e.to_string()),
                 }
             }

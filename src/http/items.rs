@@ -140,11 +140,14 @@ pub async fn post_interactions(
     let mut users: Vec<&str> = rows.iter().map(|r| r.user_id.as_str()).collect();
     users.sort_unstable();
     users.dedup();
-    for u in users {
+    for &u in &users {
         state
             .reranker
             .caches
             .invalidate(&Invalidation::User(who.project.clone(), u.to_string()));
+    }
+    if let Some(r) = &state.refresher {
+        r.enqueue(&who.project, users.iter().map(|u| u.to_string()));
     }
     Ok(Json(Accepted {
         accepted: rows.len(),

@@ -198,6 +198,10 @@ pub struct RerankMeta {
     #[schema(value_type = Object)]
     pub prompt_versions: serde_json::Value,
     pub profile_id: Option<uuid::Uuid>,
+    /// Where the profile came from: `fresh` (stored by an earlier rerank), `refreshed_ahead`
+    /// (written in the background when the user's new interactions arrived) or `inline`
+    /// (written during this request). Null when no profile was used.
+    pub profile_source: Option<crate::serving::ProfileSource>,
     /// The ranking model.
     pub model: Option<String>,
     /// Null, or why the fallback order was returned.
@@ -324,6 +328,7 @@ pub async fn rerank(
             },
             prompt_versions: serde_json::to_value(&out.prompt_versions).unwrap_or_default(),
             profile_id: out.profile_id,
+            profile_source: out.profile_source,
             model: out.model,
             fallback: out.fallback,
             fallback_detail: out.fallback_detail,

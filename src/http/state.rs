@@ -8,6 +8,7 @@ use sqlx::PgPool;
 use crate::config::AppConfig;
 use crate::llm::LlmClient;
 use crate::serving::Reranker;
+use crate::serving::refresh::Refresher;
 
 /// Shared state of every handler.
 #[derive(Clone)]
@@ -19,6 +20,8 @@ pub struct AppState {
     pub llm: LlmClient,
     /// The rerank service (caches, request log).
     pub reranker: Arc<Reranker>,
+    /// Writes profiles ahead of time when interactions arrive (`--refresh-ahead`).
+    pub refresher: Option<Arc<Refresher>>,
     /// Health of the managed local llama-server, when `--llm local` runs one.
     pub local_llm_healthy: Option<Arc<std::sync::atomic::AtomicBool>>,
     /// Health of the embedded Postgres, when this process supervises one.
@@ -36,7 +39,11 @@ impl AppState {
     /// State over a migrated pool and this LLM client.
     pub fn with_llm(pool: PgPool, config: AppConfig, llm: LlmClient) -> Self {
         let reranker = Reranker::new(pool.clone(), llm.clone(), config.rerank.clone());
+        let refresher = config
+            .refresh
+            .map(|opts| Refresher::spawn(reranker.clone(), opts));
         AppState {
+            refresher,
             pool,
             config: Arc::new(config),
             metrics: crate::telemetry::prometheus(),

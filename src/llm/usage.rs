@@ -45,7 +45,8 @@ impl Tally {
     pub fn add(&self, r: &UsageRecord) {
         if r.cache_hit {
             self.cache_hits.fetch_add(1, Ordering::Relaxed);
-        } else {
+        // A call the budget refused never went upstream: an error, not a call.
+        } else if r.outcome != UsageOutcome::OverBudget {
             self.calls.fetch_add(1, Ordering::Relaxed);
             self.prompt_tokens
                 .fetch_add(r.prompt_tokens as u64, Ordering::Relaxed);
@@ -171,6 +172,7 @@ mod tests {
         t.add(&rec(false, UsageOutcome::Ok));
         t.add(&rec(true, UsageOutcome::Ok));
         t.add(&rec(false, UsageOutcome::Timeout));
+        t.add(&rec(false, UsageOutcome::OverBudget));
         let s = t.snapshot();
         assert_eq!(
             (
@@ -180,7 +182,7 @@ mod tests {
                 s.completion_tokens,
                 s.errors
             ),
-            (2, 1, 20, 6, 1)
+            (2, 1, 20, 6, 2)
         );
     }
 }

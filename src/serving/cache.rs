@@ -167,6 +167,14 @@ pub struct SummaryKey {
 }
 
 /// All caches of the rerank path.
+/// A profile as kept in memory: its stored id, text and who wrote it.
+#[derive(Debug, Clone)]
+pub struct CachedProfile {
+    pub id: uuid::Uuid,
+    pub text: Arc<String>,
+    pub written_by: crate::store::states::ProfileWriter,
+}
+
 #[derive(Debug)]
 pub struct Caches {
     pub items: BoundedMap<ItemKey, Arc<ItemLite>>,
@@ -174,7 +182,7 @@ pub struct Caches {
     pub histories: BoundedMap<ItemKey, Arc<Option<Vec<Arc<ItemLite>>>>>,
     pub labels: BoundedMap<LabelKey, Arc<crate::store::prompts::LabelRow>>,
     pub templates: BoundedMap<TemplateKey, Arc<String>>,
-    pub profiles: BoundedMap<ProfileKey, (uuid::Uuid, Arc<String>)>,
+    pub profiles: BoundedMap<ProfileKey, CachedProfile>,
     pub summaries: BoundedMap<SummaryKey, Arc<String>>,
 }
 

@@ -26,6 +26,7 @@ impl Reranker {
             fallback: Some((reason, detail)),
             repaired: false,
             profile_id: None,
+            profile_source: None,
             rank: None,
         })
     }

@@ -22,6 +22,7 @@ mod items;
 mod log;
 mod profiles;
 pub mod prompts;
+pub mod refresh;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -37,7 +38,8 @@ use crate::experiment::interleave::{self, Team, team_draft};
 use crate::llm::usage::TallySnapshot;
 use crate::llm::{CallContext, LlmClient, LlmError, Role, Tally};
 use crate::store::journal::{Journal, JournalOptions};
-use cache::{Caches, ProfileKey, SingleFlight, SummaryKey};
+use crate::store::states::ProfileWriter;
+use cache::{CachedProfile, Caches, ProfileKey, SingleFlight, SummaryKey};
 
 pub use blend::{BlendSelector, BlendUsed, FitError};
 pub use prompts::{Prompts, choose_arm, label_version};
@@ -161,6 +163,41 @@ impl Fallback {
     }
 }
 
+/// Where the profile a rerank used came from (`meta.profile_source`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ProfileSource {
+    /// Stored before this request, written by an earlier rerank.
+    Fresh,
+    /// Written by a refresh ahead of time (new interactions arrived for the user).
+    RefreshedAhead,
+    /// Written during this request (its LLM call is in this request's usage).
+    Inline,
+}
+
+/// The profile a rerank or a refresh got.
+#[derive(Debug, Clone)]
+pub struct UsedProfile {
+    pub id: Uuid,
+    pub text: Arc<String>,
+    pub source: ProfileSource,
+}
+
+impl UsedProfile {
+    fn of(p: CachedProfile, written_now: bool) -> UsedProfile {
+        let source = match (p.written_by, written_now) {
+            (ProfileWriter::Ahead, _) => ProfileSource::RefreshedAhead,
+            (ProfileWriter::Inline, true) => ProfileSource::Inline,
+            (ProfileWriter::Inline, false) => ProfileSource::Fresh,
+        };
+        UsedProfile {
+            id: p.id,
+            text: p.text,
+            source,
+        }
+    }
+}
+
 /// One ranked candidate.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Ranked {
@@ -179,6 +216,8 @@ pub struct RerankOutcome {
     pub prompt_version: i32,
     pub prompt_versions: HashMap<&'static str, i32>,
     pub profile_id: Option<Uuid>,
+    /// Where that profile came from.
+    pub profile_source: Option<ProfileSource>,
     pub model: Option<String>,
     pub fallback: Option<Fallback>,
     pub fallback_detail: Option<String>,
@@ -226,7 +265,9 @@ pub struct Reranker {
     pool: PgPool,
     llm: LlmClient,
     pub caches: Arc<Caches>,
-    profile_flights: SingleFlight<ProfileKey, Result<(Uuid, Arc<String>), LlmError>>,
+    /// A profile being written, shared by every request (and refresh) that needs it; the
+    /// flag says whether this flight wrote it (rather than found it stored).
+    profile_flights: SingleFlight<ProfileKey, Result<(CachedProfile, bool), LlmError>>,
     summary_flights: SingleFlight<SummaryKey, Result<Arc<String>, LlmError>>,
     /// Where answered requests are logged (none if no journal could be opened: then the
     /// row is inserted directly).
@@ -250,6 +291,7 @@ struct Answer {
     fallback: Option<(Fallback, String)>,
     repaired: bool,
     profile_id: Option<Uuid>,
+    profile_source: Option<ProfileSource>,
     rank: Option<RankInfo>,
 }
 
@@ -261,6 +303,7 @@ impl Answer {
             fallback: None,
             repaired: false,
             profile_id: None,
+            profile_source: None,
             rank: None,
         }
     }
@@ -380,6 +423,7 @@ impl Reranker {
             prompt_version: prompts.profile_version(),
             prompt_versions: prompts.versions(),
             profile_id: answer.profile_id,
+            profile_source: answer.profile_source,
             model: llm_needed
                 .then(|| self.llm.model(Role::Rank).map(str::to_string))
                 .flatten(),

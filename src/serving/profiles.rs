@@ -6,12 +6,13 @@ use std::sync::Arc;
 
 use uuid::Uuid;
 
-use super::cache::{ProfileKey, SummaryKey};
-use super::{Answer, Fallback, Prompts, RankInfo, RerankRequest, Reranker};
+use super::cache::{CachedProfile, ProfileKey, SummaryKey};
+use super::{Answer, Fallback, Prompts, RankInfo, RerankRequest, Reranker, UsedProfile};
 use crate::agp::rank::{self, RankError, RankMode, RankOptions};
 use crate::agp::{LlmCall, profile, summarize};
 use crate::llm::{CallContext, LlmError, Role, Tally};
 use crate::store::rerank::{self as db, ItemLite};
+use crate::store::states::ProfileWriter;
 
 /// Time after the deadline for a call that ran into it to report back.
 const DEADLINE_GRACE: std::time::Duration = std::time::Duration::from_millis(100);
@@ -85,8 +86,16 @@ impl Reranker {
             .await
             .map_err(fail)?;
         let (version, template) = &prompts.profile;
-        let (profile_id, profile) = self
-            .profile(project, &req.user_id, &texts, *version, template, ctx)
+        let profile = self
+            .profile(
+                project,
+                &req.user_id,
+                &texts,
+                *version,
+                template,
+                ctx,
+                ProfileWriter::Inline,
+            )
             .await
             .map_err(fail)?;
         let cand_texts: Vec<String> = candidates
@@ -98,13 +107,22 @@ impl Reranker {
             client: &self.llm,
             ctx,
         };
-        let ranked = rank::llm_rank(&llm, &prompts.rank.1, Some(&profile), None, &refs, opts).await;
+        let ranked = rank::llm_rank(
+            &llm,
+            &prompts.rank.1,
+            Some(&profile.text),
+            None,
+            &refs,
+            opts,
+        )
+        .await;
         match ranked {
             Ok(o) => Ok(Answer {
                 order: Some(o.order),
                 fallback: None,
                 repaired: o.repaired,
-                profile_id: Some(profile_id),
+                profile_id: Some(profile.id),
+                profile_source: Some(profile.source),
                 rank: Some(RankInfo {
                     mode: opts.mode,
                     calls: o.calls,
@@ -226,7 +244,10 @@ impl Reranker {
     }
 
     /// The profile for this history under this `p_gen` version: memory, then Postgres, then
-    /// one LLM call shared by all concurrent requests for the same key.
+    /// one LLM call shared by all concurrent requests (and refreshes) for the same key.
+    /// `writer` says who asks (a rerank, or a refresh ahead); it is stored with a profile this
+    /// call writes.
+    #[allow(clippy::too_many_arguments)]
     pub async fn profile(
         &self,
         project: &str,
@@ -235,7 +256,8 @@ impl Reranker {
         version: i32,
         template: &str,
         ctx: &CallContext,
-    ) -> Result<(Uuid, Arc<String>), LlmError> {
+        writer: ProfileWriter,
+    ) -> Result<UsedProfile, LlmError> {
         let model = self
             .llm
             .model(Role::Profile)
@@ -250,17 +272,18 @@ impl Reranker {
             model: model.clone(),
         };
         if let Some(p) = self.caches.profiles.get(&key) {
-            return Ok(p);
+            return Ok(UsedProfile::of(p, false));
         }
         let (pool, llm, caches) = (self.pool.clone(), self.llm.clone(), self.caches.clone());
         let (template, texts, ctx) = (template.to_string(), texts.to_vec(), ctx.without_deadline());
-        self.profile_flights
+        let (p, written) = self
+            .profile_flights
             .run(key.clone(), || {
                 // Detached: a rerank that gives up at its deadline still leaves the profile
                 // for the user's next request.
                 detached(async move {
                     let k = &key;
-                    match db::get_profile(
+                    let found = db::get_profile(
                         &pool,
                         &k.project,
                         &k.user,
@@ -268,12 +291,12 @@ impl Reranker {
                         k.version,
                         &k.model,
                     )
-                    .await
-                    {
-                        Ok(Some((id, p))) => {
-                            let v = (id, Arc::new(p));
+                    .await;
+                    match found {
+                        Ok(Some(row)) => {
+                            let v = cached(row);
                             caches.profiles.insert(key.clone(), v.clone());
-                            return Ok(v);
+                            return Ok((v, false));
                         }
                         Ok(None) => {}
                         Err(e) => tracing::warn!(error = %e, "profile cache lookup failed"),
@@ -296,20 +319,34 @@ impl Reranker {
                         k.version,
                         &k.model,
                         &text,
+                        writer,
                     )
                     .await;
                     let v = match stored {
-                        Ok((id, p)) => (id, Arc::new(p)),
+                        Ok(row) => cached(row),
                         Err(e) => {
                             tracing::warn!(error = %e, "could not store a profile");
-                            (Uuid::new_v4(), Arc::new(text))
+                            CachedProfile {
+                                id: Uuid::new_v4(),
+                                text: Arc::new(text),
+                                written_by: writer,
+                            }
                         }
                     };
                     caches.profiles.insert(key.clone(), v.clone());
-                    Ok(v)
+                    Ok((v, true))
                 })
             })
-            .await
+            .await?;
+        Ok(UsedProfile::of(p, written))
+    }
+}
+
+fn cached(row: db::StoredProfile) -> CachedProfile {
+    CachedProfile {
+        id: row.id,
+        text: Arc::new(row.profile),
+        written_by: row.written_by,
     }
 }
 

@@ -59,14 +59,16 @@ pub async fn activity(pool: &PgPool, project: &str) -> Result<Activity, sqlx::Er
     let llm = sqlx::query_as!(
         LlmMinute,
         r#"SELECT date_trunc('minute', created_at) AS "minute!", role,
-                  count(*) FILTER (WHERE NOT cache_hit) AS "calls!",
+                  count(*) FILTER (WHERE NOT cache_hit AND outcome <> $2) AS "calls!",
                   count(*) FILTER (WHERE cache_hit) AS "cache_hits!",
                   COALESCE(sum(prompt_tokens + completion_tokens) FILTER (WHERE NOT cache_hit), 0)::int8
                     AS "tokens!",
                   COALESCE(avg(latency_ms) FILTER (WHERE NOT cache_hit), 0)::float8 AS "latency_ms!"
            FROM llm_usage WHERE project = $1 AND created_at > now() - interval '60 minutes'
            GROUP BY 1, 2 ORDER BY 1, 2"#,
-        project
+        project,
+        // Refused by the budget: never went upstream, not a call.
+        crate::store::states::UsageOutcome::OverBudget as _,
     )
     .fetch_all(pool)
     .await?;

@@ -120,7 +120,7 @@ pub async fn job_usage_by_role(
 ) -> Result<Vec<(String, UsageTotals)>, sqlx::Error> {
     let rows = sqlx::query!(
         r#"SELECT role,
-                count(*) FILTER (WHERE NOT cache_hit) AS "calls!",
+                count(*) FILTER (WHERE NOT cache_hit AND outcome <> $3) AS "calls!",
                 count(*) FILTER (WHERE cache_hit) AS "hits!",
                 coalesce(sum(prompt_tokens) FILTER (WHERE NOT cache_hit), 0) AS "pt!",
                 coalesce(sum(completion_tokens) FILTER (WHERE NOT cache_hit), 0) AS "ct!",
@@ -129,6 +129,8 @@ pub async fn job_usage_by_role(
          FROM llm_usage WHERE job_id = $1 GROUP BY role ORDER BY role"#,
         job_id,
         UsageOutcome::Ok as _,
+        // Refused by the budget: never went upstream, not a call.
+        UsageOutcome::OverBudget as _,
     )
     .fetch_all(pool)
     .await?;

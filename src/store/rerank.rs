@@ -9,6 +9,8 @@ use sqlx::PgPool;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
+use super::states::ProfileWriter;
+
 /// What the rerank path needs of an item.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ItemLite {
@@ -87,10 +89,11 @@ pub async fn get_profile(
     history_hash: &[u8],
     version: i32,
     model: &str,
-) -> Result<Option<(Uuid, String)>, sqlx::Error> {
-    let row = sqlx::query!(
-        "SELECT id, profile FROM user_profiles
-         WHERE project = $1 AND user_id = $2 AND history_hash = $3 AND prompt_version = $4 AND model = $5",
+) -> Result<Option<StoredProfile>, sqlx::Error> {
+    sqlx::query_as!(
+        StoredProfile,
+        r#"SELECT id, profile, written_by AS "written_by: ProfileWriter" FROM user_profiles
+           WHERE project = $1 AND user_id = $2 AND history_hash = $3 AND prompt_version = $4 AND model = $5"#,
         project,
         user,
         history_hash,
@@ -98,8 +101,15 @@ pub async fn get_profile(
         model,
     )
     .fetch_optional(pool)
-    .await?;
-    Ok(row.map(|r| (r.id, r.profile)))
+    .await
+}
+
+/// A profile as the rerank path reads it: its id, text and who wrote it.
+#[derive(Debug, Clone)]
+pub struct StoredProfile {
+    pub id: Uuid,
+    pub profile: String,
+    pub written_by: ProfileWriter,
 }
 
 /// Stores a profile; when another writer got there first, theirs is kept and returned.
@@ -111,13 +121,15 @@ pub async fn put_profile(
     version: i32,
     model: &str,
     profile: &str,
-) -> Result<(Uuid, String), sqlx::Error> {
-    let row = sqlx::query!(
-        "INSERT INTO user_profiles (id, project, user_id, history_hash, prompt_version, model, profile)
-         VALUES ($1, $2, $3, $4, $5, $6, $7)
-         ON CONFLICT (project, user_id, history_hash, prompt_version, model)
-           DO UPDATE SET profile = user_profiles.profile
-         RETURNING id, profile",
+    writer: ProfileWriter,
+) -> Result<StoredProfile, sqlx::Error> {
+    sqlx::query_as!(
+        StoredProfile,
+        r#"INSERT INTO user_profiles (id, project, user_id, history_hash, prompt_version, model, profile, written_by)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+           ON CONFLICT (project, user_id, history_hash, prompt_version, model)
+             DO UPDATE SET profile = user_profiles.profile
+           RETURNING id, profile, written_by AS "written_by: ProfileWriter""#,
         Uuid::new_v4(),
         project,
         user,
@@ -125,10 +137,10 @@ pub async fn put_profile(
         version,
         model,
         profile,
+        writer as _,
     )
     .fetch_one(pool)
-    .await?;
-    Ok((row.id, row.profile))
+    .await
 }
 
 /// A stored profile with its provenance.

@@ -108,6 +108,15 @@ text_enum! {
 }
 
 text_enum! {
+    /// Who wrote a stored profile: a request that needed it (a rerank, an evaluation), or
+    /// a refresh ahead of time (new interactions arrived for the user).
+    pub enum ProfileWriter {
+        Inline = "inline",
+        Ahead = "ahead",
+    }
+}
+
+text_enum! {
     /// Which budget an LLM call is charged to: reranks, or jobs and refreshes.
     pub enum BudgetClass {
         Interactive = "interactive",
@@ -168,6 +177,7 @@ mod tests {
             of("HistoryOrder", HistoryOrder::ALL, HistoryOrder::as_str),
             of("UsageOutcome", UsageOutcome::ALL, UsageOutcome::as_str),
             of("BudgetClass", BudgetClass::ALL, BudgetClass::as_str),
+            of("ProfileWriter", ProfileWriter::ALL, ProfileWriter::as_str),
         ]
         .concat()
     }
@@ -260,6 +270,7 @@ mod tests {
         check(HistoryOrder::ALL, |v| v.as_str());
         check(UsageOutcome::ALL, |v| v.as_str());
         check(BudgetClass::ALL, |v| v.as_str());
+        check(ProfileWriter::ALL, |v| v.as_str());
         check(crate::experiment::Design::ALL, |v| v.as_str());
     }
 
@@ -281,30 +292,15 @@ mod tests {
                 "no CHECK lists ({list})"
             );
         };
-        listed(&JobKind::ALL.iter().map(|v| v.as_str()).collect::<Vec<_>>());
-        listed(
-            &JobStatus::ALL
-                .iter()
-                .map(|v| v.as_str())
-                .collect::<Vec<_>>(),
-        );
-        listed(
-            &ExperimentStatus::ALL
-                .iter()
-                .map(|v| v.as_str())
-                .collect::<Vec<_>>(),
-        );
-        listed(
-            &AutopilotStatus::ALL
-                .iter()
-                .map(|v| v.as_str())
-                .collect::<Vec<_>>(),
-        );
-        listed(
-            &HistoryOrder::ALL
-                .iter()
-                .map(|v| v.as_str())
-                .collect::<Vec<_>>(),
-        );
+        fn names<T: Copy>(all: &[T], f: fn(T) -> &'static str) -> Vec<&'static str> {
+            all.iter().map(|v| f(*v)).collect()
+        }
+        listed(&names(JobKind::ALL, JobKind::as_str));
+        listed(&names(JobStatus::ALL, JobStatus::as_str));
+        listed(&names(ExperimentStatus::ALL, ExperimentStatus::as_str));
+        listed(&names(AutopilotStatus::ALL, AutopilotStatus::as_str));
+        listed(&names(HistoryOrder::ALL, HistoryOrder::as_str));
+        listed(&names(BudgetClass::ALL, BudgetClass::as_str));
+        listed(&names(ProfileWriter::ALL, ProfileWriter::as_str));
     }
 }
