@@ -6,7 +6,8 @@ use axum::{Extension, Router};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::error::{AppError, Json};
+use super::error::AppError;
+use super::extract::Json;
 use super::state::AppState;
 use crate::auth::Principal;
 use crate::jobs::autopilot::AutopilotSettings;

@@ -8,7 +8,8 @@ use axum::routing::get;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::error::{ErrorBody, Json};
+use super::error::ErrorBody;
+use super::extract::Json;
 use super::state::AppState;
 
 /// Routes of this area (no auth: probes and docs must work without a key).
