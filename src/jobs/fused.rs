@@ -7,7 +7,7 @@
 use serde_json::json;
 
 use super::context::{JobContext, JobError, failed};
-use super::evaluate::{Shown, llm_outcomes};
+use super::evaluate::llm_outcomes::{Shown, llm_outcomes};
 use crate::agp::case::Case;
 use crate::eval::cases::Prepared;
 use crate::eval::metrics::{self, Metrics};
