@@ -570,6 +570,14 @@ pub(crate) mod test_util {
         std::fs::write(&path, content).expect("write fixture");
         path
     }
+
+    /// The folder of the real data sets (`amazon-games/`, `yelp-core40/`, `goodreads/`) that
+    /// the ignored tests read: `$AGP_SHARED_DATA`, else `../shared/data` beside this crate.
+    pub fn shared_data() -> PathBuf {
+        std::env::var_os("AGP_SHARED_DATA")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data"))
+    }
 }
 
 #[cfg(test)]
@@ -749,12 +757,13 @@ mod tests {
         );
     }
 
-    /// Reads the real data sets under /work/shared/data and prints counts and read times.
-    /// Run with `cargo test --release --lib import::tests::real_datasets -- --ignored --nocapture`.
+    /// Reads the real data sets and prints counts and read times. They are looked for in
+    /// `$AGP_SHARED_DATA`, else in `../shared/data` beside this crate. Run with
+    /// `AGP_SHARED_DATA=/path/to/data cargo test --release --lib import::tests::real_datasets -- --ignored --nocapture`.
     #[test]
-    #[ignore]
+    #[ignore = "reads the real data sets ($AGP_SHARED_DATA, default ../shared/data)"]
     fn real_datasets() {
-        let root = Path::new("/work/shared/data");
+        let root = super::test_util::shared_data();
         let cases: [(Format, Vec<PathBuf>); 5] = [
             (
                 Format::Recbole,
