@@ -209,6 +209,14 @@ mod tests {
     }
 
     #[test]
+    fn numbers_are_read_to_the_nearest_double() {
+        // The limits of the contract hold to the last digit sent (Cargo.toml: float_roundtrip).
+        let axum::Json(w) = axum::Json::<f64>::from_bytes(b"1000.0000000000001").expect("number");
+        assert!(w > 1000.0, "{w}");
+        assert_eq!(w, 1_000.000_000_000_000_1);
+    }
+
+    #[test]
     fn whole_floats_become_integers_and_others_stay() {
         let fixed = whole_floats_as_integers(br#"{"a": 5590.0, "b": [1e3, 2.5], "c": "7.0"}"#)
             .expect("changed");
