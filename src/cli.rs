@@ -173,8 +173,8 @@ pub struct SimulateArgs {
     #[arg(long, default_value_t = 20)]
     pub candidates: usize,
     /// How lists are made.
-    #[arg(long, value_enum, default_value_t = crate::sim::Lists::Llmrank)]
-    pub lists: crate::sim::Lists,
+    #[arg(long, value_enum, default_value_t = crate::simulator::Lists::Llmrank)]
+    pub lists: crate::simulator::Lists,
     /// History items sent with each request (the most recent).
     #[arg(long, default_value_t = 20)]
     pub history_len: usize,
@@ -742,7 +742,7 @@ async fn run_simulate(args: SimulateArgs) -> anyhow::Result<()> {
     );
     let (format, paths) = (args.format, args.paths.clone());
     let data = tokio::task::spawn_blocking(move || import::read(format, &paths)).await??;
-    let opts = crate::sim::SimOptions {
+    let opts = crate::simulator::SimOptions {
         url: args.url,
         key: args.key,
         requests: args.requests,
@@ -750,7 +750,7 @@ async fn run_simulate(args: SimulateArgs) -> anyhow::Result<()> {
         candidates: args.candidates.max(2),
         lists: args.lists,
         history_len: args.history_len,
-        click: crate::sim::ClickModel {
+        click: crate::simulator::ClickModel {
             eta: args.eta,
             k: args.k,
             noise: args.noise,
@@ -759,7 +759,7 @@ async fn run_simulate(args: SimulateArgs) -> anyhow::Result<()> {
         concurrency: args.concurrency,
         kind: "click".into(),
     };
-    let check = crate::sim::check_leak(&data, &opts, crate::sim::LEAK_SAMPLE)
+    let check = crate::simulator::check_leak(&data, &opts, crate::simulator::LEAK_SAMPLE)
         .await
         .with_context(|| format!("checking what the service at {} holds", opts.url))?;
     if let Some((user, item)) = check.leaking.first() {
@@ -784,7 +784,7 @@ async fn run_simulate(args: SimulateArgs) -> anyhow::Result<()> {
         );
     }
     let started = std::time::Instant::now();
-    let r = crate::sim::run(&data, &opts).await?;
+    let r = crate::simulator::run(&data, &opts).await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&r)?);
         return Ok(());

@@ -106,7 +106,7 @@ pub fn user_runs(interactions: &[NewInteraction]) -> Vec<std::ops::Range<usize>>
 }
 
 /// The held-out target of one user's run: its last interaction, when the run has at least two
-/// (one is left as history). The one definition the replay simulator (`sim::users`) and
+/// (one is left as history). The one definition the replay simulator (`simulator::users`) and
 /// `agp import --hold-out-last` share, so what the service is not given is exactly what the
 /// simulator asks it to find.
 pub fn held_out_target(run: &std::ops::Range<usize>) -> Option<usize> {
@@ -885,7 +885,7 @@ mod tests {
         assert_eq!(held.hold_out_last(), 300);
         assert_eq!(held.interactions.len(), full.interactions.len() - 300);
         assert_eq!(held.user_count(), 300);
-        for u in crate::sim::users(&full) {
+        for u in crate::simulator::users(&full) {
             let kept: Vec<&str> = held
                 .interactions
                 .iter()
