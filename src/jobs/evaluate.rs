@@ -18,7 +18,7 @@ use crate::eval::score::Scorer;
 use crate::llm::usage::{Cost, cost_between};
 use crate::rankers::{Cooc, Incoming, ItemKnn, Random, Ranker};
 use crate::report::{MethodResult, Report, SeedMetrics};
-use llm_outcomes::{Shown, llm_outcomes};
+use llm_outcomes::{NotesAndPrompts, llm_outcomes};
 
 /// One finished (seed, method): the resumable state is the list of them.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -42,7 +42,7 @@ pub async fn run(ctx: &JobContext) -> Result<Report, JobError> {
     let seeds = params.seeds();
     let scored = params.scored();
     let mut st: State = ctx.saved_state().unwrap_or_default();
-    let mut shown = Shown::default();
+    let mut shown = NotesAndPrompts::default();
     for (si, &seed) in seeds.iter().enumerate() {
         ctx.check_cancel()?;
         ctx.tick(|p| {
@@ -176,7 +176,7 @@ async fn llm_ranks(
     cases: &[Case],
     what: Scored,
     seed: u64,
-    shown: &mut Shown,
+    shown: &mut NotesAndPrompts,
 ) -> Result<Vec<usize>, JobError> {
     let outcomes = llm_outcomes(ctx, scorer, cases, what, seed, shown).await?;
     Ok(outcomes.iter().map(|o| o.rank).collect())
@@ -188,7 +188,7 @@ async fn report(
     params: &EvalParams,
     scored: &[Scored],
     st: &State,
-    shown: Shown,
+    shown: NotesAndPrompts,
 ) -> Result<Report, JobError> {
     let results: Vec<MethodResult> = scored
         .iter()

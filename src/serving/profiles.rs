@@ -7,7 +7,7 @@ use std::sync::Arc;
 use uuid::Uuid;
 
 use super::cache::{ProfileKey, SummaryKey};
-use super::{Answer, Fallback, Prompts, RankInfo, RerankRequest, Reranker};
+use super::{Fallback, LlmRanking, Prompts, RankInfo, RerankRequest, Reranker};
 use crate::agp::rank::{self, RankError, RankMode, RankOptions};
 use crate::agp::{LlmCall, profile, summarize};
 use crate::llm::{CallContext, LlmError, Role, Tally};
@@ -26,7 +26,7 @@ impl Reranker {
         candidates: &[Arc<ItemLite>],
         tally: &Arc<Tally>,
         mode: RankMode,
-    ) -> Result<Answer, (Fallback, String)> {
+    ) -> Result<LlmRanking, (Fallback, String)> {
         if history.is_empty() {
             return Err((
                 Fallback::ColdStart,
@@ -62,7 +62,7 @@ impl Reranker {
         candidates: &[Arc<ItemLite>],
         ctx: &CallContext,
         opts: &RankOptions,
-    ) -> Result<Answer, (Fallback, String)> {
+    ) -> Result<LlmRanking, (Fallback, String)> {
         let fail = |e: LlmError| {
             let reason = if e.is_timeout() {
                 Fallback::LlmTimeout
@@ -93,7 +93,7 @@ impl Reranker {
         };
         let ranked = rank::llm_rank(&llm, &prompts.rank.1, Some(&profile), None, &refs, opts).await;
         match ranked {
-            Ok(o) => Ok(Answer {
+            Ok(o) => Ok(LlmRanking {
                 order: Some(o.order),
                 fallback: None,
                 repaired: o.repaired,

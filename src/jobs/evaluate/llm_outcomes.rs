@@ -9,14 +9,14 @@ use crate::eval::score::{ProfileMode, Scorer};
 use crate::jobs::context::{JobContext, JobError};
 use crate::report::PromptShown;
 
-/// What the report shows besides metrics: notes and the prompts used.
+/// What an evaluation's report shows besides metrics: its notes and the prompts it used.
 #[derive(Default)]
-pub(in crate::jobs) struct Shown {
+pub(in crate::jobs) struct NotesAndPrompts {
     pub notes: Vec<String>,
     pub prompts: Vec<PromptShown>,
 }
 
-impl Shown {
+impl NotesAndPrompts {
     /// Adds a note once (the fused method ranks the evaluated users a second time).
     pub fn note(&mut self, note: String) {
         if !self.notes.contains(&note) {
@@ -33,7 +33,7 @@ pub(in crate::jobs) async fn llm_outcomes(
     cases: &[Case],
     what: Scored,
     seed: u64,
-    shown: &mut Shown,
+    shown: &mut NotesAndPrompts,
 ) -> Result<Vec<CaseOutcome>, JobError> {
     let mode = match what.profile_version() {
         Some(v) => {
