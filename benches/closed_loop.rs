@@ -41,7 +41,7 @@ use agp_rerank::import::Dataset;
 use agp_rerank::llm::config::LlmSettings;
 use agp_rerank::llm::test_server::{Reply, Seen, TestLlm};
 use agp_rerank::llm::{LlmClient, Role};
-use agp_rerank::sim::{self, ClickModel, Lists, SimOptions};
+use agp_rerank::simulator::{self, ClickModel, Lists, SimOptions};
 use agp_rerank::store;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -194,7 +194,7 @@ fn oracle(data: &Dataset) -> Oracle {
         }
     }
     // The simulator sends the last 5 history items; the profile is written from them.
-    let next = sim::users(data)
+    let next = simulator::users(data)
         .into_iter()
         .map(|u| {
             let recent: Vec<&str> = u.history[u.history.len().saturating_sub(5)..]
@@ -340,7 +340,7 @@ impl Bench {
         req.send().await.expect("send").json().await.expect("json")
     }
 
-    async fn simulate(&self, requests: usize) -> sim::SimReport {
+    async fn simulate(&self, requests: usize) -> simulator::SimReport {
         let o = SimOptions {
             url: self.base.clone(),
             key: None,
@@ -354,7 +354,7 @@ impl Bench {
             concurrency: 8,
             kind: "click".into(),
         };
-        sim::run(&self.data, &o).await.expect("simulate")
+        simulator::run(&self.data, &o).await.expect("simulate")
     }
 
     /// Runs an experiment to its decision or the budget. `break_split`: move the label to
@@ -479,7 +479,7 @@ async fn run(url: String) {
         path.display(),
         data.items.len(),
         data.interactions.len(),
-        sim::users(&data).len()
+        simulator::users(&data).len()
     );
     let oracle = Arc::new(oracle(&data));
     let o = oracle.clone();

@@ -62,7 +62,7 @@ async fn run(url: String) {
         }
     };
     // Activity: 2,000 reranks of 20 candidates, and one evaluation job with its report.
-    let users = agp_rerank::sim::users(&data);
+    let users = agp_rerank::simulator::users(&data);
     for (k, u) in users.iter().take(2000).enumerate() {
         let c: Vec<Value> = (0..20)
             .map(|j| json!({"id": data.items[(k * 31 + j * 17) % data.items.len()].id}))

@@ -86,6 +86,7 @@ pub fn build_app(state: AppState) -> Router {
     Router::new()
         .merge(api)
         .merge(http::service::router())
+        .merge(http::openapi::router())
         .merge(http::console::assets())
         .fallback(http::error::not_found)
         .route_layer(middleware::from_fn(mw::track_metrics))

@@ -13,14 +13,12 @@ use sqlx::PgPool;
 
 use crate::app::{AppState, build_app};
 use crate::auth::{self, Scope};
-use crate::catalog::{self, Limits};
 use crate::config::{AppConfig, DbArgs, LimitArgs, ServeArgs};
 use crate::import;
 use crate::jobs::submit::{JobRequest, submit};
 use crate::llm::LlmClient;
 use crate::llm::config::{LlmArgs, LlmMode};
 use crate::llm::local::{LocalLlm, LocalOptions};
-use crate::store::states::HistoryOrder;
 use crate::store::{self, embedded};
 use crate::telemetry::{self, LogFormat};
 
@@ -176,8 +174,8 @@ pub struct SimulateArgs {
     #[arg(long, default_value_t = 20)]
     pub candidates: usize,
     /// How lists are made.
-    #[arg(long, value_enum, default_value_t = crate::sim::Lists::Llmrank)]
-    pub lists: crate::sim::Lists,
+    #[arg(long, value_enum, default_value_t = crate::simulator::Lists::Llmrank)]
+    pub lists: crate::simulator::Lists,
     /// History items sent with each request (the most recent).
     #[arg(long, default_value_t = 20)]
     pub history_len: usize,
@@ -531,32 +529,60 @@ pub async fn shutdown_signal() {
 
 async fn run_import(db_args: &DbArgs, args: ImportArgs) -> anyhow::Result<()> {
     let started = Instant::now();
-    let format = args.format;
-    let paths = args.paths.clone();
     eprintln!(
         "reading {:?} from {}",
-        format,
-        paths
+        args.format,
+        args.paths
             .iter()
             .map(|p| p.display().to_string())
             .collect::<Vec<_>>()
             .join(", ")
     );
-    let mut data = tokio::task::spawn_blocking(move || import::read(format, &paths)).await??;
-    let read_time = started.elapsed();
-    let limits = Limits {
-        max_items_per_batch: usize::MAX,
-        max_interactions_per_batch: usize::MAX,
-        ..args.limits.limits()
+    let load = import::Load {
+        project: args.project.clone(),
+        format: args.format,
+        input: import::Input::Paths(args.paths.clone()),
+        limits: args.limits.limits(),
+        hold_out_last: args.hold_out_last,
+        record_source: true,
     };
-    for (i, item) in data.items.iter().enumerate() {
-        catalog::validate_item(&format!("item #{} ({:?})", i + 1, item.id), item, &limits)
-            .map_err(|e| anyhow::anyhow!("{e}; nothing was written"))?;
+    // The database is opened once the data set is read and checked.
+    let mut db: Option<Database> = None;
+    let open = async || {
+        let db = db.insert(Database::open(db_args).await?);
+        crate::app::ensure_project(&db.pool, &args.project)
+            .await
+            .context("creating the project")?;
+        Ok(db.pool.clone())
+    };
+    let mut bar: Option<ProgressBar> = None;
+    let loaded = import::load_into(load, open, |p| match p {
+        import::Progress::Read { data, took } => print_read(data, took),
+        import::Progress::HeldOut(held) => println!(
+            "held out {held} interactions: the last of each user with two or more (what `agp simulate` asks the service to find)"
+        ),
+        import::Progress::Written { rows, total } => {
+            bar.get_or_insert_with(|| write_bar(total)).set_position(rows)
+        }
+    })
+    .await;
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
     }
-    for (i, it) in data.interactions.iter().enumerate() {
-        catalog::validate_interaction(&format!("interaction #{}", i + 1), it, &limits)
-            .map_err(|e| anyhow::anyhow!("{e}; nothing was written"))?;
+    let result = match (loaded, &db) {
+        (Ok(loaded), Some(db)) => print_imported(&db.pool, &args.project, &loaded, started).await,
+        (Ok(_), None) => Err(anyhow::anyhow!("the import wrote without a database")),
+        (Err(import::LoadError::Database(e)), _) => Err(e),
+        (Err(e), _) => Err(e.into()),
+    };
+    if let Some(db) = db {
+        db.close().await;
     }
+    result
+}
+
+/// What `agp import` says once the data set is read and checked.
+fn print_read(data: &import::Dataset, took: Duration) {
     let users: std::collections::HashSet<&str> = data
         .interactions
         .iter()
@@ -567,20 +593,15 @@ async fn run_import(db_args: &DbArgs, args: ImportArgs) -> anyhow::Result<()> {
         data.items.len(),
         users.len(),
         data.interactions.len(),
-        read_time.as_secs_f64()
+        took.as_secs_f64()
     );
     for note in &data.notes {
         eprintln!("  note: {note}");
     }
-    if args.hold_out_last {
-        let held = data.hold_out_last();
-        println!(
-            "held out {held} interactions: the last of each user with two or more (what `agp simulate` asks the service to find)"
-        );
-    }
+}
 
-    let db = Database::open(db_args).await?;
-    let total = (data.items.len() + data.interactions.len()) as u64;
+/// The progress bar of `agp import`'s write.
+fn write_bar(total: u64) -> ProgressBar {
     let bar = ProgressBar::new(total);
     bar.set_style(
         ProgressStyle::with_template(
@@ -589,68 +610,31 @@ async fn run_import(db_args: &DbArgs, args: ImportArgs) -> anyhow::Result<()> {
         .unwrap_or_else(|_| ProgressStyle::default_bar())
         .progress_chars("=> "),
     );
-    let write_started = Instant::now();
-    if let Err(e) = crate::app::ensure_project(&db.pool, &args.project).await {
-        db.close().await;
-        return Err(e).context("creating the project");
-    }
-    let result = store::import::write(
-        &db.pool,
-        &args.project,
-        &data.items,
-        &data.interactions,
-        |n| bar.set_position(n),
-    )
-    .await;
-    bar.finish_and_clear();
-    let summary = match result {
-        Ok(s) => s,
-        Err(e) => {
-            db.close().await;
-            return Err(e).context(
-                "writing the dataset (the transaction was rolled back: nothing was written)",
-            );
-        }
-    };
-    let order = match args.format {
-        import::Format::YelpCore40 | import::Format::Goodreads => HistoryOrder::Unordered,
-        import::Format::Recbole | import::Format::Jsonl => HistoryOrder::Chronological,
-    };
-    let dataset = format!(
-        "{} ({}{})",
-        args.paths
-            .iter()
-            .map(|p| match import::file_name(p) {
-                "" => p.display().to_string(),
-                name => name.to_string(),
-            })
-            .collect::<Vec<_>>()
-            .join(", "),
-        args.format,
-        if args.hold_out_last {
-            ", each user's last interaction held out"
-        } else {
-            ""
-        }
-    );
-    store::catalog::set_source(&db.pool, &args.project, order, &dataset).await?;
-    let (items, users, interactions) = store::catalog::counts(&db.pool, &args.project).await?;
-    db.close().await;
+    bar
+}
+
+/// What `agp import` says at the end: what it wrote, the project's totals, the times.
+async fn print_imported(
+    pool: &PgPool,
+    project: &str,
+    loaded: &import::Loaded,
+    started: Instant,
+) -> anyhow::Result<()> {
+    let (items, users, interactions) = store::catalog::counts(pool, project).await?;
     println!(
-        "imported into project {:?}: {} items ({} new or changed), {} interactions ({} new, {} already present)",
-        args.project,
-        data.items.len(),
-        summary.items_changed,
-        data.interactions.len(),
-        summary.interactions.inserted,
-        summary.interactions.duplicates
+        "imported into project {project:?}: {} items ({} new or changed), {} interactions ({} new, {} already present)",
+        loaded.items,
+        loaded.summary.items_changed,
+        loaded.interactions,
+        loaded.summary.interactions.inserted,
+        loaded.summary.interactions.duplicates
     );
     println!("project totals: {items} items, {users} users, {interactions} interactions");
     println!(
         "time: {:.1} s total (read {:.1} s, write {:.1} s)",
         started.elapsed().as_secs_f64(),
-        read_time.as_secs_f64(),
-        write_started.elapsed().as_secs_f64()
+        loaded.read_time.as_secs_f64(),
+        loaded.write_time.as_secs_f64()
     );
     Ok(())
 }
@@ -751,7 +735,7 @@ async fn run_simulate(args: SimulateArgs) -> anyhow::Result<()> {
     );
     let (format, paths) = (args.format, args.paths.clone());
     let data = tokio::task::spawn_blocking(move || import::read(format, &paths)).await??;
-    let opts = crate::sim::SimOptions {
+    let opts = crate::simulator::SimOptions {
         url: args.url,
         key: args.key,
         requests: args.requests,
@@ -759,7 +743,7 @@ async fn run_simulate(args: SimulateArgs) -> anyhow::Result<()> {
         candidates: args.candidates.max(2),
         lists: args.lists,
         history_len: args.history_len,
-        click: crate::sim::ClickModel {
+        click: crate::simulator::ClickModel {
             eta: args.eta,
             k: args.k,
             noise: args.noise,
@@ -768,7 +752,7 @@ async fn run_simulate(args: SimulateArgs) -> anyhow::Result<()> {
         concurrency: args.concurrency,
         kind: "click".into(),
     };
-    let check = crate::sim::check_leak(&data, &opts, crate::sim::LEAK_SAMPLE)
+    let check = crate::simulator::check_leak(&data, &opts, crate::simulator::LEAK_SAMPLE)
         .await
         .with_context(|| format!("checking what the service at {} holds", opts.url))?;
     if let Some((user, item)) = check.leaking.first() {
@@ -793,7 +777,7 @@ async fn run_simulate(args: SimulateArgs) -> anyhow::Result<()> {
         );
     }
     let started = std::time::Instant::now();
-    let r = crate::sim::run(&data, &opts).await?;
+    let r = crate::simulator::run(&data, &opts).await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&r)?);
         return Ok(());

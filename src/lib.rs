@@ -6,7 +6,8 @@
 //! client; `agp/` the method as plain code; `rankers/` the non-LLM rankers; `serving/` the
 //! rerank path; `eval/` splits, protocols, metrics; `report/`; `jobs/` the job bodies;
 //! `cluster/` the leader's cluster-wide work (experiment looks, autopilot ticks, log
-//! partitions); `http/` the edge. `import/` reads datasets.
+//! partitions); `http/` the edge. `import/` reads datasets and loads them into a project;
+//! `simulator.rs` replays a data set's users against a running service (`agp simulate`).
 
 pub mod agp;
 pub mod app;
@@ -26,7 +27,7 @@ pub mod rankers;
 pub mod report;
 pub mod secret;
 pub mod serving;
-pub mod sim;
+pub mod simulator;
 pub mod store;
 pub mod telemetry;
 mod text_enum;

@@ -10,7 +10,7 @@ use agp_rerank::experiment;
 use agp_rerank::import::Dataset;
 use agp_rerank::llm::config::LlmSettings;
 use agp_rerank::llm::test_server::{Reply, Seen, TestLlm};
-use agp_rerank::sim::{self, ClickModel, Lists, SimOptions};
+use agp_rerank::simulator::{self, ClickModel, Lists, SimOptions};
 use common::{TestApp, candidate_values, llm_step, ranking_reply};
 use serde_json::{Value, json};
 
@@ -114,7 +114,7 @@ async fn rig() -> Rig {
 }
 
 impl Rig {
-    async fn simulate(&self, requests: usize, seed: u64) -> sim::SimReport {
+    async fn simulate(&self, requests: usize, seed: u64) -> simulator::SimReport {
         let o = SimOptions {
             url: self.app.base.clone(),
             key: None,
@@ -128,7 +128,7 @@ impl Rig {
             concurrency: 4,
             kind: "click".into(),
         };
-        let r = sim::run(&self.data, &o).await.unwrap();
+        let r = simulator::run(&self.data, &o).await.unwrap();
         assert_eq!(r.failures, 0, "{r:?}");
         r
     }

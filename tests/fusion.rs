@@ -189,6 +189,54 @@ async fn the_default_blend_fuses_the_llm_with_the_incoming_order() {
     assert_eq!(r.ranks.load(Ordering::SeqCst), before);
 }
 
+/// The contract's maximum weight (1000) holds to the last digit of the body: a weight the
+/// smallest step above it is refused like any other weight out of range, as a stored version
+/// and as a request's weights; 1000 itself is accepted.
+#[tokio::test]
+async fn a_weight_just_above_the_maximum_is_refused() {
+    let app = common::spawn_app().await;
+    let post = |path: &'static str, body: String| {
+        app.raw(
+            reqwest::Method::POST,
+            path,
+            "application/json",
+            body.into_bytes(),
+        )
+    };
+    for w in [
+        "1000.0000000000001",
+        "1000.0000000000002",
+        "1000.00000000001",
+    ] {
+        let (s, b) = post(
+            "/v1/blends/versions",
+            format!(r#"{{"weights": {{"llm": {w}}}}}"#),
+        )
+        .await;
+        assert_eq!(s, 422, "{w} -> {b}");
+        let m = error_message(&b, "validation_error");
+        assert!(m.contains("weights.llm must be between 0 and 1000"), "{m}");
+        let (s, b) = post(
+            "/v1/rerank",
+            format!(
+                r#"{{"user_id": "u", "candidates": [{{"id": "a"}}, {{"id": "b"}}], "blend": {{"weights": {{"incoming": {w}}}}}}}"#
+            ),
+        )
+        .await;
+        assert_eq!(s, 422, "{w} -> {b}");
+        let m = error_message(&b, "validation_error");
+        assert!(m.contains("blend.weights.incoming must be between"), "{m}");
+    }
+    for w in ["1000", "1000.0", "999.9999999999999"] {
+        let (s, b) = post(
+            "/v1/blends/versions",
+            format!(r#"{{"weights": {{"llm": {w}}}}}"#),
+        )
+        .await;
+        assert_eq!(s, 201, "{w} -> {b}");
+    }
+}
+
 #[tokio::test]
 async fn blend_versions_labels_splits_and_overrides() {
     let r = rig().await;

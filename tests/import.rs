@@ -1,5 +1,7 @@
 //! Bulk import into real Postgres: the shipped Amazon Games sample loads with the right
-//! counts, a re-run is a no-op, and a failure half-way leaves nothing behind.
+//! counts, a re-run is a no-op, a failure half-way leaves nothing behind, and `load_into` (the
+//! sequence of `agp import` and the console's sample) checks before it asks for the database,
+//! holds out and records the project's source.
 
 mod common;
 
@@ -89,4 +91,100 @@ async fn failure_half_way_rolls_everything_back() {
     assert!(err.is_err());
     let (i, u, x) = store::catalog::counts(&pool, "default").await.unwrap();
     assert_eq!((i, u, x), (0, 0, 0), "nothing half-written");
+}
+
+#[tokio::test]
+async fn load_into_checks_holds_out_writes_and_records_the_source() {
+    let (pool, _) = common::fresh_db().await;
+    let dir = sample_dir();
+    let files: Vec<import::MemoryFile> = ["Games-6k-sample.item", "Games-6k-sample.test.inter"]
+        .into_iter()
+        .map(|name| import::MemoryFile {
+            name: name.into(),
+            bytes: std::fs::read(dir.join(name)).expect("sample file").into(),
+        })
+        .collect();
+    let load = |input, limits, project: &str| import::Load {
+        project: project.into(),
+        format: Format::Recbole,
+        input,
+        limits,
+        hold_out_last: true,
+        record_source: true,
+    };
+
+    // A title over the limit: refused before the database is asked for.
+    let strict = agp_rerank::catalog::Limits {
+        max_title_len: 5,
+        ..Default::default()
+    };
+    let mut asked = false;
+    let err = import::load_into(
+        load(import::Input::Memory(files.clone()), strict, "default"),
+        async || {
+            asked = true;
+            Ok(pool.clone())
+        },
+        |_| {},
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, import::LoadError::Invalid(_)), "{err}");
+    let message = err.to_string();
+    assert!(
+        message.starts_with("item #1 (") && message.ends_with("; nothing was written"),
+        "{message}"
+    );
+    assert!(!asked, "the database was asked for");
+
+    // From memory and from disk: the same rows, 300 last interactions held out.
+    for (input, project) in [
+        (import::Input::Memory(files), "default"),
+        (import::Input::Paths(vec![dir.clone()]), "disk"),
+    ] {
+        agp_rerank::app::ensure_project(&pool, project)
+            .await
+            .unwrap();
+        let (mut read, mut held, mut written) = (0, 0, 0);
+        let loaded = import::load_into(
+            load(input, Default::default(), project),
+            async || Ok(pool.clone()),
+            |p| match p {
+                import::Progress::Read { data, .. } => read = data.interactions.len(),
+                import::Progress::HeldOut(n) => held = n,
+                import::Progress::Written { rows, total } => {
+                    assert!(rows <= total);
+                    written = rows;
+                }
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!((read, held), (3940, 300));
+        assert_eq!((loaded.items, loaded.interactions), (2990, 3640));
+        assert_eq!(written, 2990 + 3640);
+        assert_eq!(loaded.summary.interactions.inserted, 3640);
+        let (items, users, inters) = store::catalog::counts(&pool, project).await.unwrap();
+        assert_eq!((items, users, inters), (2990, 300, 3640));
+        assert_eq!(
+            store::catalog::history_order(&pool, project).await.unwrap(),
+            agp_rerank::store::states::HistoryOrder::Chronological
+        );
+    }
+    assert_eq!(
+        store::catalog::dataset(&pool, "default")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some(
+            "Games-6k-sample.item, Games-6k-sample.test.inter (recbole, each user's last interaction held out)"
+        )
+    );
+    assert_eq!(
+        store::catalog::dataset(&pool, "disk")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("amazon-games-sample (recbole, each user's last interaction held out)")
+    );
 }

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 
 use agp_rerank::import::{self, Format};
-use agp_rerank::sim::{self, ClickModel, Lists, SimOptions};
+use agp_rerank::simulator::{self, ClickModel, Lists, SimOptions};
 use common::TestApp;
 use common::proc::{agp, ok};
 use serde_json::{Value, json};
@@ -121,7 +121,7 @@ async fn the_simulator_refuses_a_service_that_holds_the_held_out_items() {
         concurrency: 1,
         kind: "click".into(),
     };
-    let planned = sim::planned_users(&data, &o);
+    let planned = simulator::planned_users(&data, &o);
     let user = &planned[7];
     let (s, b) = honest
         .post(
@@ -130,7 +130,9 @@ async fn the_simulator_refuses_a_service_that_holds_the_held_out_items() {
         )
         .await;
     assert_eq!(s, 200, "{b}");
-    let check = sim::check_leak(&data, &o, sim::LEAK_SAMPLE).await.unwrap();
+    let check = simulator::check_leak(&data, &o, simulator::LEAK_SAMPLE)
+        .await
+        .unwrap();
     assert_eq!(check.sampled, 20);
     assert_eq!(check.leaking, vec![(user.id.clone(), user.target.clone())]);
     let out = simulate(&honest, dir.path(), &["--requests", "40"]).await;

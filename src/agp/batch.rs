@@ -3,7 +3,7 @@
 //! the critiques, ask for `verify_steps` rewrites at once, then try them in order (screened
 //! candidates are rejected unscored) until one is accepted.
 //!
-//! The batch runs in a `Lab`, which scores prompts on cases and stores candidates (the job
+//! The batch runs in a `BatchHost`, which scores prompts on cases and stores candidates (the job
 //! gives it the database and the rerank path's caches; unit tests give it arithmetic), and
 //! calls the LLM through `Chat`. What happened is returned as steps for the caller to store.
 
@@ -22,6 +22,8 @@ use super::screen::screen;
 use super::update::{self, UpdateInput};
 use crate::llm::usage::{Cost, TallySnapshot, cost_between};
 
+// The names `jobs/optimize.rs` still uses (it is left untouched here).
+
 /// A `p_gen` under test.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Prompt {
@@ -29,8 +31,8 @@ pub struct Prompt {
     pub template: Arc<String>,
 }
 
-/// Where a batch runs: scoring, storing candidates, metering, cancellation.
-pub trait Lab: Sync {
+/// What a batch runs in: it scores prompts, stores candidates, meters usage and says when to stop.
+pub trait BatchHost: Sync {
     /// Scores one case with a profile written by `prompt`.
     fn score(&self, case: &Case, prompt: &Prompt) -> impl Future<Output = CaseOutcome> + Send;
     /// Validation NDCG@10 of `prompt` (validation acceptance).
@@ -119,9 +121,9 @@ pub struct Templates {
     pub update: Arc<String>,
 }
 
-/// What leaks look like in this data (item titles, user ids), and titles for critiques.
+/// The data set's item titles and user ids: what a prompt must not leak, and what critiques cite.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct Known {
+pub struct DatasetNames {
     pub titles: Titles,
     pub title_list: Vec<String>,
     pub users: Vec<String>,
@@ -138,7 +140,8 @@ pub struct BatchSpec<'a> {
     pub seed_key: String,
     pub settings: &'a Settings,
     pub templates: &'a Templates,
-    pub known: &'a Known,
+    /// The data set's titles and user ids.
+    pub known: &'a DatasetNames,
 }
 
 /// What the batch accepted, if anything.
@@ -166,17 +169,17 @@ pub enum Stopped {
 }
 
 /// Meters a step: LLM usage and wall time since it began.
-struct Meter<'l, L: Lab> {
-    lab: &'l L,
+struct Meter<'l, L: BatchHost> {
+    host: &'l L,
     before: TallySnapshot,
     t0: Instant,
 }
 
-impl<'l, L: Lab> Meter<'l, L> {
-    fn start(lab: &'l L) -> Self {
+impl<'l, L: BatchHost> Meter<'l, L> {
+    fn start(host: &'l L) -> Self {
         Meter {
-            lab,
-            before: lab.usage(),
+            host,
+            before: host.usage(),
             t0: Instant::now(),
         }
     }
@@ -184,7 +187,7 @@ impl<'l, L: Lab> Meter<'l, L> {
     fn cost(&self) -> Cost {
         cost_between(
             &self.before,
-            &self.lab.usage(),
+            &self.host.usage(),
             self.t0.elapsed().as_millis() as u64,
         )
     }
@@ -199,10 +202,10 @@ struct Scored {
 
 /// Scores every case with the current prompt; a user whose true item is not first is asked
 /// for a critique as soon as their ranking is known.
-async fn score_current(llm: &impl Chat, lab: &impl Lab, spec: &BatchSpec<'_>) -> Scored {
+async fn score_current(llm: &impl Chat, host: &impl BatchHost, spec: &BatchSpec<'_>) -> Scored {
     let s = spec.settings;
     let scored = futures_util::future::join_all(spec.cases.iter().map(|case| async move {
-        let out = lab.score(case, &spec.current).await;
+        let out = host.score(case, &spec.current).await;
         let critique = if out.rank > 1 {
             feedback::critique(
                 llm,
@@ -231,12 +234,12 @@ async fn score_current(llm: &impl Chat, lab: &impl Lab, spec: &BatchSpec<'_>) ->
 /// Runs one batch.
 pub async fn run(
     llm: &impl Chat,
-    lab: &impl Lab,
+    host: &impl BatchHost,
     spec: &BatchSpec<'_>,
 ) -> Result<BatchOutcome, Stopped> {
     let s = spec.settings;
-    let meter = Meter::start(lab);
-    let cur = score_current(llm, lab, spec).await;
+    let meter = Meter::start(host);
+    let cur = score_current(llm, host, spec).await;
     let mut steps = Vec::new();
     if cur.errors == 0 {
         steps.push(Step {
@@ -289,10 +292,10 @@ pub async fn run(
         .collect();
     let answers = update::candidates(llm, &spec.templates.update, &input, &seeds).await;
     for answer in answers {
-        if lab.cancelled() {
+        if host.cancelled() {
             return Err(Stopped::Cancelled);
         }
-        let step = try_candidate(lab, spec, cur.mean, answer).await?;
+        let step = try_candidate(host, spec, cur.mean, answer).await?;
         let accepted = step
             .accepted
             .unwrap_or(false)
@@ -331,12 +334,12 @@ fn rejected(version: Option<i32>, scores: Value, reason: String, cost: Cost) -> 
 
 /// Screens, stores, scores and decides one candidate.
 async fn try_candidate(
-    lab: &impl Lab,
+    host: &impl BatchHost,
     spec: &BatchSpec<'_>,
     current_mean: f64,
     answer: Result<String, crate::llm::LlmError>,
 ) -> Result<Step, Stopped> {
-    let meter = Meter::start(lab);
+    let meter = Meter::start(host);
     let current = &spec.current;
     let answer = match answer {
         Ok(a) => a,
@@ -364,7 +367,7 @@ async fn try_candidate(
     let max_words = spec.settings.max_prompt_words;
     if let Some(why) = screen(&answer, max_words, &known.title_list, &known.users) {
         let why = noted(why);
-        let version = lab.store_candidate(&answer, current.version, &why).await?;
+        let version = host.store_candidate(&answer, current.version, &why).await?;
         return Ok(rejected(
             version,
             json!({"text": answer}),
@@ -372,7 +375,7 @@ async fn try_candidate(
             meter.cost(),
         ));
     }
-    let version = lab
+    let version = host
         .store_candidate(&answer, current.version, "")
         .await?
         .unwrap_or(current.version);
@@ -381,13 +384,13 @@ async fn try_candidate(
         template: Arc::new(answer),
     };
     let outcomes =
-        futures_util::future::join_all(spec.cases.iter().map(|c| lab.score(c, &prompt))).await;
+        futures_util::future::join_all(spec.cases.iter().map(|c| host.score(c, &prompt))).await;
     let cand_mean = mean_rank(&outcomes);
     let (accepted, reason, validation) =
         match accept::on_batch(spec.settings.acceptance, current_mean, cand_mean) {
             OnBatch::Decided { accepted, reason } => (accepted, reason, None),
             OnBatch::Validate => {
-                let v = lab.validate(&prompt).await;
+                let v = host.validate(&prompt).await;
                 let (ok, why) =
                     accept::on_validation(current_mean, cand_mean, spec.best_validation, v);
                 (ok, why, Some(v))
@@ -467,7 +470,7 @@ mod tests {
         stored: Mutex<Vec<(String, String)>>,
     }
 
-    impl Lab for ArithmeticLab {
+    impl BatchHost for ArithmeticLab {
         async fn score(&self, case: &Case, prompt: &Prompt) -> CaseOutcome {
             self.scored
                 .lock()
@@ -530,7 +533,7 @@ mod tests {
             .collect()
     }
 
-    fn fixtures(acceptance: Acceptance) -> (Settings, Templates, Known) {
+    fn fixtures(acceptance: Acceptance) -> (Settings, Templates, DatasetNames) {
         let t = |n| Arc::new(default_template(n).to_string());
         (
             Settings {
@@ -546,7 +549,7 @@ mod tests {
                 aggregate: t(PromptName::PAgg),
                 update: t(PromptName::POpt),
             },
-            Known {
+            DatasetNames {
                 users: vec!["user1".into()],
                 ..Default::default()
             },
@@ -563,7 +566,7 @@ mod tests {
             seeds: Mutex::new(Vec::new()),
             feedback_calls: AtomicUsize::new(0),
         };
-        let lab = ArithmeticLab::default();
+        let host = ArithmeticLab::default();
         let cases = cases();
         let spec = BatchSpec {
             cases: &cases,
@@ -577,13 +580,13 @@ mod tests {
             templates: &templates,
             known: &known,
         };
-        let out = run(&llm, &lab, &spec).await.unwrap();
-        (out, lab, llm)
+        let out = run(&llm, &host, &spec).await.unwrap();
+        (out, host, llm)
     }
 
     #[tokio::test]
     async fn a_batch_screens_scores_and_stops_at_the_first_accepted_candidate() {
-        let (out, lab, llm) = run_with(
+        let (out, host, llm) = run_with(
             Acceptance::Validation,
             vec![
                 "Describe user1 in depth {{history}}",
@@ -633,12 +636,12 @@ mod tests {
                 validation: Some(0.6)
             })
         );
-        let scored = lab.scored.lock().unwrap();
+        let scored = host.scored.lock().unwrap();
         assert!(
             !scored.iter().any(|t| t.contains("user1")),
             "the leak was never scored"
         );
-        assert_eq!(lab.stored.lock().unwrap().len(), 3);
+        assert_eq!(host.stored.lock().unwrap().len(), 3);
         let seeds = llm.seeds.lock().unwrap();
         assert_eq!(seeds.len(), 3);
         assert_ne!(seeds[0], seeds[1], "each candidate has its own seed");
@@ -673,7 +676,7 @@ mod tests {
             seeds: Mutex::new(Vec::new()),
             feedback_calls: AtomicUsize::new(0),
         };
-        let lab = ArithmeticLab::default();
+        let host = ArithmeticLab::default();
         let cases = cases();
         let spec = BatchSpec {
             cases: &cases,
@@ -687,7 +690,7 @@ mod tests {
             templates: &templates,
             known: &known,
         };
-        let out = run(&llm, &lab, &spec).await.unwrap();
+        let out = run(&llm, &host, &spec).await.unwrap();
         assert_eq!(out.steps.len(), 1);
         assert_eq!(out.steps[0].kind, StepKind::Skip);
         assert_eq!(llm.feedback_calls.load(Ordering::SeqCst), 0);

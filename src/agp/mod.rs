@@ -9,7 +9,7 @@
 //! - `length`: brings over-long answers under their limits at sentence boundaries
 //! - `screen`: rejects candidates that leak, run long or lost their placeholder
 //! - `accept`: the acceptance decision (paper or validation)
-//! - `batch`: one AGP batch from scoring to the accepted candidate, over a `Lab`
+//! - `batch`: one AGP batch from scoring to the accepted candidate, over a `BatchHost`
 
 pub mod accept;
 pub mod batch;

@@ -234,7 +234,8 @@ pub fn seeds() -> Vec<(&'static str, &'static str)> {
 
 /// The `p_rank` default before the prefix-cache layout (instructions after the candidates,
 /// its own JSON answer format). Projects still on it untouched are moved to the current
-/// default as version 2 (`store::prompts::upgrade_p_rank`).
+/// default as version 2 (`store::prompts::upgrade_seed`, called at start by
+/// `app::prepare_database`).
 pub const LEGACY_P_RANK: &str = "User profile:\n{{profile}}\n\nCandidate items (numbered):\n{{candidates}}\n\n\
      Rank all {{count}} candidates from most to least likely to be the user's next choice, based on the \
      profile. Answer only with JSON of the form {\"ranking\": [numbers of the candidates, best first]}, \

@@ -16,55 +16,8 @@ use serde::{Deserialize, Serialize};
 use super::interleave::{Credit, Preference, user_preference};
 use super::{ArmMetrics, TeamMetrics};
 
-/// The two arms of an experiment (as stored: `control`, `treatment`); in an interleaved
-/// list, the teams.
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    Hash,
-    PartialOrd,
-    Ord,
-    Serialize,
-    Deserialize,
-    utoipa::ToSchema,
-)]
-#[serde(rename_all = "snake_case")]
-pub enum Arm {
-    Control,
-    Treatment,
-}
-
-impl Arm {
-    /// Both arms, control first.
-    pub const BOTH: [Arm; 2] = [Arm::Control, Arm::Treatment];
-
-    /// The stored name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Arm::Control => "control",
-            Arm::Treatment => "treatment",
-        }
-    }
-
-    /// Reads a stored name.
-    pub fn parse(s: &str) -> Option<Arm> {
-        match s {
-            "control" => Some(Arm::Control),
-            "treatment" => Some(Arm::Treatment),
-            _ => None,
-        }
-    }
-
-    fn index(self) -> usize {
-        match self {
-            Arm::Control => 0,
-            Arm::Treatment => 1,
-        }
-    }
-}
+// The arm is part of what this file's types hold (`LoggedRequest::arm`), so it is named here too.
+pub use super::arm::Arm;
 
 /// The sums of one arm; every figure of [`ArmMetrics`] but the latency percentiles is a
 /// ratio of these.

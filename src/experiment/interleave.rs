@@ -12,7 +12,7 @@
 //! The coins come from the request id, so the same request merges the same way on every
 //! replica and in every replay.
 
-use super::fold::Arm;
+use super::arm::Arm;
 
 /// Whose item a position of a merged list is.
 #[derive(

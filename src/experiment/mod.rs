@@ -22,6 +22,7 @@
 //!   mSPRT; `min_users`/`max_users` count interleaved users (and at least
 //!   `min_preference_users` with a preference).
 
+pub mod arm;
 pub mod fold;
 pub mod interleave;
 pub mod stats;

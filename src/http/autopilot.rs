@@ -7,7 +7,8 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::error::{AppError, Json};
+use super::error::AppError;
+use super::extract::Json;
 use super::state::AppState;
 use crate::auth::Principal;
 use crate::cluster::autopilot::AutopilotSettings;

@@ -10,7 +10,8 @@ use axum::{Extension, Router};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::error::{AppError, ErrorBody, Json, Path};
+use super::error::{AppError, ErrorBody};
+use super::extract::{Json, Path};
 use super::prompts::{CreatedVersion, LabelBody, move_label};
 use super::state::AppState;
 use crate::agp::rank::RankMode;

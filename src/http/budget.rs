@@ -9,7 +9,8 @@ use axum::{Extension, Router};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::error::{AppError, ErrorBody, Json};
+use super::error::{AppError, ErrorBody};
+use super::extract::Json;
 use super::state::AppState;
 use crate::auth::Principal;
 use crate::store::budget::{self as db, Limits};

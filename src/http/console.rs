@@ -3,6 +3,8 @@
 //! overview, recent jobs, a job's report files) plus loading the bundled sample on a new
 //! project. The console calls the API with the key it was given, so scopes apply as usual.
 
+use std::borrow::Cow;
+
 use axum::extract::State;
 use axum::http::header;
 use axum::response::{Html, IntoResponse, Response};
@@ -12,10 +14,12 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::error::{AppError, ErrorBody, Json, Path};
+use super::error::{AppError, ErrorBody};
+use super::extract::{Json, Path};
 use super::jobs::JobSummary;
 use super::state::AppState;
 use crate::auth::Principal;
+use crate::import::{self, MemoryFile};
 use crate::llm::Role;
 use crate::store::console::{self as db, Activity};
 use crate::store::jobs as jobs_db;
@@ -179,28 +183,31 @@ pub async fn load_sample(
     State(state): State<AppState>,
     Extension(who): Extension<Principal>,
 ) -> Result<Json<SampleLoaded>, AppError> {
-    let path = std::env::temp_dir().join(format!("agp-sample-{}", Uuid::new_v4().simple()));
-    let data = tokio::task::spawn_blocking(move || {
-        std::fs::create_dir_all(&path)?;
-        std::fs::write(path.join("Games-6k-sample.item"), SAMPLE_ITEMS)?;
-        std::fs::write(path.join("Games-6k-sample.test.inter"), SAMPLE_INTER)?;
-        let data = crate::import::read(crate::import::Format::Recbole, std::slice::from_ref(&path));
-        let _ = std::fs::remove_dir_all(&path);
-        Ok::<_, anyhow::Error>(data?)
-    })
-    .await
-    .map_err(|e| AppError::Internal(e.into()))?
-    .map_err(AppError::Internal)?;
-    crate::store::import::write(
-        &state.pool,
-        &who.project,
-        &data.items,
-        &data.interactions,
-        |_| {},
-    )
-    .await?;
+    let file = |name: &str, text: &'static str| MemoryFile {
+        name: name.into(),
+        bytes: Cow::Borrowed(text.as_bytes()),
+    };
+    let load = import::Load {
+        project: who.project,
+        format: import::Format::Recbole,
+        input: import::Input::Memory(vec![
+            file("Games-6k-sample.item", SAMPLE_ITEMS),
+            file("Games-6k-sample.test.inter", SAMPLE_INTER),
+        ]),
+        limits: state.config.limits,
+        hold_out_last: false,
+        record_source: false,
+    };
+    let pool = state.pool.clone();
+    let loaded = import::load_into(load, async || Ok(pool), |_| {})
+        .await
+        .map_err(|e| match e {
+            import::LoadError::Write(e) => AppError::from(e),
+            // The bundled sample does not read, or breaks this server's limits.
+            other => AppError::Internal(other.into()),
+        })?;
     Ok(Json(SampleLoaded {
-        items: data.items.len(),
-        interactions: data.interactions.len(),
+        items: loaded.items,
+        interactions: loaded.interactions,
     }))
 }

@@ -7,7 +7,8 @@ use chrono::{Duration, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::error::{AppError, ErrorBody, Json, Path};
+use super::error::{AppError, ErrorBody};
+use super::extract::{Json, Path};
 use super::state::AppState;
 use crate::auth::Principal;
 use crate::catalog::{self, NewInteraction, NewItem};

@@ -9,7 +9,8 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::error::{AppError, ErrorBody, Json, Path};
+use super::error::{AppError, ErrorBody};
+use super::extract::{Json, Path};
 use super::state::AppState;
 use crate::auth::Principal;
 use crate::eval::params::EvalParams;

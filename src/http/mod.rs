@@ -1,5 +1,6 @@
-//! The HTTP edge: one file per area, each with its own `router()`, plus the shared error
-//! type, middleware, the OpenAPI document, and the server loop with its connection limits.
+//! The HTTP edge: one file per area, each with its own `router()`, plus what they share: the
+//! error type and its JSON body (`error`), the request extractors that answer with that body
+//! (`extract`), middleware, the OpenAPI document, and the server loop with its connection limits.
 
 pub mod autopilot;
 pub mod blends;
@@ -7,6 +8,7 @@ pub mod budget;
 pub mod console;
 pub mod error;
 pub mod experiments;
+pub mod extract;
 pub mod items;
 pub mod jobs;
 pub mod middleware;

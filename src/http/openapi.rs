@@ -1,9 +1,15 @@
-//! The OpenAPI document, generated from the handlers' annotations. The committed copy in
-//! `openapi/openapi.json` is checked against it by a test (`UPDATE_OPENAPI=1` rewrites it).
+//! The OpenAPI document, generated from the handlers' annotations, and the routes that serve
+//! it: `/openapi.json` and the docs page `/docs`. The committed copy in `openapi/openapi.json`
+//! is checked against it by a test (`UPDATE_OPENAPI=1` rewrites it).
 
+use axum::Router;
+use axum::http::header;
+use axum::response::{Html, IntoResponse};
+use axum::routing::get;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
+use super::state::AppState;
 use super::{
     autopilot, blends, budget, console, error, experiments, items, jobs, prompts, rerank, service,
     users,
@@ -11,13 +17,53 @@ use super::{
 use crate::catalog;
 use crate::store::catalog as store;
 
+/// Routes of this area (no auth: the docs must work without a key).
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/openapi.json", get(openapi_json))
+        .route("/docs", get(docs))
+        .route("/docs/rapidoc-min.js", get(rapidoc_js))
+}
+
+/// This API's OpenAPI 3.1 document.
+#[utoipa::path(get, path = "/openapi.json", tag = "service",
+    responses((status = 200, description = "OpenAPI document"), (status = 500, body = error::ErrorBody)))]
+pub async fn openapi_json() -> impl IntoResponse {
+    axum::Json(spec())
+}
+
+const DOCS_HTML: &str = r#"<!doctype html>
+<html><head><meta charset="utf-8"><title>AGP Rerank API</title>
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<script type="module" src="/docs/rapidoc-min.js"></script></head>
+<body><rapi-doc spec-url="/openapi.json" render-style="read" show-header="false"
+ allow-try="true" allow-server-selection="false" theme="light"
+ regular-font="system-ui, sans-serif" mono-font="ui-monospace, monospace"></rapi-doc></body></html>"#;
+
+/// Interactive API docs (RapiDoc, served from the binary: works offline).
+pub async fn docs() -> Html<&'static str> {
+    Html(DOCS_HTML)
+}
+
+static RAPIDOC_JS: &[u8] = include_bytes!("../../assets/docs/rapidoc-min.js");
+
+async fn rapidoc_js() -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::CACHE_CONTROL, "public, max-age=86400"),
+        ],
+        RAPIDOC_JS,
+    )
+}
+
 /// The whole API description.
 #[derive(OpenApi)]
 #[openapi(
     info(title = "AGP Rerank", description = "LLM reranking personalized by learned user-profile prompts (AGP). \
         Errors always have the body {\"error\": {\"type\", \"message\"}}."),
     paths(
-        service::healthz, service::readyz, service::metrics, service::openapi_json,
+        service::healthz, service::readyz, service::metrics, openapi_json,
         items::upsert_items, items::get_item, items::post_interactions, users::history,
         rerank::rerank, rerank::feedback, rerank::profile,
         prompts::list, prompts::versions, prompts::version, prompts::create_version, prompts::set_label,

@@ -8,7 +8,8 @@ use axum::{Extension, Router};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::error::{AppError, ErrorBody, Json, Path};
+use super::error::{AppError, ErrorBody};
+use super::extract::{Json, Path};
 use super::state::AppState;
 use crate::agp::prompt::{self, PromptName};
 use crate::auth::Principal;

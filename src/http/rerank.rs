@@ -9,7 +9,8 @@ use axum::{Extension, Router};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::error::{AppError, ErrorBody, Json, Path, Query};
+use super::error::{AppError, ErrorBody};
+use super::extract::{Json, Path, Query};
 use super::state::AppState;
 use crate::agp::prompt::PromptName;
 use crate::agp::rank::RankMode;

@@ -1,14 +1,15 @@
-//! Service endpoints: health, readiness, metrics, the OpenAPI spec and its docs page.
+//! Service endpoints: health, readiness and metrics. (The OpenAPI document and its docs page
+//! are served by `openapi.rs`.)
 
 use axum::Router;
 use axum::extract::State;
 use axum::http::header;
-use axum::response::{Html, IntoResponse};
+use axum::response::IntoResponse;
 use axum::routing::get;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::error::{ErrorBody, Json};
+use super::extract::Json;
 use super::state::AppState;
 
 /// Routes of this area (no auth: probes and docs must work without a key).
@@ -17,9 +18,6 @@ pub fn router() -> Router<AppState> {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .route("/openapi.json", get(openapi_json))
-        .route("/docs", get(docs))
-        .route("/docs/rapidoc-min.js", get(rapidoc_js))
 }
 
 /// Answer of the probes.
@@ -168,37 +166,5 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         state.metrics.render(),
-    )
-}
-
-/// This API's OpenAPI 3.1 document.
-#[utoipa::path(get, path = "/openapi.json", tag = "service",
-    responses((status = 200, description = "OpenAPI document"), (status = 500, body = ErrorBody)))]
-pub async fn openapi_json() -> impl IntoResponse {
-    axum::Json(super::openapi::spec())
-}
-
-const DOCS_HTML: &str = r#"<!doctype html>
-<html><head><meta charset="utf-8"><title>AGP Rerank API</title>
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<script type="module" src="/docs/rapidoc-min.js"></script></head>
-<body><rapi-doc spec-url="/openapi.json" render-style="read" show-header="false"
- allow-try="true" allow-server-selection="false" theme="light"
- regular-font="system-ui, sans-serif" mono-font="ui-monospace, monospace"></rapi-doc></body></html>"#;
-
-/// Interactive API docs (RapiDoc, served from the binary: works offline).
-pub async fn docs() -> Html<&'static str> {
-    Html(DOCS_HTML)
-}
-
-static RAPIDOC_JS: &[u8] = include_bytes!("../../assets/docs/rapidoc-min.js");
-
-async fn rapidoc_js() -> impl IntoResponse {
-    (
-        [
-            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
-            (header::CACHE_CONTROL, "public, max-age=86400"),
-        ],
-        RAPIDOC_JS,
     )
 }

@@ -6,7 +6,8 @@ use axum::{Extension, Router};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::error::{AppError, ErrorBody, Json, Path, Query};
+use super::error::{AppError, ErrorBody};
+use super::extract::{Json, Path, Query};
 use super::state::AppState;
 use crate::auth::Principal;
 use crate::store::catalog::{self as db, HistoryEntry};

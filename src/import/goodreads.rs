@@ -15,8 +15,8 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 
 use super::{
-    Csv, Dataset, Dedupe, Finished, Histories, ImportError, display_list, duplicate_note,
-    file_name, list_dir, percent,
+    Csv, Dataset, Dedupe, Files, Finished, Histories, ImportError, display_list, duplicate_note,
+    file_name, percent,
 };
 use crate::catalog::{NewInteraction, NewItem};
 
@@ -50,16 +50,16 @@ pub(crate) fn item_id(title: &str) -> String {
     format!("gr-{}", &hex::encode(&digest[..8]))
 }
 
-pub(super) fn read(paths: &[PathBuf]) -> Result<Dataset, ImportError> {
+pub(super) fn read(fs: Files<'_>, paths: &[PathBuf]) -> Result<Dataset, ImportError> {
     let Inputs {
         rating_files,
         books,
         mut notes,
-    } = Inputs::find(paths)?;
+    } = Inputs::find(fs, paths)?;
 
     let mut ratings = Ratings::default();
     for path in &rating_files {
-        ratings.read_file(path)?;
+        ratings.read_file(fs, path)?;
     }
     let Ratings {
         mut titles,
@@ -98,7 +98,7 @@ pub(super) fn read(paths: &[PathBuf]) -> Result<Dataset, ImportError> {
 
     match books {
         None => notes.push("no goodbooks10k_books.csv given: items carry titles only".into()),
-        Some((path, cols)) => notes.extend(enrich(&mut titles, &finished, &path, &cols)?),
+        Some((path, cols)) => notes.extend(enrich(fs, &mut titles, &finished, &path, &cols)?),
     }
     Ok(Dataset {
         items: titles.items,
@@ -118,19 +118,19 @@ struct Inputs {
 
 impl Inputs {
     /// Sorts `paths` (files and directories) into rating files and at most one goodbooks file.
-    fn find(paths: &[PathBuf]) -> Result<Self, ImportError> {
+    fn find(fs: Files<'_>, paths: &[PathBuf]) -> Result<Self, ImportError> {
         let mut inputs = Inputs {
             rating_files: Vec::new(),
             books: None,
             notes: Vec::new(),
         };
         for p in paths {
-            if p.is_dir() {
-                for f in list_dir(p)? {
-                    inputs.add_listed(f)?;
+            if fs.is_dir(p) {
+                for f in fs.list_dir(p)? {
+                    inputs.add_listed(fs, f)?;
                 }
             } else {
-                match sniff(p)? {
+                match sniff(fs, p)? {
                     Kind::Ratings => inputs.rating_files.push(p.clone()),
                     Kind::Books(cols) => inputs.add_books(p.clone(), cols)?,
                 }
@@ -151,7 +151,7 @@ impl Inputs {
 
     /// Takes a file found in a directory: a directory may hold other files, so an unrecognised
     /// CSV file is noted and skipped rather than refused.
-    fn add_listed(&mut self, f: PathBuf) -> Result<(), ImportError> {
+    fn add_listed(&mut self, fs: Files<'_>, f: PathBuf) -> Result<(), ImportError> {
         let name = file_name(&f);
         if !name.to_ascii_lowercase().ends_with(".csv") {
             return Ok(());
@@ -160,7 +160,7 @@ impl Inputs {
             self.rating_files.push(f);
             return Ok(());
         }
-        match sniff(&f) {
+        match sniff(fs, &f) {
             Ok(Kind::Books(cols)) => self.add_books(f, cols)?,
             Ok(Kind::Ratings) => self.rating_files.push(f),
             Err(ImportError::Parse { .. }) => self.notes.push(format!(
@@ -239,8 +239,8 @@ struct Ratings {
 
 impl Ratings {
     /// Reads one `user_rating_*.csv` file.
-    fn read_file(&mut self, path: &Path) -> Result<(), ImportError> {
-        let mut csv = Csv::open(path)?;
+    fn read_file(&mut self, fs: Files<'_>, path: &Path) -> Result<(), ImportError> {
+        let mut csv = Csv::open(fs, path)?;
         check_ratings_header(&mut csv)?;
         while let Some(line) = csv.next_record()? {
             if csv.len() == 1 && csv.field(0).is_empty() {
@@ -252,7 +252,7 @@ impl Ratings {
     }
 
     /// Takes the current record of `csv`: a rating, or a sentinel row to count and drop.
-    fn add_row(&mut self, csv: &Csv, path: &Path, line: usize) -> Result<(), ImportError> {
+    fn add_row(&mut self, csv: &Csv<'_>, path: &Path, line: usize) -> Result<(), ImportError> {
         if csv.len() != 3 {
             return Err(ImportError::parse(
                 path,
@@ -311,12 +311,13 @@ fn label_value(path: &Path, line: usize, label: &str) -> Result<f64, ImportError
 /// Adds goodbooks text and attributes to the items whose title matches exactly; returns the
 /// coverage notes.
 fn enrich(
+    fs: Files<'_>,
     titles: &mut Titles,
     finished: &Finished,
     path: &Path,
     cols: &BookColumns,
 ) -> Result<Vec<String>, ImportError> {
-    let (catalog, repeated) = read_books(path, cols)?;
+    let (catalog, repeated) = read_books(fs, path, cols)?;
     let items = &mut titles.items;
     let mut matched = vec![false; items.len()];
     for (slot, item) in items.iter_mut().enumerate() {
@@ -374,8 +375,8 @@ fn describe(item: &mut NewItem, book: &Book) {
 }
 
 /// Classifies a CSV file by its header.
-fn sniff(path: &Path) -> Result<Kind, ImportError> {
-    let mut csv = Csv::open(path)?;
+fn sniff(fs: Files<'_>, path: &Path) -> Result<Kind, ImportError> {
+    let mut csv = Csv::open(fs, path)?;
     let Some(line) = csv.next_record()? else {
         return Err(ImportError::parse(
             path,
@@ -416,7 +417,7 @@ fn sniff(path: &Path) -> Result<Kind, ImportError> {
     ))
 }
 
-fn check_ratings_header(csv: &mut Csv) -> Result<(), ImportError> {
+fn check_ratings_header(csv: &mut Csv<'_>) -> Result<(), ImportError> {
     let line = csv.next_record()?;
     let ok = line.is_some()
         && csv.len() == 3
@@ -440,10 +441,11 @@ struct Book {
 
 /// Title -> book (first row wins) and the number of repeated titles.
 fn read_books(
+    fs: Files<'_>,
     path: &Path,
     cols: &BookColumns,
 ) -> Result<(HashMap<String, Book>, usize), ImportError> {
-    let mut csv = Csv::open(path)?;
+    let mut csv = Csv::open(fs, path)?;
     csv.next_record()?; // header, checked by `sniff`
     let mut books = HashMap::new();
     let mut repeated = 0;

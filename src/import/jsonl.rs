@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use super::{
-    Dataset, Dedupe, Finished, Histories, ImportError, Lines, display_list, file_name, list_dir,
+    Dataset, Dedupe, Files, Finished, Histories, ImportError, Lines, display_list, file_name,
 };
 use crate::catalog::{NewInteraction, NewItem};
 
@@ -44,11 +44,11 @@ fn serde_message(e: &serde_json::Error) -> String {
     format!("{bare} (column {})", e.column())
 }
 
-pub(super) fn read(paths: &[PathBuf]) -> Result<Dataset, ImportError> {
-    let files = list_files(paths)?;
+pub(super) fn read(fs: Files<'_>, paths: &[PathBuf]) -> Result<Dataset, ImportError> {
+    let files = list_files(fs, paths)?;
     let mut gathered = Gathered::default();
     for (f, path) in files.iter().enumerate() {
-        gathered.read_file(&files, f, path)?;
+        gathered.read_file(fs, &files, f, path)?;
     }
     gathered.check_references(&files)?;
     let Gathered {
@@ -108,12 +108,12 @@ pub(super) fn read(paths: &[PathBuf]) -> Result<Dataset, ImportError> {
 }
 
 /// The files to read: explicit files as given, directories' `*.jsonl` files in name order.
-fn list_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, ImportError> {
+fn list_files(fs: Files<'_>, paths: &[PathBuf]) -> Result<Vec<PathBuf>, ImportError> {
     let mut files: Vec<PathBuf> = Vec::new();
     for p in paths {
-        if p.is_dir() {
+        if fs.is_dir(p) {
             files.extend(
-                list_dir(p)?
+                fs.list_dir(p)?
                     .into_iter()
                     .filter(|f| file_name(f).ends_with(".jsonl")),
             );
@@ -144,8 +144,14 @@ struct Gathered {
 
 impl Gathered {
     /// Reads `path`, the `f`-th of `files`.
-    fn read_file(&mut self, files: &[PathBuf], f: usize, path: &Path) -> Result<(), ImportError> {
-        let mut lines = Lines::open(path)?;
+    fn read_file(
+        &mut self,
+        fs: Files<'_>,
+        files: &[PathBuf],
+        f: usize,
+        path: &Path,
+    ) -> Result<(), ImportError> {
+        let mut lines = Lines::open(fs, path)?;
         while let Some((line, text)) = lines.next_line()? {
             if text.trim().is_empty() {
                 continue;

@@ -1,5 +1,8 @@
 //! Bulk dataset readers: pure, database-free parsers that turn a public recommendation data set
-//! (or a generic JSONL file) into catalog items and per-user interaction histories.
+//! (or a generic JSONL file) into catalog items and per-user interaction histories, from files
+//! on disk ([`read`]) or held in memory ([`read_memory`]); and `load.rs`, the one sequence that
+//! reads, checks and writes a data set into a project ([`load_into`]: `agp import` and the
+//! console's bundled sample).
 //!
 //! Every reader follows the same contract (see [`Dataset`]):
 //! - interactions come grouped by user, users in first-appearance order, each user's events in
@@ -13,6 +16,7 @@
 //! - anything malformed (non-UTF-8 bytes, a missing or unexpected header, a wrong column count,
 //!   an unparsable number) is an [`ImportError`] naming the file and the 1-based line.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::fs::File;
@@ -23,9 +27,11 @@ use crate::catalog::{NewInteraction, NewItem};
 
 mod goodreads;
 mod jsonl;
+mod load;
 mod recbole;
 mod yelp;
 
+pub use load::{Input, Load, LoadError, Loaded, Progress, load_into};
 pub use recbole::decode_html_entities;
 
 /// The input formats `agp import` understands.
@@ -100,7 +106,7 @@ pub fn user_runs(interactions: &[NewInteraction]) -> Vec<std::ops::Range<usize>>
 }
 
 /// The held-out target of one user's run: its last interaction, when the run has at least two
-/// (one is left as history). The one definition the replay simulator (`sim::users`) and
+/// (one is left as history). The one definition the replay simulator (`simulator::users`) and
 /// `agp import --hold-out-last` share, so what the service is not given is exactly what the
 /// simulator asks it to find.
 pub fn held_out_target(run: &std::ops::Range<usize>) -> Option<usize> {
@@ -178,30 +184,114 @@ impl ImportError {
 
 /// Reads `paths` (files and/or directories, as the format allows) into a [`Dataset`].
 pub fn read(format: Format, paths: &[PathBuf]) -> Result<Dataset, ImportError> {
+    read_from(Files::Disk, format, paths)
+}
+
+/// Reads files held in memory into a [`Dataset`], exactly as the same files on disk would be
+/// read (given as files, not a directory).
+pub fn read_memory(format: Format, files: &[MemoryFile]) -> Result<Dataset, ImportError> {
+    let paths: Vec<PathBuf> = files.iter().map(|f| PathBuf::from(&f.name)).collect();
+    read_from(Files::Memory(files), format, &paths)
+}
+
+fn read_from(fs: Files<'_>, format: Format, paths: &[PathBuf]) -> Result<Dataset, ImportError> {
     if paths.is_empty() {
         return Err(ImportError::paths(format!(
             "{format}: no input paths given"
         )));
     }
     for p in paths {
-        std::fs::metadata(p).map_err(|source| ImportError::Open {
-            path: p.clone(),
-            source,
-        })?;
+        fs.check(p)?;
     }
     match format {
-        Format::Recbole => recbole::read(paths),
-        Format::YelpCore40 => yelp::read(paths),
-        Format::Goodreads => goodreads::read(paths),
-        Format::Jsonl => jsonl::read(paths),
+        Format::Recbole => recbole::read(fs, paths),
+        Format::YelpCore40 => yelp::read(fs, paths),
+        Format::Goodreads => goodreads::read(fs, paths),
+        Format::Jsonl => jsonl::read(fs, paths),
+    }
+}
+
+/// A file held in memory (the console's bundled sample): the readers see its name as they
+/// see a path (its extension, `ratings.txt`, ...), and errors and notes name it.
+#[derive(Debug, Clone)]
+pub struct MemoryFile {
+    pub name: String,
+    pub bytes: Cow<'static, [u8]>,
+}
+
+/// Where the readers' paths lead: the file system, or files held in memory (no directories).
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Files<'a> {
+    Disk,
+    Memory(&'a [MemoryFile]),
+}
+
+impl<'a> Files<'a> {
+    fn memory_file(files: &'a [MemoryFile], path: &Path) -> Option<&'a MemoryFile> {
+        files.iter().find(|f| Path::new(&f.name) == path)
+    }
+
+    fn not_found(path: &Path) -> ImportError {
+        ImportError::Open {
+            path: path.to_path_buf(),
+            source: std::io::ErrorKind::NotFound.into(),
+        }
+    }
+
+    /// Fails with [`ImportError::Open`] when `path` is not there.
+    fn check(self, path: &Path) -> Result<(), ImportError> {
+        match self {
+            Files::Disk => {
+                std::fs::metadata(path)
+                    .map(|_| ())
+                    .map_err(|source| ImportError::Open {
+                        path: path.to_path_buf(),
+                        source,
+                    })
+            }
+            Files::Memory(files) => Files::memory_file(files, path)
+                .map(|_| ())
+                .ok_or_else(|| Files::not_found(path)),
+        }
+    }
+
+    pub(crate) fn is_dir(self, path: &Path) -> bool {
+        match self {
+            Files::Disk => path.is_dir(),
+            Files::Memory(_) => false,
+        }
+    }
+
+    /// The files of a directory (not recursing), sorted by name.
+    pub(crate) fn list_dir(self, dir: &Path) -> Result<Vec<PathBuf>, ImportError> {
+        match self {
+            Files::Disk => list_dir(dir),
+            Files::Memory(_) => Err(Files::not_found(dir)),
+        }
+    }
+
+    /// The content of a file.
+    fn open(self, path: &Path) -> Result<Box<dyn Read + 'a>, ImportError> {
+        match self {
+            Files::Disk => {
+                let file = File::open(path).map_err(|source| ImportError::Open {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
+                Ok(Box::new(file))
+            }
+            Files::Memory(files) => Files::memory_file(files, path)
+                .map(|f| Box::new(&f.bytes[..]) as Box<dyn Read + 'a>)
+                .ok_or_else(|| Files::not_found(path)),
+        }
     }
 }
 
 // ---------------------------------------------------------------------------------------------
 // Shared machinery.
 
-/// The files of a directory (not recursing), sorted by name.
-pub(crate) fn list_dir(dir: &Path) -> Result<Vec<PathBuf>, ImportError> {
+/// The files of a directory on disk (not recursing), sorted by name.
+fn list_dir(dir: &Path) -> Result<Vec<PathBuf>, ImportError> {
     let open_err = |source| ImportError::Open {
         path: dir.to_path_buf(),
         source,
@@ -232,19 +322,16 @@ pub(crate) fn display_list(paths: &[PathBuf]) -> String {
 }
 
 /// Line-by-line reader that checks UTF-8 and counts lines, reusing one buffer.
-pub(crate) struct Lines {
+pub(crate) struct Lines<'a> {
     path: PathBuf,
-    reader: BufReader<File>,
+    reader: BufReader<Box<dyn Read + 'a>>,
     buf: Vec<u8>,
     line: usize,
 }
 
-impl Lines {
-    pub(crate) fn open(path: &Path) -> Result<Self, ImportError> {
-        let file = File::open(path).map_err(|source| ImportError::Open {
-            path: path.to_path_buf(),
-            source,
-        })?;
+impl<'a> Lines<'a> {
+    pub(crate) fn open(fs: Files<'a>, path: &Path) -> Result<Self, ImportError> {
+        let file = fs.open(path)?;
         Ok(Lines {
             path: path.to_path_buf(),
             reader: BufReader::with_capacity(1 << 16, file),
@@ -341,18 +428,15 @@ impl<R> NewlineTracker<R> {
 }
 
 /// A CSV reader over a file, with UTF-8 checking and 1-based record line numbers.
-pub(crate) struct Csv {
+pub(crate) struct Csv<'a> {
     path: PathBuf,
-    reader: csv::Reader<NewlineTracker<File>>,
+    reader: csv::Reader<NewlineTracker<Box<dyn Read + 'a>>>,
     record: csv::ByteRecord,
 }
 
-impl Csv {
-    pub(crate) fn open(path: &Path) -> Result<Self, ImportError> {
-        let file = File::open(path).map_err(|source| ImportError::Open {
-            path: path.to_path_buf(),
-            source,
-        })?;
+impl<'a> Csv<'a> {
+    pub(crate) fn open(fs: Files<'a>, path: &Path) -> Result<Self, ImportError> {
+        let file = fs.open(path)?;
         let tracker = NewlineTracker {
             inner: file,
             offset: 0,
@@ -570,6 +654,14 @@ pub(crate) mod test_util {
         std::fs::write(&path, content).expect("write fixture");
         path
     }
+
+    /// The folder of the real data sets (`amazon-games/`, `yelp-core40/`, `goodreads/`) that
+    /// the ignored tests read: `$AGP_SHARED_DATA`, else `../shared/data` beside this crate.
+    pub fn shared_data() -> PathBuf {
+        std::env::var_os("AGP_SHARED_DATA")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data"))
+    }
 }
 
 #[cfg(test)]
@@ -585,6 +677,81 @@ mod tests {
         let msg = err.to_string();
         assert!(msg.contains("nope.jsonl"), "{msg}");
         assert!(matches!(err, ImportError::Open { .. }));
+    }
+
+    #[test]
+    fn memory_files_read_as_the_same_files_on_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let cases: [(Format, &[(&str, &str)]); 4] = [
+            (
+                Format::Recbole,
+                &[
+                    ("s.item", "item_id:token\ttitle:token_seq\n1\tOne\n2\tTwo\n"),
+                    (
+                        "s.inter",
+                        "user_id:token\titem_id:token\nu\t1\nu\t2\nv\t3\n",
+                    ),
+                ],
+            ),
+            (
+                Format::YelpCore40,
+                &[
+                    ("items.txt", "b1\tFood\n"),
+                    ("ratings.txt", "u\tb1\t4\nu\tb2\t5\n"),
+                ],
+            ),
+            (
+                Format::Goodreads,
+                &[("user_rating_0.csv", "ID,Name,Rating\n1,A book,it was ok\n")],
+            ),
+            (
+                Format::Jsonl,
+                &[(
+                    "x.jsonl",
+                    "{\"item\": {\"id\": \"a\", \"title\": \"A\"}}\n\
+                     {\"interaction\": {\"user_id\": \"u\", \"item_id\": \"a\"}}\n",
+                )],
+            ),
+        ];
+        for (format, files) in cases {
+            let sub = dir.path().join(format.as_str());
+            std::fs::create_dir(&sub).unwrap();
+            let paths: Vec<PathBuf> = files
+                .iter()
+                .map(|(name, text)| write(&sub, name, text.as_bytes()))
+                .collect();
+            let disk = read(format, &paths).unwrap();
+            let in_memory: Vec<MemoryFile> = files
+                .iter()
+                .map(|(name, text)| MemoryFile {
+                    name: name.to_string(),
+                    bytes: Cow::Owned(text.as_bytes().to_vec()),
+                })
+                .collect();
+            let memory = read_memory(format, &in_memory).unwrap();
+            assert!(!disk.interactions.is_empty(), "{format}");
+            assert_eq!(memory.items, disk.items, "{format}");
+            assert_eq!(memory.interactions, disk.interactions, "{format}");
+            // The notes name the files as given: here without the folder.
+            let prefix = format!("{}/", sub.display());
+            let notes: Vec<String> = disk.notes.iter().map(|n| n.replace(&prefix, "")).collect();
+            assert_eq!(memory.notes, notes, "{format}");
+        }
+
+        let bad = [MemoryFile {
+            name: "bad.jsonl".into(),
+            bytes: Cow::Borrowed(b"{\"item\": {\"id\": \"a\", \"title\": \"A\"}}\n[1]\n"),
+        }];
+        let err = read_memory(Format::Jsonl, &bad).unwrap_err().to_string();
+        assert!(err.starts_with("bad.jsonl:2: "), "{err}");
+        let only_items = [MemoryFile {
+            name: "s.item".into(),
+            bytes: Cow::Borrowed(b"item_id:token\ttitle:token_seq\n1\tOne\n"),
+        }];
+        assert!(matches!(
+            read_memory(Format::Recbole, &only_items),
+            Err(ImportError::Paths { .. })
+        ));
     }
 
     #[test]
@@ -611,7 +778,7 @@ mod tests {
     fn lines_strip_terminators_and_bom_and_reject_bad_utf8() {
         let dir = tempfile::tempdir().unwrap();
         let p = write(dir.path(), "a.txt", b"\xEF\xBB\xBFone\r\ntwo\nthr\xFFee\n");
-        let mut lines = Lines::open(&p).unwrap();
+        let mut lines = Lines::open(Files::Disk, &p).unwrap();
         assert_eq!(lines.next_line().unwrap(), Some((1, "one")));
         assert_eq!(lines.next_line().unwrap(), Some((2, "two")));
         let err = lines.next_line().unwrap_err().to_string();
@@ -622,7 +789,7 @@ mod tests {
     fn csv_lines_are_one_based_and_utf8_checked() {
         let dir = tempfile::tempdir().unwrap();
         let p = write(dir.path(), "a.csv", b"h1,h2\n\"multi\nline\",x\nok,\xFF\n");
-        let mut csv = Csv::open(&p).unwrap();
+        let mut csv = Csv::open(Files::Disk, &p).unwrap();
         assert_eq!(csv.next_record().unwrap(), Some(1));
         assert_eq!(csv.next_record().unwrap(), Some(2));
         assert_eq!(csv.field(0), "multi\nline");
@@ -635,7 +802,7 @@ mod tests {
             "b.csv",
             b"\xEF\xBB\xBFh\r\n\r\na\r\n\r\n\r\n\"x\r\ny\"\r\n\nlast",
         );
-        let mut csv = Csv::open(&p).unwrap();
+        let mut csv = Csv::open(Files::Disk, &p).unwrap();
         let mut got = Vec::new();
         while let Some(line) = csv.next_record().unwrap() {
             got.push((line, csv.field(0).to_owned()));
@@ -718,7 +885,7 @@ mod tests {
         assert_eq!(held.hold_out_last(), 300);
         assert_eq!(held.interactions.len(), full.interactions.len() - 300);
         assert_eq!(held.user_count(), 300);
-        for u in crate::sim::users(&full) {
+        for u in crate::simulator::users(&full) {
             let kept: Vec<&str> = held
                 .interactions
                 .iter()
@@ -749,12 +916,13 @@ mod tests {
         );
     }
 
-    /// Reads the real data sets under /work/shared/data and prints counts and read times.
-    /// Run with `cargo test --release --lib import::tests::real_datasets -- --ignored --nocapture`.
+    /// Reads the real data sets and prints counts and read times. They are looked for in
+    /// `$AGP_SHARED_DATA`, else in `../shared/data` beside this crate. Run with
+    /// `AGP_SHARED_DATA=/path/to/data cargo test --release --lib import::tests::real_datasets -- --ignored --nocapture`.
     #[test]
-    #[ignore]
+    #[ignore = "reads the real data sets ($AGP_SHARED_DATA, default ../shared/data)"]
     fn real_datasets() {
-        let root = Path::new("/work/shared/data");
+        let root = super::test_util::shared_data();
         let cases: [(Format, Vec<PathBuf>); 5] = [
             (
                 Format::Recbole,

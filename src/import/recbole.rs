@@ -22,19 +22,19 @@ use std::path::{Path, PathBuf};
 use chrono::{DateTime, Utc};
 
 use super::{
-    Dataset, Dedupe, Histories, ImportError, Lines, display_list, duplicate_note, file_name,
-    list_dir, parse_f64, split_into,
+    Dataset, Dedupe, Files, Histories, ImportError, Lines, display_list, duplicate_note, file_name,
+    parse_f64, split_into,
 };
 use crate::catalog::{DEFAULT_KIND, NewInteraction, NewItem};
 
 /// Upper bound on columns per file; wider headers are rejected.
 const MAX_COLS: usize = 64;
 
-pub(super) fn read(paths: &[PathBuf]) -> Result<Dataset, ImportError> {
-    let (item_path, inter_path) = pick_files(paths)?;
-    let mut catalog = ItemTable::read(&item_path)?;
+pub(super) fn read(fs: Files<'_>, paths: &[PathBuf]) -> Result<Dataset, ImportError> {
+    let (item_path, inter_path) = pick_files(fs, paths)?;
+    let mut catalog = ItemTable::read(fs, &item_path)?;
     let from_item_file = catalog.items.len();
-    let inter = read_inter(&inter_path, &mut catalog)?;
+    let inter = read_inter(fs, &inter_path, &mut catalog)?;
     let finished = inter.histories.finish(Dedupe::Item);
 
     let mut notes = vec![format!(
@@ -93,7 +93,7 @@ pub(super) fn read(paths: &[PathBuf]) -> Result<Dataset, ImportError> {
 
 /// One `.item` and one `.inter` file, from explicit files or directories (where the
 /// `*.test.inter` file is preferred, else the only `*.inter`).
-fn pick_files(paths: &[PathBuf]) -> Result<(PathBuf, PathBuf), ImportError> {
+fn pick_files(fs: Files<'_>, paths: &[PathBuf]) -> Result<(PathBuf, PathBuf), ImportError> {
     let ext = |p: &Path| {
         p.extension()
             .and_then(|e| e.to_str())
@@ -103,8 +103,8 @@ fn pick_files(paths: &[PathBuf]) -> Result<(PathBuf, PathBuf), ImportError> {
     let mut items = Vec::new();
     let mut inters = Vec::new();
     for p in paths {
-        if p.is_dir() {
-            let files = list_dir(p)?;
+        if fs.is_dir(p) {
+            let files = fs.list_dir(p)?;
             items.extend(files.iter().filter(|f| ext(f) == "item").cloned());
             let tests: Vec<_> = files
                 .iter()
@@ -162,7 +162,7 @@ struct Header {
 }
 
 impl Header {
-    fn read(lines: &mut Lines, path: &Path, example: &str) -> Result<Header, ImportError> {
+    fn read(lines: &mut Lines<'_>, path: &Path, example: &str) -> Result<Header, ImportError> {
         let Some((line, text)) = lines.next_line()? else {
             return Err(ImportError::parse(
                 path,
@@ -272,8 +272,8 @@ struct ItemTable {
 }
 
 impl ItemTable {
-    fn read(path: &Path) -> Result<ItemTable, ImportError> {
-        let mut lines = Lines::open(path)?;
+    fn read(fs: Files<'_>, path: &Path) -> Result<ItemTable, ImportError> {
+        let mut lines = Lines::open(fs, path)?;
         let header = Header::read(&mut lines, path, "item_id:token<TAB>title:token_seq")?;
         let id_col = header.require(path, "item_id", &["token"])?;
         let title_name = TITLE_COLUMNS
@@ -390,8 +390,8 @@ struct Inter {
     timestamps: bool,
 }
 
-fn read_inter(path: &Path, catalog: &mut ItemTable) -> Result<Inter, ImportError> {
-    let mut lines = Lines::open(path)?;
+fn read_inter(fs: Files<'_>, path: &Path, catalog: &mut ItemTable) -> Result<Inter, ImportError> {
+    let mut lines = Lines::open(fs, path)?;
     let header = Header::read(&mut lines, path, "user_id:token<TAB>item_id:token")?;
     let user_col = header.require(path, "user_id", &["token"])?;
     let item_col = header.require(path, "item_id", &["token"])?;

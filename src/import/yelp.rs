@@ -11,21 +11,21 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use super::{
-    Dataset, Dedupe, Finished, Histories, ImportError, Lines, display_list, duplicate_note,
-    file_name, list_dir, parse_f64, split_into,
+    Dataset, Dedupe, Files, Finished, Histories, ImportError, Lines, display_list, duplicate_note,
+    file_name, parse_f64, split_into,
 };
 use crate::catalog::{NewInteraction, NewItem};
 
-pub(super) fn read(paths: &[PathBuf]) -> Result<Dataset, ImportError> {
-    let (items_path, ratings_path) = pick_files(paths)?;
+pub(super) fn read(fs: Files<'_>, paths: &[PathBuf]) -> Result<Dataset, ImportError> {
+    let (items_path, ratings_path) = pick_files(fs, paths)?;
     let mut notes = Vec::new();
 
     let mut businesses = Businesses::default();
     if let Some(path) = &items_path {
-        businesses.read_items(path)?;
+        businesses.read_items(fs, path)?;
     }
     let described = businesses.list.len();
-    let (histories, missing) = businesses.read_ratings(&ratings_path)?;
+    let (histories, missing) = businesses.read_ratings(fs, &ratings_path)?;
     let finished = histories.finish(Dedupe::Item);
     let unrated = businesses.unrated(&finished);
     let Businesses {
@@ -87,8 +87,8 @@ struct Businesses {
 
 impl Businesses {
     /// Reads `items.txt`.
-    fn read_items(&mut self, path: &Path) -> Result<(), ImportError> {
-        let mut lines = Lines::open(path)?;
+    fn read_items(&mut self, fs: Files<'_>, path: &Path) -> Result<(), ImportError> {
+        let mut lines = Lines::open(fs, path)?;
         while let Some((line, text)) = lines.next_line()? {
             if text.is_empty() {
                 continue;
@@ -136,10 +136,14 @@ impl Businesses {
 
     /// Reads `ratings.txt`, adding the rated businesses absent from `items.txt`; returns the
     /// histories and the number of businesses added.
-    fn read_ratings(&mut self, path: &Path) -> Result<(Histories, usize), ImportError> {
+    fn read_ratings(
+        &mut self,
+        fs: Files<'_>,
+        path: &Path,
+    ) -> Result<(Histories, usize), ImportError> {
         let mut histories = Histories::default();
         let mut missing = 0usize;
-        let mut lines = Lines::open(path)?;
+        let mut lines = Lines::open(fs, path)?;
         while let Some((line, text)) = lines.next_line()? {
             if text.is_empty() {
                 continue;
@@ -230,12 +234,12 @@ fn business_item(id: String, cats: Option<Vec<String>>) -> NewItem {
 
 /// `ratings.txt` (required) and `items.txt` (optional), from a directory or explicit files
 /// recognised by name (`*rating*` / `*item*`).
-fn pick_files(paths: &[PathBuf]) -> Result<(Option<PathBuf>, PathBuf), ImportError> {
+fn pick_files(fs: Files<'_>, paths: &[PathBuf]) -> Result<(Option<PathBuf>, PathBuf), ImportError> {
     let mut items = Vec::new();
     let mut ratings = Vec::new();
     for p in paths {
-        if p.is_dir() {
-            for f in list_dir(p)? {
+        if fs.is_dir(p) {
+            for f in fs.list_dir(p)? {
                 match file_name(&f) {
                     "items.txt" => items.push(f),
                     "ratings.txt" => ratings.push(f),

@@ -2,21 +2,23 @@
 //! candidate lists, every method on the same lists and LLM, metrics per seed (saved after
 //! each method, so a killed job resumes), then the report.
 
+pub(super) mod llm_outcomes;
+
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::context::{JobContext, JobError, failed};
 use super::fused;
-use crate::agp::case::{Case, CaseOutcome};
-use crate::agp::prompt::PromptName;
+use crate::agp::case::Case;
 use crate::eval::Protocol;
 use crate::eval::cases::Prepared;
 use crate::eval::metrics::{self, Metrics};
 use crate::eval::params::{EvalParams, EvalSplit, Method, Scored, drop_inapplicable};
-use crate::eval::score::{ProfileMode, Scorer};
+use crate::eval::score::Scorer;
 use crate::llm::usage::{Cost, cost_between};
 use crate::rankers::{Cooc, Incoming, ItemKnn, Random, Ranker};
-use crate::report::{MethodResult, PromptShown, Report, SeedMetrics};
+use crate::report::{MethodResult, Report, SeedMetrics};
+use llm_outcomes::{NotesAndPrompts, llm_outcomes};
 
 /// One finished (seed, method): the resumable state is the list of them.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -40,7 +42,7 @@ pub async fn run(ctx: &JobContext) -> Result<Report, JobError> {
     let seeds = params.seeds();
     let scored = params.scored();
     let mut st: State = ctx.saved_state().unwrap_or_default();
-    let mut shown = Shown::default();
+    let mut shown = NotesAndPrompts::default();
     for (si, &seed) in seeds.iter().enumerate() {
         ctx.check_cancel()?;
         ctx.tick(|p| {
@@ -174,88 +176,10 @@ async fn llm_ranks(
     cases: &[Case],
     what: Scored,
     seed: u64,
-    shown: &mut Shown,
+    shown: &mut NotesAndPrompts,
 ) -> Result<Vec<usize>, JobError> {
     let outcomes = llm_outcomes(ctx, scorer, cases, what, seed, shown).await?;
     Ok(outcomes.iter().map(|o| o.rank).collect())
-}
-
-/// What the report shows besides metrics: notes and the prompts used.
-#[derive(Default)]
-pub(super) struct Shown {
-    pub notes: Vec<String>,
-    pub prompts: Vec<PromptShown>,
-}
-
-impl Shown {
-    /// Adds a note once (the fused method ranks the evaluated users a second time).
-    pub fn note(&mut self, note: String) {
-        if !self.notes.contains(&note) {
-            self.notes.push(note);
-        }
-    }
-}
-
-/// An LLM method's outcome on each case (noting failures and repairs, and the prompts it
-/// used).
-pub(super) async fn llm_outcomes(
-    ctx: &JobContext,
-    scorer: &Scorer,
-    cases: &[Case],
-    what: Scored,
-    seed: u64,
-    shown: &mut Shown,
-) -> Result<Vec<CaseOutcome>, JobError> {
-    let mode = match what.profile_version() {
-        Some(v) => {
-            let template = ctx.template(PromptName::PGen, v).await?;
-            if !shown.prompts.iter().any(|p| p.version == v) {
-                shown.prompts.push(PromptShown {
-                    label: format!("p_gen v{v}"),
-                    version: v,
-                    template: template.to_string(),
-                });
-            }
-            ProfileMode::Prompt {
-                version: v,
-                template,
-            }
-        }
-        None => ProfileMode::HistoryOnly,
-    };
-    let call = ctx.call_ctx();
-    let tick = || ctx.tick(|p| p.done += 1);
-    let rank_mode = what.rank_mode(scorer.rank_mode());
-    let outcomes = scorer
-        .score_all(cases, &mode, rank_mode, &call, &tick)
-        .await;
-    let name = what.name();
-    let failures = outcomes.iter().filter(|o| o.failure.is_some()).count();
-    if failures > 0 {
-        shown.note(format!(
-            "seed {seed}, {name}: {failures} of {} lists fell back to the incoming order (LLM failure)",
-            outcomes.len()
-        ));
-    }
-    let repaired = outcomes.iter().filter(|o| o.repaired).count();
-    if repaired > 0 {
-        shown.note(format!(
-            "seed {seed}, {name}: {repaired} of {} ranking answers needed repair",
-            outcomes.len()
-        ));
-    }
-    let generated = outcomes
-        .iter()
-        .filter(|o| o.windows_without_logprobs > 0)
-        .count();
-    if generated > 0 {
-        shown.note(format!(
-            "seed {seed}, {name}: the LLM server returned no log-probabilities for {generated} of {} \
-             lists; they were ranked in generation mode instead",
-            outcomes.len()
-        ));
-    }
-    Ok(outcomes)
 }
 
 /// The report: each method's metrics per seed, mean and spread, and costs.
@@ -264,7 +188,7 @@ async fn report(
     params: &EvalParams,
     scored: &[Scored],
     st: &State,
-    shown: Shown,
+    shown: NotesAndPrompts,
 ) -> Result<Report, JobError> {
     let results: Vec<MethodResult> = scored
         .iter()

@@ -7,7 +7,7 @@
 use serde_json::json;
 
 use super::context::{JobContext, JobError, failed};
-use super::evaluate::{Shown, llm_outcomes};
+use super::evaluate::llm_outcomes::{NotesAndPrompts, llm_outcomes};
 use crate::agp::case::Case;
 use crate::eval::cases::Prepared;
 use crate::eval::metrics::{self, Metrics};
@@ -34,7 +34,7 @@ pub(super) struct SeedRun<'a> {
 pub(super) async fn ranks(
     ctx: &JobContext,
     run: &SeedRun<'_>,
-    shown: &mut Shown,
+    shown: &mut NotesAndPrompts,
     blend_version: &mut Option<i32>,
 ) -> Result<Vec<usize>, JobError> {
     let validation = &run.prep.validation;
@@ -91,7 +91,7 @@ async fn orders(
     run: &SeedRun<'_>,
     cases: &[Case],
     llm: Option<(Scored, &Scorer)>,
-    shown: &mut Shown,
+    shown: &mut NotesAndPrompts,
 ) -> Result<Vec<CaseOrders>, JobError> {
     let llm_orders: Vec<Option<Vec<usize>>> = match llm {
         Some((method, scorer)) => llm_outcomes(ctx, scorer, cases, method, run.seed, shown)

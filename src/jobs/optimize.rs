@@ -12,7 +12,9 @@ use utoipa::ToSchema;
 
 use super::context::{BestSoFar, JobContext, JobError, failed};
 use crate::agp::accept::{self, Acceptance};
-use crate::agp::batch::{self, BatchSpec, Known, Lab, Prompt, Settings, Step, StepKind, Templates};
+use crate::agp::batch::{
+    self, BatchHost, BatchSpec, DatasetNames, Prompt, Settings, Step, StepKind, Templates,
+};
 use crate::agp::case::{Case, CaseOutcome};
 use crate::agp::prompt::{self, PromptName};
 use crate::agp::{Chat, LlmCall};
@@ -181,7 +183,7 @@ struct Setup {
     prep: Prepared,
     scorer: Scorer,
     templates: Templates,
-    known: Known,
+    known: DatasetNames,
     batches_per_epoch: usize,
 }
 
@@ -193,7 +195,7 @@ struct JobLab<'a> {
     call: CallContext,
 }
 
-impl Lab for JobLab<'_> {
+impl BatchHost for JobLab<'_> {
     async fn score(&self, case: &Case, prompt: &Prompt) -> CaseOutcome {
         self.scorer
             .score(case, &mode(prompt), self.scorer.rank_mode(), &self.call)
@@ -300,7 +302,7 @@ async fn setup(ctx: &JobContext) -> Result<Setup, JobError> {
     .await
     .map_err(failed)?;
     let titles = ctx.item_titles(&all).await?;
-    let known = Known {
+    let known = DatasetNames {
         title_list: titles.values().cloned().collect(),
         titles,
         users: all.iter().map(|c| c.user_id.clone()).collect(),
@@ -467,7 +469,7 @@ async fn save(ctx: &JobContext, st: &State) -> Result<(), JobError> {
 
 async fn batch_in(
     llm: &impl Chat,
-    lab: &impl Lab,
+    lab: &impl BatchHost,
     spec: &BatchSpec<'_>,
 ) -> Result<batch::BatchOutcome, JobError> {
     batch::run(llm, lab, spec).await.map_err(|e| match e {

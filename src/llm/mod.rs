@@ -7,7 +7,8 @@
 //! - `limiter`, `retry`: concurrency with priorities; backoff policy
 //! - `usage`: per-call records, tallies, metrics, the batched usage writer
 //! - `local`: a supervised `llama-server` child process (`agp serve --llm local`)
-//! - `test_server`: a scriptable in-process server speaking the same protocol (tests, benches)
+//! - `test_server`: a scriptable in-process server speaking the same protocol (tests, benches;
+//!   only with the `test-support` feature, which tests and benches get through Cargo.toml)
 
 pub mod breaker;
 pub mod budget;
@@ -16,6 +17,7 @@ pub mod config;
 pub mod limiter;
 pub mod local;
 pub mod retry;
+#[cfg(feature = "test-support")]
 pub mod test_server;
 pub mod usage;
 

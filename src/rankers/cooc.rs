@@ -422,21 +422,19 @@ mod tests {
         assert_eq!((last1.name(), all.name()), ("item_knn", "item_knn_all"));
     }
 
-    /// Timing on the real Amazon Games data:
-    /// `cargo test --release --lib rankers::cooc -- --ignored --nocapture`.
+    /// Timing on the real Amazon Games data, read from `$AGP_SHARED_DATA/amazon-games` (default:
+    /// `../shared/data/amazon-games` beside this crate). Run with
+    /// `AGP_SHARED_DATA=/path/to/data cargo test --release --lib rankers::cooc -- --ignored --nocapture`.
     #[test]
-    #[ignore = "reads /work/shared/data/amazon-games; timing only"]
+    #[ignore = "reads $AGP_SHARED_DATA/amazon-games (default ../shared/data); timing only"]
     fn amazon_timing() {
         use crate::rankers::Popularity;
-        use std::path::PathBuf;
         use std::time::Instant;
 
         let t = Instant::now();
-        let ds = crate::import::read(
-            crate::import::Format::Recbole,
-            &[PathBuf::from("/work/shared/data/amazon-games")],
-        )
-        .expect("read amazon-games");
+        let dir = crate::import::test_util::shared_data().join("amazon-games");
+        let ds = crate::import::read(crate::import::Format::Recbole, std::slice::from_ref(&dir))
+            .unwrap_or_else(|e| panic!("read {}: {e}", dir.display()));
         let read_time = t.elapsed();
         let mut seqs: Vec<Vec<String>> = Vec::new();
         let mut last: Option<&str> = None;

@@ -191,21 +191,6 @@ impl Reranker {
         }
         e.model.clone()
     }
-
-    /// Fits the project's item-kNN model now (and serves it from then on).
-    pub async fn warm_knn(&self, project: &str) -> Result<Arc<Cooc>, FitError> {
-        let m = fit_knn(&self.pool, project).await?;
-        let mut entries = self.knn.entries.lock().unwrap_or_else(|p| p.into_inner());
-        entries.insert(
-            project.to_string(),
-            KnnEntry {
-                model: Some(m.clone()),
-                fitting: false,
-                next_fit: Instant::now() + KNN_REFRESH,
-            },
-        );
-        Ok(m)
-    }
 }
 
 /// Why a model could not be fit.

@@ -1,7 +1,7 @@
 //! When the LLM cannot be used: `strict` requests get 502/504; the others are answered by
 //! the blend without the LLM (`blend::fused_order`), with the reason in `meta.fallback`.
 
-use super::{Answer, Fallback, RerankError, RerankRequest, Reranker};
+use super::{Fallback, LlmRanking, RerankError, RerankRequest, Reranker};
 
 impl Reranker {
     /// The LLM-less answer's reason, or the `strict` error.
@@ -10,7 +10,7 @@ impl Reranker {
         req: &RerankRequest,
         reason: Fallback,
         detail: String,
-    ) -> Result<Answer, RerankError> {
+    ) -> Result<LlmRanking, RerankError> {
         if req.strict {
             match reason {
                 Fallback::LlmTimeout => return Err(RerankError::StrictTimeout(detail)),
@@ -21,7 +21,7 @@ impl Reranker {
                 Fallback::ColdStart | Fallback::Budget => {}
             }
         }
-        Ok(Answer {
+        Ok(LlmRanking {
             order: None,
             fallback: Some((reason, detail)),
             repaired: false,

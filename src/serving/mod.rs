@@ -284,9 +284,9 @@ impl std::fmt::Debug for Reranker {
     }
 }
 
-/// The LLM's part of an answer: its order, or the fallback reason.
+/// The LLM's part of one rerank: its order (or the fallback reason), profile and ranking details.
 #[derive(Clone)]
-struct Answer {
+struct LlmRanking {
     order: Option<Vec<usize>>,
     fallback: Option<(Fallback, String)>,
     repaired: bool,
@@ -295,10 +295,10 @@ struct Answer {
     rank: Option<RankInfo>,
 }
 
-impl Answer {
+impl LlmRanking {
     /// No LLM answer (the blend does not ask the LLM).
-    fn none() -> Answer {
-        Answer {
+    fn none() -> LlmRanking {
+        LlmRanking {
             order: None,
             fallback: None,
             repaired: false,
@@ -360,7 +360,7 @@ impl Reranker {
             }
         };
         let (answer, control_answer) = match (&control_prompts, llm_needed) {
-            (_, false) => (Answer::none(), None),
+            (_, false) => (LlmRanking::none(), None),
             (None, true) => (ranked(prompts.clone()).await?, None),
             // An interleaved `p_gen` request: both profiles and both rankings, side by side.
             (Some(cp), true) => {
@@ -374,7 +374,7 @@ impl Reranker {
                 cp.profile.0,
                 prompts.profile.0,
                 blend.clone(),
-                control_answer.unwrap_or_else(Answer::none),
+                control_answer.unwrap_or_else(LlmRanking::none),
             )),
             (None, Some(cb)) => Some((
                 crate::store::blends::BLEND,
@@ -451,7 +451,7 @@ impl Reranker {
         candidates: &[Arc<crate::store::rerank::ItemLite>],
         tally: &Arc<Tally>,
         mode: RankMode,
-    ) -> Result<Answer, RerankError> {
+    ) -> Result<LlmRanking, RerankError> {
         match self
             .ranked_by_llm(req, prompts, history, candidates, tally, mode)
             .await

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use uuid::Uuid;
 
 use super::cache::{CachedProfile, ProfileKey, SummaryKey};
-use super::{Answer, Fallback, Prompts, RankInfo, RerankRequest, Reranker, UsedProfile};
+use super::{Fallback, LlmRanking, Prompts, RankInfo, RerankRequest, Reranker, UsedProfile};
 use crate::agp::rank::{self, RankError, RankMode, RankOptions};
 use crate::agp::{LlmCall, profile, summarize};
 use crate::llm::{CallContext, LlmError, Role, Tally};
@@ -27,7 +27,7 @@ impl Reranker {
         candidates: &[Arc<ItemLite>],
         tally: &Arc<Tally>,
         mode: RankMode,
-    ) -> Result<Answer, (Fallback, String)> {
+    ) -> Result<LlmRanking, (Fallback, String)> {
         if history.is_empty() {
             return Err((
                 Fallback::ColdStart,
@@ -63,7 +63,7 @@ impl Reranker {
         candidates: &[Arc<ItemLite>],
         ctx: &CallContext,
         opts: &RankOptions,
-    ) -> Result<Answer, (Fallback, String)> {
+    ) -> Result<LlmRanking, (Fallback, String)> {
         let fail = |e: LlmError| {
             let reason = if e.is_timeout() {
                 Fallback::LlmTimeout
@@ -117,7 +117,7 @@ impl Reranker {
         )
         .await;
         match ranked {
-            Ok(o) => Ok(Answer {
+            Ok(o) => Ok(LlmRanking {
                 order: Some(o.order),
                 fallback: None,
                 repaired: o.repaired,
