@@ -1,7 +1,7 @@
 //! Refresh-ahead benchmark (`cargo bench --bench refresh`): returning users whose history
 //! changed, with and without `--refresh-ahead`, on real Postgres with the Amazon Games sample
 //! and a scripted upstream that answers every call after a fixed delay (`AGP_BENCH_DELAY_MS`,
-//! 300). Each user: a first rerank (profile stored), one new interaction, a pause
+//! 300; summaries off). Each user: a first rerank (profile stored), one new interaction, a pause
 //! (`AGP_BENCH_THINK_MS`, 1500: the user coming back), then the measured rerank. Prints LLM
 //! calls per measured rerank, where its profile came from, and its latency p50/p90.
 
@@ -49,7 +49,10 @@ async fn run(url: String) {
     ] {
         let mut settings = LlmSettings::single(llm.base_url.clone(), "bench");
         settings.concurrency = 64;
+        // Summaries off: the scripted upstream writes the same text for every item, which
+        // would make every history look alike (a profile is keyed by its history's texts).
         let mut config = AppConfig::default();
+        config.rerank.summaries = false;
         config.refresh = refresh.then(|| RefreshOptions {
             per_second: 100.0,
             concurrent: WAVE,

@@ -113,6 +113,12 @@ async fn without_refresh_ahead_a_changed_history_is_written_inline() {
     assert_eq!(b["meta"]["profile_source"], "fresh", "{b}");
     assert_eq!(b["meta"]["usage"]["llm_calls"], 1, "{b}");
     assert_eq!(profiles.load(Ordering::SeqCst), 1);
+    // The history changed: the profile is written inline again.
+    interact(&app, "u1", "i1").await;
+    let b = rerank(&app, "u1").await;
+    assert_eq!(b["meta"]["profile_source"], "inline", "{b}");
+    assert_eq!(b["meta"]["usage"]["llm_calls"], 2, "{b}");
+    assert_eq!(profiles.load(Ordering::SeqCst), 2);
     assert_eq!(
         app.count("SELECT count(*) FROM user_profiles WHERE written_by = 'ahead'")
             .await,

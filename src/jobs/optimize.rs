@@ -187,15 +187,15 @@ struct Setup {
     batches_per_epoch: usize,
 }
 
-/// The job's lab: the scorer on the rerank path's caches, the database, the job's tally.
-struct JobLab<'a> {
+/// The job's batch host: the scorer on the rerank path's caches, the database, the job's tally.
+struct JobHost<'a> {
     ctx: &'a JobContext,
     scorer: &'a Scorer,
     validation: &'a [Case],
     call: CallContext,
 }
 
-impl BatchHost for JobLab<'_> {
+impl BatchHost for JobHost<'_> {
     async fn score(&self, case: &Case, prompt: &Prompt) -> CaseOutcome {
         self.scorer
             .score(case, &mode(prompt), self.scorer.rank_mode(), &self.call)
@@ -414,7 +414,7 @@ async fn one_batch(ctx: &JobContext, setup: &Setup, st: &mut State) -> Result<()
         templates: &setup.templates,
         known: &setup.known,
     };
-    let lab = JobLab {
+    let host = JobHost {
         ctx,
         scorer: &setup.scorer,
         validation: &setup.prep.validation,
@@ -425,7 +425,7 @@ async fn one_batch(ctx: &JobContext, setup: &Setup, st: &mut State) -> Result<()
         ctx: &call,
     };
     let (outcome, ()) = futures_util::future::join(
-        batch_in(&llm, &lab, &spec),
+        batch_in(&llm, &host, &spec),
         setup.scorer.prefetch_summaries(&next, &call),
     )
     .await;
@@ -469,10 +469,10 @@ async fn save(ctx: &JobContext, st: &State) -> Result<(), JobError> {
 
 async fn batch_in(
     llm: &impl Chat,
-    lab: &impl BatchHost,
+    host: &impl BatchHost,
     spec: &BatchSpec<'_>,
 ) -> Result<batch::BatchOutcome, JobError> {
-    batch::run(llm, lab, spec).await.map_err(|e| match e {
+    batch::run(llm, host, spec).await.map_err(|e| match e {
         batch::Stopped::Cancelled => JobError::Cancelled,
         batch::Stopped::Failed(e) => JobError::Failed(e),
     })

@@ -13,7 +13,7 @@ use sqlx::PgPool;
 use super::breaker::{Admission, Breaker, Health};
 use super::budget::Budgets;
 use super::config::{LlmSettings, Route};
-use super::limiter::PriorityLimiter;
+use super::limiter::{Permit, PriorityLimiter};
 use super::retry::parse_retry_after;
 use super::usage::{UsageRecord, record_metrics};
 use super::{CallContext, ChatRequest, ChatResponse, LlmError, Priority, Role};
@@ -299,21 +299,10 @@ impl LlmClient {
                     None => permit.await,
                 };
                 // The budget is read and charged while the slot is held (llm::budget).
-                if let Some(b) = &self.inner.budgets
-                    && let Err(spent) = b.check(&ctx.project, class_of(ctx)).await
-                {
-                    drop(permit);
-                    match ctx.priority {
-                        Priority::Interactive => return Err(LlmError::OverBudget(spent.why)),
-                        Priority::Background => {
-                            b.wait(&ctx.project, ctx.job_id, spent)
-                                .await
-                                .map_err(|s| LlmError::OverBudget(s.why))?;
-                            attempt -= 1;
-                            continue;
-                        }
-                    }
-                }
+                let Some(permit) = self.within_budget(ctx, permit).await? else {
+                    attempt -= 1;
+                    continue;
+                };
                 let left = ctx
                     .deadline
                     .map(|d| d.saturating_duration_since(Instant::now()));
@@ -402,6 +391,32 @@ impl LlmClient {
                     tokio::time::sleep(delay).await;
                 }
                 None => return Err(exhausted(attempt, started, err)),
+            }
+        }
+    }
+
+    /// Keeps the slot when the call's budget allows it. When it is spent: an interactive
+    /// call fails with `OverBudget`; a background one gives the slot back, waits until the
+    /// budget allows it again (`None`: take a slot again), or fails if its job is cancelled.
+    async fn within_budget(
+        &self,
+        ctx: &CallContext,
+        permit: Permit,
+    ) -> Result<Option<Permit>, LlmError> {
+        let Some(b) = &self.inner.budgets else {
+            return Ok(Some(permit));
+        };
+        let Err(spent) = b.check(&ctx.project, class_of(ctx)).await else {
+            return Ok(Some(permit));
+        };
+        drop(permit);
+        match ctx.priority {
+            Priority::Interactive => Err(LlmError::OverBudget(spent.why)),
+            Priority::Background => {
+                b.wait(&ctx.project, ctx.job_id, spent)
+                    .await
+                    .map_err(|s| LlmError::OverBudget(s.why))?;
+                Ok(None)
             }
         }
     }

@@ -17,7 +17,7 @@ pub struct JobRow {
     pub kind: JobKind,
     pub status: JobStatus,
     pub params: serde_json::Value,
-    /// What the job publishes ([`crate::jobs::Published`]) and its private resume state.
+    /// What the job publishes (`jobs::Published`) and its private resume state.
     pub progress: serde_json::Value,
     pub result: Option<serde_json::Value>,
     pub error: Option<String>,
