@@ -216,6 +216,15 @@ pub enum KeysCommand {
         /// Project (tenant) the key belongs to.
         #[arg(long, default_value = store::DEFAULT_PROJECT)]
         project: String,
+        #[command(flatten)]
+        rate: RateArgs,
+    },
+    /// Set (or, without `--rate-per-second`, remove) a key's rate limit.
+    Rate {
+        /// Key id (uuid) or prefix (`agp_xxxxxxxx`).
+        key: String,
+        #[command(flatten)]
+        rate: RateArgs,
     },
     /// Revoke a key by its id or its printed prefix.
     Revoke {
@@ -224,6 +233,36 @@ pub enum KeysCommand {
     },
     /// List keys (never their secrets).
     List,
+}
+
+/// A key's rate limit, held across every replica (429 with `Retry-After` beyond it).
+#[derive(Debug, Clone, Copy, clap::Args)]
+pub struct RateArgs {
+    /// Requests per second the key may make (absent: unlimited).
+    #[arg(long)]
+    rate_per_second: Option<f64>,
+    /// Requests the key may make at once above the rate (default: one second's worth).
+    #[arg(long, requires = "rate_per_second")]
+    burst: Option<i32>,
+}
+
+impl RateArgs {
+    /// (rate, burst), checked.
+    fn limit(self) -> anyhow::Result<(Option<f64>, Option<i32>)> {
+        let Some(rate) = self.rate_per_second else {
+            return Ok((None, None));
+        };
+        anyhow::ensure!(
+            rate > 0.0 && rate <= 1_000_000.0,
+            "--rate-per-second must be above 0 and at most 1000000, got {rate}"
+        );
+        let burst = self.burst.unwrap_or(rate.ceil() as i32);
+        anyhow::ensure!(
+            (1..=1_000_000).contains(&burst),
+            "--burst must be between 1 and 1000000, got {burst}"
+        );
+        Ok((Some(rate), Some(burst)))
+    }
 }
 
 /// Runs the parsed command line.
@@ -643,15 +682,27 @@ async fn run_keys(db_args: &DbArgs, cmd: KeysCommand) -> anyhow::Result<()> {
     let db = Database::open(db_args).await?;
     let result = async {
         match cmd {
-            KeysCommand::Create { scope, name, project } => {
+            KeysCommand::Create { scope, name, project, rate } => {
+                let (per_second, burst) = rate.limit()?;
                 let (secret, prefix, hash) = auth::generate_key();
                 crate::app::ensure_project(&db.pool, &project).await?;
-                let id = store::keys::insert(&db.pool, &project, &name, scope.as_str(), &prefix, &hash).await?;
+                let id = store::keys::insert(&db.pool, &project, &name, scope.as_str(), &prefix, &hash, per_second, burst)
+                    .await?;
                 println!("{secret}");
                 eprintln!(
                     "created {} key {id} (prefix {prefix}) for project {project:?}; the key is shown only this once",
                     scope.as_str()
                 );
+            }
+            KeysCommand::Rate { key, rate } => {
+                let (per_second, burst) = rate.limit()?;
+                if store::keys::set_rate(&db.pool, &key, per_second, burst).await? == 0 {
+                    bail!("no live key with id or prefix {key:?}");
+                }
+                match (per_second, burst) {
+                    (Some(r), Some(b)) => println!("key {key}: {r} requests per second, burst {b}"),
+                    _ => println!("key {key}: unlimited"),
+                }
             }
             KeysCommand::Revoke { key } => {
                 let n = store::keys::revoke(&db.pool, &key).await?;

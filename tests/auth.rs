@@ -12,9 +12,18 @@ const MASTER: &str = "test-master-key";
 
 async fn key(app: &common::TestApp, scope: Scope) -> (String, String) {
     let (secret, prefix, hash) = auth::generate_key();
-    store::keys::insert(&app.pool, "default", "t", scope.as_str(), &prefix, &hash)
-        .await
-        .unwrap();
+    store::keys::insert(
+        &app.pool,
+        "default",
+        "t",
+        scope.as_str(),
+        &prefix,
+        &hash,
+        None,
+        None,
+    )
+    .await
+    .unwrap();
     (secret, prefix)
 }
 

@@ -44,9 +44,18 @@ fn script(s: &Seen) -> Reply {
 
 async fn key(pool: &sqlx::PgPool, scope: Scope) -> String {
     let (secret, prefix, hash) = auth::generate_key();
-    agp_rerank::store::keys::insert(pool, "default", "console", scope.as_str(), &prefix, &hash)
-        .await
-        .unwrap();
+    agp_rerank::store::keys::insert(
+        pool,
+        "default",
+        "console",
+        scope.as_str(),
+        &prefix,
+        &hash,
+        None,
+        None,
+    )
+    .await
+    .unwrap();
     secret
 }
 

@@ -7,6 +7,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use super::error::AppError;
+use super::rate_limit::{Limit, retry_after_secs};
 use super::state::AppState;
 use crate::auth::{self, Principal};
 use crate::store;
@@ -38,13 +39,24 @@ pub async fn authenticate(State(state): State<AppState>, mut req: Request, next:
                 }
             } else {
                 match store::keys::find_live(&state.pool, &auth::hash_key(token)).await {
-                    Ok(Some((project, scope))) => match auth::Scope::parse(&scope) {
-                        Some(scope) => Principal { project, scope },
-                        None => {
-                            return AppError::Internal(anyhow::anyhow!("bad stored scope {scope}"))
-                                .into_response();
+                    Ok(Some(key)) => {
+                        if let Err(refused) = rate_limited(&state, &key).await {
+                            return refused;
                         }
-                    },
+                        match auth::Scope::parse(&key.scope) {
+                            Some(scope) => Principal {
+                                project: key.project,
+                                scope,
+                            },
+                            None => {
+                                return AppError::Internal(anyhow::anyhow!(
+                                    "bad stored scope {}",
+                                    key.scope
+                                ))
+                                .into_response();
+                            }
+                        }
+                    }
                     Ok(None) => {
                         return AppError::Unauthorized("unknown or revoked API key".into())
                             .into_response();
@@ -72,6 +84,30 @@ pub async fn authenticate(State(state): State<AppState>, mut req: Request, next:
     }
     req.extensions_mut().insert(principal);
     next.run(req).await
+}
+
+/// Applies the key's rate limit: `Err` is the 429 (with `Retry-After` and the error body).
+async fn rate_limited(state: &AppState, key: &store::keys::LiveKey) -> Result<(), Response> {
+    let Some(per_second) = key.rate_per_second else {
+        return Ok(());
+    };
+    let limit = Limit {
+        per_second,
+        burst: f64::from(key.burst.unwrap_or(1)).max(1.0),
+    };
+    let Err(wait) = state.rate_limiter.admit(key.id, limit).await else {
+        return Ok(());
+    };
+    metrics::counter!("agp_rate_limited_total").increment(1);
+    let secs = retry_after_secs(wait);
+    let mut resp = AppError::RateLimited(format!(
+        "this key is limited to {per_second} requests per second (burst {}); retry after {secs} s",
+        limit.burst
+    ))
+    .into_response();
+    resp.headers_mut()
+        .insert(axum::http::header::RETRY_AFTER, secs.into());
+    Err(resp)
 }
 
 /// Counts requests and records their latency by method, route template and status.

@@ -14,6 +14,7 @@ pub mod jobs;
 pub mod middleware;
 pub mod openapi;
 pub mod prompts;
+pub mod rate_limit;
 pub mod rerank;
 pub mod server;
 pub mod service;

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use metrics_exporter_prometheus::PrometheusHandle;
 use sqlx::PgPool;
 
+use super::rate_limit::RateLimiter;
 use crate::config::AppConfig;
 use crate::llm::LlmClient;
 use crate::serving::Reranker;
@@ -22,6 +23,8 @@ pub struct AppState {
     pub reranker: Arc<Reranker>,
     /// Writes profiles ahead of time when interactions arrive (`--refresh-ahead`).
     pub refresher: Option<Arc<Refresher>>,
+    /// This replica's share of the keys' rate limits.
+    pub rate_limiter: Arc<RateLimiter>,
     /// Health of the managed local llama-server, when `--llm local` runs one.
     pub local_llm_healthy: Option<Arc<std::sync::atomic::AtomicBool>>,
     /// Health of the embedded Postgres, when this process supervises one.
@@ -44,6 +47,7 @@ impl AppState {
             .map(|opts| Refresher::spawn(reranker.clone(), opts));
         AppState {
             refresher,
+            rate_limiter: Arc::new(RateLimiter::new(pool.clone())),
             pool,
             config: Arc::new(config),
             metrics: crate::telemetry::prometheus(),

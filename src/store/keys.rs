@@ -17,7 +17,9 @@ pub struct KeyRow {
     pub revoked_at: Option<DateTime<Utc>>,
 }
 
-/// Stores a new key (the project must exist: `app::ensure_project`).
+/// Stores a new key (the project must exist: `app::ensure_project`), with its rate limit
+/// (`None`: unlimited).
+#[allow(clippy::too_many_arguments)]
 pub async fn insert(
     pool: &PgPool,
     project: &str,
@@ -25,17 +27,22 @@ pub async fn insert(
     scope: &str,
     prefix: &str,
     hash: &[u8],
+    rate_per_second: Option<f64>,
+    burst: Option<i32>,
 ) -> Result<Uuid, sqlx::Error> {
     let mut tx = pool.begin().await?;
     let id = Uuid::new_v4();
     sqlx::query!(
-        "INSERT INTO api_keys (id, project, name, scope, prefix, key_hash) VALUES ($1, $2, $3, $4, $5, $6)",
+        "INSERT INTO api_keys (id, project, name, scope, prefix, key_hash, rate_per_second, burst)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         id,
         project,
         name,
         scope,
         prefix,
         hash,
+        rate_per_second,
+        burst,
     )
     .execute(&mut *tx)
     .await?;
@@ -43,18 +50,92 @@ pub async fn insert(
     Ok(id)
 }
 
-/// The live (not revoked) key with this hash: (project, scope).
-pub async fn find_live(
-    pool: &PgPool,
-    hash: &[u8],
-) -> Result<Option<(String, String)>, sqlx::Error> {
-    let row = sqlx::query!(
-        "SELECT project, scope FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL",
+/// A live key as the auth middleware reads it.
+#[derive(Debug, Clone)]
+pub struct LiveKey {
+    pub id: Uuid,
+    pub project: String,
+    pub scope: String,
+    /// Requests per second allowed (`None`: unlimited), with this burst.
+    pub rate_per_second: Option<f64>,
+    pub burst: Option<i32>,
+}
+
+/// The live (not revoked) key with this hash.
+pub async fn find_live(pool: &PgPool, hash: &[u8]) -> Result<Option<LiveKey>, sqlx::Error> {
+    sqlx::query_as!(
+        LiveKey,
+        "SELECT id, project, scope, rate_per_second, burst FROM api_keys
+         WHERE key_hash = $1 AND revoked_at IS NULL",
         hash
     )
     .fetch_optional(pool)
+    .await
+}
+
+/// Sets a key's rate limit (`None`: unlimited); returns whether the key exists.
+pub async fn set_rate(
+    pool: &PgPool,
+    id_or_prefix: &str,
+    rate_per_second: Option<f64>,
+    burst: Option<i32>,
+) -> Result<u64, sqlx::Error> {
+    let id = Uuid::parse_str(id_or_prefix).ok();
+    let res = sqlx::query!(
+        "UPDATE api_keys SET rate_per_second = $3, burst = $4
+         WHERE (id = $1 OR prefix = $2) AND revoked_at IS NULL",
+        id,
+        id_or_prefix,
+        rate_per_second,
+        burst,
+    )
+    .execute(pool)
     .await?;
-    Ok(row.map(|r| (r.project, r.scope)))
+    Ok(res.rows_affected())
+}
+
+/// Takes up to `want` whole tokens from the key's shared bucket (refilled at `rate` per
+/// second up to `burst`; a new bucket starts full). Returns the tokens granted and, when
+/// none could be, the seconds until the next one accrues.
+pub async fn take_tokens(
+    pool: &PgPool,
+    key: Uuid,
+    rate: f64,
+    burst: f64,
+    want: f64,
+) -> Result<(f64, f64), sqlx::Error> {
+    sqlx::query!(
+        "INSERT INTO rate_buckets (key_id, tokens, updated_at) VALUES ($1, $2, clock_timestamp())
+         ON CONFLICT (key_id) DO NOTHING",
+        key,
+        burst,
+    )
+    .execute(pool)
+    .await?;
+    let r = sqlx::query!(
+        r#"WITH cur AS (
+             SELECT least($3::float8, tokens + $2::float8 * extract(epoch FROM clock_timestamp() - updated_at)::float8)
+                    AS avail
+             FROM rate_buckets WHERE key_id = $1 FOR UPDATE)
+           UPDATE rate_buckets b
+              SET tokens = cur.avail - least($4::float8, greatest(floor(cur.avail), 0)),
+                  updated_at = clock_timestamp()
+             FROM cur WHERE b.key_id = $1
+           RETURNING least($4::float8, greatest(floor(cur.avail), 0)) AS "granted!",
+                     cur.avail AS "avail!""#,
+        key,
+        rate,
+        burst,
+        want,
+    )
+    .fetch_one(pool)
+    .await?;
+    let wait = if r.granted >= 1.0 {
+        0.0
+    } else {
+        (1.0 - r.avail).max(0.0) / rate
+    };
+    Ok((r.granted, wait))
 }
 
 /// Revokes a key by id or by its printed prefix; returns how many keys were revoked.

@@ -1,0 +1,123 @@
+//! Rate limits per key, on real Postgres: one key's limit shared by two `agp serve`
+//! processes (429 with `Retry-After` and the contract's error body beyond it, cluster-wide),
+//! refilled over time, and other keys untouched.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::proc::{Proc, free_port, wait_ready};
+use serde_json::Value;
+
+const MASTER: &str = "rate-limit-test-master-key";
+
+/// `agp keys create` against the database; returns the key's secret.
+fn create_key(dir: &std::path::Path, db_url: &str, extra: &[&str]) -> String {
+    let out = common::proc::agp(dir)
+        .args(["keys", "create", "--scope", "read"])
+        .args(extra)
+        .env("DATABASE_URL", db_url)
+        .output()
+        .expect("agp keys create");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_share_one_keys_limit_and_answer_429_with_retry_after() {
+    let (_pool, db_url) = common::fresh_db().await;
+    let dir = tempfile::tempdir().unwrap();
+    let limited = create_key(
+        dir.path(),
+        &db_url,
+        &["--rate-per-second", "5", "--burst", "5"],
+    );
+    let free = create_key(dir.path(), &db_url, &[]);
+    let client = reqwest::Client::new();
+    let mut procs = Vec::new();
+    let mut bases = Vec::new();
+    for i in 0..2 {
+        let base = format!("http://127.0.0.1:{}", free_port());
+        let mut c = common::proc::agp(&dir.path().join(format!("p{i}")));
+        c.args(["serve", "--listen", base.trim_start_matches("http://")])
+            .env("DATABASE_URL", &db_url)
+            .env("AGP_MASTER_KEY", MASTER)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::inherit());
+        let mut p = Proc::spawned(c.spawn().expect("spawn agp serve"));
+        wait_ready(&client, &base, &mut p).await;
+        procs.push(p);
+        bases.push(base);
+    }
+    let get = |base: &str, key: &str| {
+        client
+            .get(format!("{base}/v1/prompts"))
+            .bearer_auth(key)
+            .send()
+    };
+
+    // 60 requests as fast as they come, alternating between the processes.
+    let started = Instant::now();
+    let (mut ok, mut limited_answers) = (0u32, 0u32);
+    for k in 0..60 {
+        let r = get(&bases[k % 2], &limited).await.unwrap();
+        match r.status().as_u16() {
+            200 => ok += 1,
+            429 => {
+                limited_answers += 1;
+                let retry: u64 = r.headers()["retry-after"]
+                    .to_str()
+                    .unwrap()
+                    .parse()
+                    .unwrap();
+                assert!((1..=2).contains(&retry), "Retry-After {retry}");
+                let b: Value = r.json().await.unwrap();
+                let msg = common::error_message(&b, "rate_limited");
+                assert!(msg.contains("5 requests per second"), "{msg}");
+            }
+            s => panic!("unexpected status {s}"),
+        }
+    }
+    let secs = started.elapsed().as_secs_f64();
+    // The burst, what accrued meanwhile, and at most one token held by each process.
+    let most = 5.0 + 5.0 * secs + 2.0;
+    eprintln!("{ok} of 60 admitted in {secs:.2} s (at most {most:.1}); {limited_answers} refused");
+    assert!(ok >= 5, "the burst is admitted: {ok}");
+    assert!(f64::from(ok) <= most, "{ok} admitted > {most:.1}");
+    assert_eq!(ok + limited_answers, 60);
+    // Both processes refused: the limit is the cluster's, not a process's.
+    let refused_on = |base: &str| {
+        let base = base.to_string();
+        let (client, key) = (client.clone(), limited.clone());
+        async move {
+            for _ in 0..20 {
+                let r = client
+                    .get(format!("{base}/v1/prompts"))
+                    .bearer_auth(&key)
+                    .send()
+                    .await
+                    .unwrap();
+                if r.status() == 429 {
+                    return true;
+                }
+            }
+            false
+        }
+    };
+    assert!(refused_on(&bases[0]).await && refused_on(&bases[1]).await);
+
+    // Another key is not limited by it.
+    for base in &bases {
+        assert_eq!(get(base, &free).await.unwrap().status(), 200);
+    }
+    // The bucket refills: after a wait, the key is admitted again.
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    assert_eq!(get(&bases[1], &limited).await.unwrap().status(), 200);
+    for p in procs {
+        common::proc::terminate(p).await;
+    }
+}
