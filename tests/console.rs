@@ -142,6 +142,12 @@ async fn the_console_in_a_real_browser() {
     b.click("#load-sample").await;
     b.wait_text("#sample-status", "Loaded", 30).await;
     b.wait_text("#items", ",", 10).await; // the overview shows the loaded catalog
+    // An admin key sees the LLM budget (unlimited, nothing spent yet).
+    let budget = b.wait_text("#budget-table", "unlimited", 10).await;
+    assert!(
+        budget.contains("interactive") && budget.contains("background"),
+        "{budget}"
+    );
     let sample_items: i64 = sqlx::query_scalar("SELECT count(*) FROM items")
         .fetch_one(&pool)
         .await
@@ -189,6 +195,12 @@ async fn the_console_in_a_real_browser() {
     let total = format!("{}", sample_items + 120);
     let shown = b.wait_text("#items", &total[total.len() - 3..], 10).await;
     assert_eq!(shown.replace(',', ""), total);
+    // A read key does not (the budget is the admin's).
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let hidden = b
+        .script("return document.querySelector('#budget-table') === null")
+        .await;
+    assert_eq!(hidden, serde_json::json!(true));
 
     // Prompts: both versions, a diff, and promotion refused with a read key.
     b.click("#nav-prompts").await;

@@ -46,6 +46,21 @@ function fail(e, where = "#view") {
 }
 
 // ---- overview -------------------------------------------------------------------------
+// The LLM budget and this hour's and today's spend (admin keys only: others skip it).
+async function budget() {
+  let b;
+  try { b = await api("GET", "/v1/budget"); } catch (_) { return; }
+  const cell = (spent, limit) => `${fmt(spent)} / ${limit == null ? "unlimited" : fmt(limit)}`;
+  const row = (name, s, perHour, perDay) =>
+    `<tr><td>${name}</td><td>${cell(s.tokens_this_hour, perHour)}</td><td>${cell(s.tokens_today, perDay)}</td></tr>`;
+  const el = $("#budget");
+  if (!el) return;
+  el.innerHTML = "<h3>LLM budget (tokens spent / limit; UTC windows)</h3><table id='budget-table'><thead><tr><th>work</th><th>this hour</th><th>today</th></tr></thead><tbody>"
+    + row("interactive (reranks)", b.interactive, b.interactive_tokens_per_hour, b.interactive_tokens_per_day)
+    + row("background (jobs, refreshes)", b.background, b.background_tokens_per_hour, b.background_tokens_per_day)
+    + "</tbody></table>";
+}
+
 async function overview() {
   show("<h2>Overview</h2><div id='ov'>Loading…</div>");
   try {
@@ -70,7 +85,9 @@ async function overview() {
     html += "<div class='row'><section><h3>Reranks per minute, last hour, by fallback reason</h3>" + rerankTable(a.reranks) + "</section>";
     html += "<section><h3>LLM calls by role, last hour</h3>" + llmTable(a.llm) + "</section></div>";
     html += "<h3>LLM calls per minute by role (calls / tokens / mean latency ms)</h3>" + llmMinutes(a.llm);
+    html += "<div id='budget'></div>";
     $("#ov").innerHTML = html;
+    budget();
     const btn = $("#load-sample");
     if (btn) btn.onclick = async () => {
       btn.disabled = true;
