@@ -99,8 +99,12 @@ pub fn build_app(state: AppState) -> Router {
                 .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
                 .layer(TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
                     let id = req.headers().get(REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("-");
-                    tracing::info_span!("request", method = %req.method(), uri = %req.uri(), request_id = %id)
+                    let span = tracing::info_span!("request", method = %req.method(), uri = %req.uri(), request_id = %id);
+                    // A caller's W3C `traceparent`: this request continues its trace.
+                    crate::telemetry::otel::continue_trace(&span, req.headers());
+                    span
                 }))
+                .layer(middleware::from_fn(mw::return_traceparent))
                 .layer(PropagateRequestIdLayer::new(REQUEST_ID)),
         )
         .with_state(state)

@@ -37,6 +37,11 @@ pub struct Cli {
     #[arg(long, env = "AGP_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
     pub log_format: LogFormat,
 
+    /// Export traces over OTLP/HTTP (JSON) to this collector, e.g. `http://127.0.0.1:4318`
+    /// (spans go to `{endpoint}/v1/traces`). Off by default.
+    #[arg(long, env = "AGP_OTLP_ENDPOINT", global = true)]
+    pub otlp_endpoint: Option<String>,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -267,7 +272,14 @@ impl RateArgs {
 
 /// Runs the parsed command line.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
-    telemetry::init_logging(&cli.log, cli.log_format);
+    telemetry::init(&cli.log, cli.log_format, cli.otlp_endpoint.as_deref())
+        .map_err(anyhow::Error::msg)?;
+    let result = run_command(cli).await;
+    telemetry::flush_traces();
+    result
+}
+
+async fn run_command(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => run_serve(&cli.db, *args).await,
         Command::Migrate => {

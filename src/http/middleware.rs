@@ -110,6 +110,18 @@ async fn rate_limited(state: &AppState, key: &store::keys::LiveKey) -> Result<()
     Err(resp)
 }
 
+/// Returns the request span's W3C `traceparent` (when traces are exported), so a caller can
+/// find this request's trace.
+pub async fn return_traceparent(req: Request, next: Next) -> Response {
+    let mut response = next.run(req).await;
+    if let Some(tp) = crate::telemetry::otel::traceparent(&tracing::Span::current())
+        && let Ok(v) = axum::http::HeaderValue::from_str(&tp)
+    {
+        response.headers_mut().insert("traceparent", v);
+    }
+    response
+}
+
 /// Counts requests and records their latency by method, route template and status.
 pub async fn track_metrics(req: Request, next: Next) -> Response {
     let start = Instant::now();

@@ -1,9 +1,10 @@
 //! Rate limits per API key, cluster-wide. Each limited key has one token bucket in Postgres
 //! (`rate_buckets`: refilled at the key's rate up to its burst), shared by every replica. A
-//! replica takes a chunk of tokens at a time (a tenth of a second's worth, at least one) and
-//! admits requests from that local allowance without touching the database; when it is used
-//! up, one round trip takes the next chunk. An empty bucket blocks the key on this replica
-//! until a chunk has accrued (429 with `Retry-After`, no database round trip meanwhile).
+//! replica takes a chunk of tokens at a time (a tenth of a second's worth, at least one; all
+//! or none) and admits requests from that local allowance without touching the database; when
+//! it is used up, one round trip takes the next chunk. A bucket holding less than a chunk
+//! blocks the key on this replica until a chunk will have accrued (429 with `Retry-After`, no
+//! database round trip meanwhile).
 //!
 //! Why this scheme: the bucket in Postgres makes the limit exact across replicas (tokens are
 //! taken atomically, whoever asks), and chunks keep the database off the hot path: at 50
@@ -94,8 +95,8 @@ impl RateLimiter {
                 Ok(())
             }
             Ok((_, wait)) => {
-                // Blocked until a whole chunk has accrued: the next take gets it.
-                let wait = wait + (chunk - 1.0) / limit.per_second;
+                // Blocked until a whole chunk will have accrued (another replica may take it
+                // first: then this one waits again).
                 let wait = Duration::from_secs_f64(wait.clamp(0.001, 3600.0));
                 local.allowance = 0.0;
                 local.blocked_until = Some(now + wait);

@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use sqlx::PgPool;
 use tokio::sync::watch;
+use tracing::Instrument;
 
 pub use context::{BestSoFar, JobContext, JobError, Progress, ProgressSink, Published};
 
@@ -177,12 +178,17 @@ pub async fn execute(
     };
     tracing::info!(job = %id, kind = %job.kind, attempt = job.attempts, "running job");
     let kind = job.kind;
+    let span = tracing::info_span!("job", %id, %kind, attempt = job.attempts);
     let ctx = JobContext::new(pool.clone(), llm.clone(), reranker, job, cancel, sink);
-    let result = match kind {
-        JobKind::Evaluation => evaluate::run(&ctx).await,
-        JobKind::Optimization => optimize::run(&ctx).await,
-        JobKind::SummarizeCatalog => summarize::run(&ctx).await,
-    };
+    let result = async {
+        match kind {
+            JobKind::Evaluation => evaluate::run(&ctx).await,
+            JobKind::Optimization => optimize::run(&ctx).await,
+            JobKind::SummarizeCatalog => summarize::run(&ctx).await,
+        }
+    }
+    .instrument(span)
+    .await;
     hb.abort();
     llm.flush_usage().await;
     if lost.load(Ordering::Relaxed) {

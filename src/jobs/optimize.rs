@@ -8,6 +8,7 @@ use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use tracing::Instrument;
 use utoipa::ToSchema;
 
 use super::context::{BestSoFar, JobContext, JobError, failed};
@@ -428,6 +429,7 @@ async fn one_batch(ctx: &JobContext, setup: &Setup, st: &mut State) -> Result<()
         batch_in(&llm, &host, &spec),
         setup.scorer.prefetch_summaries(&next, &call),
     )
+    .instrument(tracing::info_span!("job.batch", epoch, batch))
     .await;
     let outcome = outcome?;
     for step in &outcome.steps {

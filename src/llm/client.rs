@@ -11,6 +11,8 @@ use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 
 use super::breaker::{Admission, Breaker, Health};
+use tracing::Instrument;
+
 use super::budget::Budgets;
 use super::config::{LlmSettings, Route};
 use super::limiter::{Permit, PriorityLimiter};
@@ -169,7 +171,46 @@ impl LlmClient {
     }
 
     /// One chat completion for `role`: cache, concurrency limit, timeout and retries included.
+    /// Traced as an `llm.call` span with the model, the tokens, whether the cache answered,
+    /// the attempts and the outcome.
     pub async fn chat(
+        &self,
+        role: Role,
+        req: &ChatRequest,
+        ctx: &CallContext,
+    ) -> Result<ChatResponse, LlmError> {
+        let model = self.model(role).unwrap_or("none");
+        let span = tracing::info_span!(
+            "llm.call",
+            role = role.as_str(),
+            model,
+            prompt_tokens = tracing::field::Empty,
+            completion_tokens = tracing::field::Empty,
+            cache_hit = tracing::field::Empty,
+            attempts = tracing::field::Empty,
+            outcome = tracing::field::Empty,
+        );
+        let result = self
+            .chat_traced(role, req, ctx)
+            .instrument(span.clone())
+            .await;
+        match &result {
+            Ok(r) => {
+                span.record("prompt_tokens", r.prompt_tokens);
+                span.record("completion_tokens", r.completion_tokens);
+                span.record("cache_hit", r.cached);
+                span.record("attempts", r.attempts);
+                span.record("outcome", UsageOutcome::Ok.as_str());
+            }
+            Err(e) => {
+                span.record("cache_hit", false);
+                span.record("outcome", e.kind());
+            }
+        }
+        result
+    }
+
+    async fn chat_traced(
         &self,
         role: Role,
         req: &ChatRequest,

@@ -30,6 +30,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use sqlx::PgPool;
+use tracing::{Instrument, info_span};
 use uuid::Uuid;
 
 use crate::agp::profile;
@@ -335,15 +336,22 @@ impl Reranker {
     /// Reranks. Client mistakes are errors; LLM faults are fallbacks unless `strict`.
     pub async fn rerank(&self, req: &RerankRequest) -> Result<RerankOutcome, RerankError> {
         let started = Instant::now();
-        let (prompts, control_prompts) = self.prompts_for(req).await?;
-        let (mut blend, control_blend) = self.blend_for(req).await?;
+        let ((prompts, control_prompts), (mut blend, control_blend)) = async {
+            Ok::<_, RerankError>((self.prompts_for(req).await?, self.blend_for(req).await?))
+        }
+        .instrument(info_span!("rerank.resolve"))
+        .await?;
         // One interleaved experiment per project (checked at start); should a `p_gen` and a
         // blend label both interleave for this user, the `p_gen` one is served.
         let control_blend = control_blend.filter(|_| control_prompts.is_none());
         let candidates = self
             .load_items(&req.project, &req.candidates, "candidates")
+            .instrument(info_span!("rerank.candidates", n = req.candidates.len()))
             .await?;
-        let history = self.recent_history(req).await?;
+        let history = self
+            .recent_history(req)
+            .instrument(info_span!("rerank.history"))
+            .await?;
         let tally = Arc::new(Tally::default());
         let mode = req
             .rank_mode
@@ -356,6 +364,7 @@ impl Reranker {
             let tally = tally.clone();
             async move {
                 self.llm_answer(req, &p, history_ref, candidates_ref, &tally, mode)
+                    .instrument(info_span!("rerank.llm", p_gen = p.profile.0))
                     .await
             }
         };
@@ -393,6 +402,7 @@ impl Reranker {
                 &candidates,
                 &history,
             )
+            .instrument(info_span!("rerank.fuse"))
             .await;
         let mut interleaving = None;
         if let Some((name, control, treatment, mut cb, ca)) = control_side {
@@ -438,7 +448,9 @@ impl Reranker {
             order,
             interleaving,
         };
-        self.log(req, &outcome, started).await;
+        self.log(req, &outcome, started)
+            .instrument(info_span!("rerank.journal"))
+            .await;
         Ok(outcome)
     }
 

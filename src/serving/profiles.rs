@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use tracing::{Instrument, info_span};
 use uuid::Uuid;
 
 use super::cache::{CachedProfile, ProfileKey, SummaryKey};
@@ -83,6 +84,7 @@ impl Reranker {
         let project = req.project.as_str();
         let texts = self
             .history_texts(project, history, prompts.summary.as_ref(), ctx)
+            .instrument(info_span!("rerank.summaries", items = history.len()))
             .await
             .map_err(fail)?;
         let (version, template) = &prompts.profile;
@@ -96,6 +98,7 @@ impl Reranker {
                 ctx,
                 ProfileWriter::Inline,
             )
+            .instrument(info_span!("rerank.profile", p_gen = version))
             .await
             .map_err(fail)?;
         let cand_texts: Vec<String> = candidates
@@ -115,6 +118,7 @@ impl Reranker {
             &refs,
             opts,
         )
+        .instrument(info_span!("rerank.rank", candidates = refs.len()))
         .await;
         match ranked {
             Ok(o) => Ok(LlmRanking {
@@ -354,7 +358,7 @@ fn cached(row: db::StoredProfile) -> CachedProfile {
 async fn detached<T: Send + 'static>(
     fut: impl std::future::Future<Output = Result<T, LlmError>> + Send + 'static,
 ) -> Result<T, LlmError> {
-    tokio::spawn(fut)
+    tokio::spawn(fut.in_current_span())
         .await
         .unwrap_or_else(|e| Err(LlmError::Garbage(format!("background task failed: {e}"))))
 }

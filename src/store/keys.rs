@@ -94,9 +94,9 @@ pub async fn set_rate(
     Ok(res.rows_affected())
 }
 
-/// Takes up to `want` whole tokens from the key's shared bucket (refilled at `rate` per
-/// second up to `burst`; a new bucket starts full). Returns the tokens granted and, when
-/// none could be, the seconds until the next one accrues.
+/// Takes `want` tokens from the key's shared bucket (refilled at `rate` per second up to
+/// `burst`; a new bucket starts full), or none when it holds fewer. Returns the tokens
+/// granted and, when none were, the seconds until `want` will have accrued.
 pub async fn take_tokens(
     pool: &PgPool,
     key: Uuid,
@@ -118,10 +118,10 @@ pub async fn take_tokens(
                     AS avail
              FROM rate_buckets WHERE key_id = $1 FOR UPDATE)
            UPDATE rate_buckets b
-              SET tokens = cur.avail - least($4::float8, greatest(floor(cur.avail), 0)),
+              SET tokens = cur.avail - CASE WHEN cur.avail >= $4::float8 THEN $4::float8 ELSE 0 END,
                   updated_at = clock_timestamp()
              FROM cur WHERE b.key_id = $1
-           RETURNING least($4::float8, greatest(floor(cur.avail), 0)) AS "granted!",
+           RETURNING CASE WHEN cur.avail >= $4::float8 THEN $4::float8 ELSE 0 END AS "granted!",
                      cur.avail AS "avail!""#,
         key,
         rate,
@@ -130,10 +130,10 @@ pub async fn take_tokens(
     )
     .fetch_one(pool)
     .await?;
-    let wait = if r.granted >= 1.0 {
+    let wait = if r.granted > 0.0 {
         0.0
     } else {
-        (1.0 - r.avail).max(0.0) / rate
+        (want - r.avail).max(0.0) / rate
     };
     Ok((r.granted, wait))
 }
