@@ -7,8 +7,6 @@
 
 mod support;
 
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use agp_rerank::llm::test_server::TestLlm;
@@ -17,28 +15,6 @@ const MASTER: &str = "rate-limit-bench-master-key";
 
 fn main() {
     support::on_embedded_pg("rate_limit", run);
-}
-
-fn spawn(bin: &Path, url: &str, llm: &str, data_dir: &Path, port: u16) -> Child {
-    Command::new(bin)
-        .env("AGP_LOG", "error")
-        .env("DATABASE_URL", url)
-        .env("AGP_MASTER_KEY", MASTER)
-        .env("AGP_LLM_BASE_URL", llm)
-        .env("AGP_LLM_CONCURRENCY", "256")
-        .env("AGP_SUMMARIES", "false")
-        .arg("--data-dir")
-        .arg(data_dir)
-        .args([
-            "serve",
-            "--workers",
-            "0",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-        ])
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("agp serve")
 }
 
 async fn key(pool: &sqlx::PgPool, rate: Option<(f64, i32)>) -> String {
@@ -81,12 +57,13 @@ async fn run(url: String) {
     let mut bases = Vec::new();
     for i in 0..3 {
         let port = support::free_port();
-        children.push(spawn(
+        children.push(support::replica(
             &bin,
             &url,
             &llm.base_url,
             &root.path().join(format!("r{i}")),
             port,
+            &[("AGP_MASTER_KEY", MASTER), ("AGP_SUMMARIES", "false")],
         ));
         let base = format!("http://127.0.0.1:{port}");
         support::wait_ready(&base).await;

@@ -17,7 +17,7 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -45,30 +45,10 @@ struct Replica {
     data_dir: PathBuf,
 }
 
-fn spawn(bin: &Path, url: &str, llm: &str, data_dir: &Path, port: u16) -> Child {
-    Command::new(bin)
-        .env("AGP_LOG", "error")
-        .env("DATABASE_URL", url)
-        .env("AGP_LLM_BASE_URL", llm)
-        .env("AGP_LLM_CONCURRENCY", "256")
-        .arg("--data-dir")
-        .arg(data_dir)
-        .args([
-            "serve",
-            "--workers",
-            "0",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-        ])
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("agp serve")
-}
-
 async fn start(bin: &Path, url: &str, llm: &str, root: &Path, i: usize) -> Replica {
     let port = support::free_port();
     let data_dir = root.join(format!("replica{i}"));
-    let child = spawn(bin, url, llm, &data_dir, port);
+    let child = support::replica(bin, url, llm, &data_dir, port, &[]);
     let base = format!("http://127.0.0.1:{port}");
     support::wait_ready(&base).await;
     Replica {
@@ -375,7 +355,7 @@ async fn kill_run(
     let started = driver.await.unwrap_or(0);
     // The killed replica comes back on its data dir and drains what its journal held.
     let r = &mut replicas[leader];
-    r.child = Some(spawn(bin, url, llm, &r.data_dir, r.port));
+    r.child = Some(support::replica(bin, url, llm, &r.data_dir, r.port, &[]));
     support::wait_ready(&r.base).await;
     let deadline = Instant::now() + Duration::from_secs(30);
     let missing = loop {

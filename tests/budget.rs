@@ -17,31 +17,6 @@ use serde_json::{Value, json};
 /// LLM slots per process (the client's default concurrency).
 const SLOTS: i64 = 4;
 
-async fn seed(client: &reqwest::Client, base: &str, users: usize) {
-    let items: Vec<Value> = (0..12)
-        .map(|i| json!({"id": format!("i{i}"), "title": format!("Item number {i}")}))
-        .collect();
-    let r = client
-        .put(format!("{base}/v1/items"))
-        .json(&json!({"items": items}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let interactions: Vec<Value> = (0..users)
-        .flat_map(|u| {
-            (0..2).map(move |k| json!({"user_id": format!("u{u}"), "item_id": format!("i{}", (u + k) % 4)}))
-        })
-        .collect();
-    let r = client
-        .post(format!("{base}/v1/interactions"))
-        .json(&json!({"interactions": interactions}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-}
-
 async fn rerank(client: &reqwest::Client, base: &str, user: &str, strict: bool) -> Value {
     let body = json!({"user_id": user, "strict": strict,
         "candidates": [{"id": "i5"}, {"id": "i6"}, {"id": "i7"}, {"id": "i8"}]});
@@ -88,7 +63,7 @@ async fn an_interactive_budget_is_shared_by_two_processes_and_holds_until_the_wi
         wait_ready(&client, base, &mut p).await;
         procs.push(p);
     }
-    seed(&client, &bases[0], 400).await;
+    common::seed_http(&client, &bases[0], 12, 2, 400).await;
     const CAP: i64 = 1000;
     let r = client
         .put(format!("{}/v1/budget", bases[0]))

@@ -17,31 +17,6 @@ use common::proxy::PgProxy;
 use serde_json::{Value, json};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
-async fn seed(client: &reqwest::Client, base: &str, users: usize) {
-    let items: Vec<Value> = (0..30)
-        .map(|i| json!({"id": format!("i{i}"), "title": format!("Item {i}")}))
-        .collect();
-    let r = client
-        .put(format!("{base}/v1/items"))
-        .json(&json!({"items": items}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let inters: Vec<Value> = (0..users)
-        .flat_map(|u| {
-            (0..3).map(move |i| json!({"user_id": format!("u{u}"), "item_id": format!("i{}", (u + i) % 30)}))
-        })
-        .collect();
-    let r = client
-        .post(format!("{base}/v1/interactions"))
-        .json(&json!({"interactions": inters}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-}
-
 fn rerank_body(k: usize, users: usize) -> Value {
     let c: Vec<Value> = (0..10)
         .map(|j| json!({"id": format!("i{}", (k + j * 3) % 30)}))
@@ -90,7 +65,7 @@ async fn every_answered_rerank_survives_kill_9_of_the_server() {
     let mut server = start_on(&data_dir, &listen, &env);
     wait_ready(&client, &base, &mut server).await;
     let users = 20;
-    seed(&client, &base, users).await;
+    common::seed_http(&client, &base, 30, 3, users).await;
 
     // 8 clients send reranks as fast as they can; the server is killed mid-flight.
     let stop_at = Instant::now() + Duration::from_millis(2500);
@@ -192,7 +167,7 @@ async fn reranks_answer_while_postgres_is_away_and_their_rows_arrive_after() {
         Default::default(),
     )
     .await;
-    seed(&app.client, &app.base, 2).await;
+    common::seed_http(&app.client, &app.base, 30, 3, 2).await;
     // Let the seed's cache invalidations arrive before the caches are warmed.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let body = rerank_body(0, 2);

@@ -80,6 +80,36 @@ pub async fn serve(bin: &Path, data_dir: &Path, llm_url: &str) -> (Child, String
     (child, base)
 }
 
+/// `agp serve` without job workers on `url` (a shared Postgres), listening on `port`, with
+/// extra environment `env`: a replica of a deployment.
+pub fn replica(
+    bin: &Path,
+    url: &str,
+    llm: &str,
+    data_dir: &Path,
+    port: u16,
+    env: &[(&str, &str)],
+) -> Child {
+    Command::new(bin)
+        .env("AGP_LOG", "error")
+        .env("DATABASE_URL", url)
+        .env("AGP_LLM_BASE_URL", llm)
+        .env("AGP_LLM_CONCURRENCY", "256")
+        .envs(env.iter().copied())
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args([
+            "serve",
+            "--workers",
+            "0",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("agp serve")
+}
+
 /// Waits (60 s at most) until `base` answers `/readyz` with 200.
 pub async fn wait_ready(base: &str) {
     let http = reqwest::Client::new();

@@ -200,6 +200,13 @@ fn best_candidate(result: &serde_json::Value) -> Option<(i32, f64, Option<Scored
     Some((base_v, base_score, best))
 }
 
+/// Ends a run (from the status it was read in: replicas never end it twice) with its reason.
+async fn end_run(pool: &PgPool, run: &Run, to: Status, why: &str) -> Result<(), sqlx::Error> {
+    db::advance(pool, run.id, run.status, to, None, why)
+        .await
+        .map(|_| ())
+}
+
 async fn after_optimization(
     pool: &PgPool,
     project: &str,
@@ -207,27 +214,11 @@ async fn after_optimization(
     s: &AutopilotSettings,
 ) -> Result<(), sqlx::Error> {
     let Some(job_id) = run.job_id else {
-        db::advance(
-            pool,
-            run.id,
-            Status::Optimizing,
-            Status::Failed,
-            None,
-            "no job",
-        )
-        .await?;
+        end_run(pool, run, Status::Failed, "no job").await?;
         return Ok(());
     };
     let Some(job) = jobs_db::get(pool, project, job_id, None).await? else {
-        db::advance(
-            pool,
-            run.id,
-            Status::Optimizing,
-            Status::Failed,
-            None,
-            "the job is gone",
-        )
-        .await?;
+        end_run(pool, run, Status::Failed, "the job is gone").await?;
         return Ok(());
     };
     match job.status {
@@ -266,15 +257,7 @@ async fn after_optimization(
                         }
                         Err(StartError::Running { id, .. } | StartError::Interleaving(id)) => {
                             let why = format!("{why}; not started: experiment {id} is running");
-                            db::advance(
-                                pool,
-                                run.id,
-                                Status::Optimizing,
-                                Status::Skipped,
-                                None,
-                                &why,
-                            )
-                            .await?;
+                            end_run(pool, run, Status::Skipped, &why).await?;
                         }
                         Err(StartError::Db(e)) => return Err(e),
                     }
@@ -289,54 +272,33 @@ async fn after_optimization(
                             "no candidate was accepted against production v{base_v} (validation NDCG@10 {base:.4})"
                         ),
                     };
-                    db::advance(pool, run.id, Status::Optimizing, Status::Done, None, &why)
-                        .await
-                        .map(|_| ())
+                    end_run(pool, run, Status::Done, &why).await
                 }
-                None => db::advance(
-                    pool,
-                    run.id,
-                    Status::Optimizing,
-                    Status::Failed,
-                    None,
-                    "the optimization report has no validation scores",
-                )
-                .await
-                .map(|_| ()),
+                None => {
+                    end_run(
+                        pool,
+                        run,
+                        Status::Failed,
+                        "the optimization report has no validation scores",
+                    )
+                    .await
+                }
             }
         }
         other @ (JobStatus::Failed | JobStatus::Cancelled) => {
             let why = format!("optimization {other}: {}", job.error.unwrap_or_default());
-            db::advance(pool, run.id, Status::Optimizing, Status::Failed, None, &why)
-                .await
-                .map(|_| ())
+            end_run(pool, run, Status::Failed, &why).await
         }
     }
 }
 
 async fn after_experiment(pool: &PgPool, project: &str, run: &Run) -> Result<(), sqlx::Error> {
     let Some(id) = run.experiment_id else {
-        db::advance(
-            pool,
-            run.id,
-            Status::Experimenting,
-            Status::Failed,
-            None,
-            "no experiment",
-        )
-        .await?;
+        end_run(pool, run, Status::Failed, "no experiment").await?;
         return Ok(());
     };
     let Some(e) = experiments_db::get(pool, project, id).await? else {
-        db::advance(
-            pool,
-            run.id,
-            Status::Experimenting,
-            Status::Failed,
-            None,
-            "the experiment is gone",
-        )
-        .await?;
+        end_run(pool, run, Status::Failed, "the experiment is gone").await?;
         return Ok(());
     };
     if e.status == ExperimentStatus::Running {
@@ -348,16 +310,7 @@ async fn after_experiment(pool: &PgPool, project: &str, run: &Run) -> Result<(),
         e.status,
         e.reason.unwrap_or_default()
     );
-    db::advance(
-        pool,
-        run.id,
-        Status::Experimenting,
-        Status::Done,
-        None,
-        &why,
-    )
-    .await
-    .map(|_| ())
+    end_run(pool, run, Status::Done, &why).await
 }
 
 #[cfg(test)]

@@ -158,27 +158,21 @@ fn verdict(
     per_day: Option<i64>,
     s: &db::Spent,
 ) -> Result<(), Spent> {
-    if let Some(h) = per_hour
-        && s.hour >= h
-    {
-        return Err(Spent {
-            until: s.hour_ends,
-            why: format!(
-                "the {class} LLM budget of {h} tokens per hour is spent ({} used this hour)",
-                s.hour
-            ),
-        });
-    }
-    if let Some(d) = per_day
-        && s.day >= d
-    {
-        return Err(Spent {
-            until: s.day_ends,
-            why: format!(
-                "the {class} LLM budget of {d} tokens per day is spent ({} used today, UTC)",
-                s.day
-            ),
-        });
+    let windows = [
+        (per_hour, s.hour, s.hour_ends, "hour", "this hour"),
+        (per_day, s.day, s.day_ends, "day", "today, UTC"),
+    ];
+    for (limit, used, ends, per, when) in windows {
+        if let Some(limit) = limit
+            && used >= limit
+        {
+            return Err(Spent {
+                until: ends,
+                why: format!(
+                    "the {class} LLM budget of {limit} tokens per {per} is spent ({used} used {when})"
+                ),
+            });
+        }
     }
     Ok(())
 }

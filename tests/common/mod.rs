@@ -352,3 +352,38 @@ pub async fn spawn_app_scripted(
     config.rerank.summaries = false;
     (spawn_app_with_llm(config, settings).await, llm)
 }
+
+/// Seeds a running server over HTTP: items `i0..` titled `Item {i}`, and `per_user`
+/// interactions for each of `users` users (`u{u}` with items `(u + k) % items`).
+pub async fn seed_http(
+    client: &reqwest::Client,
+    base: &str,
+    items: usize,
+    per_user: usize,
+    users: usize,
+) {
+    let catalog: Vec<serde_json::Value> = (0..items)
+        .map(|i| serde_json::json!({"id": format!("i{i}"), "title": format!("Item {i}")}))
+        .collect();
+    let r = client
+        .put(format!("{base}/v1/items"))
+        .json(&serde_json::json!({"items": catalog}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let inters: Vec<serde_json::Value> = (0..users)
+        .flat_map(|u| {
+            (0..per_user).map(move |k| {
+                serde_json::json!({"user_id": format!("u{u}"), "item_id": format!("i{}", (u + k) % items)})
+            })
+        })
+        .collect();
+    let r = client
+        .post(format!("{base}/v1/interactions"))
+        .json(&serde_json::json!({"interactions": inters}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
