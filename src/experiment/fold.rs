@@ -17,7 +17,7 @@ use super::interleave::{Credit, Preference, user_preference};
 use super::{ArmMetrics, TeamMetrics};
 
 // The arm is part of what this file's types hold (`LoggedRequest::arm`), so it is named here too.
-pub use super::arm::Arm;
+use super::arm::Arm;
 
 /// The sums of one arm; every figure of [`ArmMetrics`] but the latency percentiles is a
 /// ratio of these.

@@ -21,8 +21,9 @@ use uuid::Uuid;
 use super::experiments::ExperimentRow;
 use super::rerank::{IN_RUNNING_EXPERIMENT, arm_version};
 use super::states::ExperimentStatus;
+use crate::experiment::arm::Arm;
 use crate::experiment::fold::{
-    Arm, ArmSums, LoggedRequest, Pending, Positive, UserCounts, fold, fold_users,
+    ArmSums, LoggedRequest, Pending, Positive, UserCounts, fold, fold_users,
 };
 use crate::experiment::interleave::decode_teams;
 use crate::experiment::{ArmMetrics, Design};
