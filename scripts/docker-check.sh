@@ -65,7 +65,9 @@ print_timings() {
 # --- docker, compose, the daemon -------------------------------------------------------------
 phase "docker daemon"
 missing_pkgs=()
-command -v docker >/dev/null || missing_pkgs+=(docker.io)
+# The daemon, not only the client: a machine may have a `docker` client on PATH and no engine.
+{ command -v docker >/dev/null && command -v dockerd >/dev/null; } || docker info >/dev/null 2>&1 ||
+  missing_pkgs+=(docker.io)
 command -v docker-compose >/dev/null || docker compose version >/dev/null 2>&1 || missing_pkgs+=(docker-compose)
 command -v debootstrap >/dev/null || missing_pkgs+=(debootstrap)
 command -v curl >/dev/null || missing_pkgs+=(curl)

@@ -14,7 +14,7 @@ use sqlx::PgPool;
 use sqlx::postgres::PgListener;
 use tokio::sync::OnceCell;
 
-use crate::store::rerank::ItemLite;
+use crate::store::rerank::{ItemLite, ProfileSlot};
 use crate::store::{INVALIDATION_CHANNEL, Invalidation};
 
 /// A size-bounded map; when full, an arbitrary half is evicted (cheap and good enough for
@@ -154,6 +154,19 @@ pub struct ProfileKey {
     pub history_hash: Vec<u8>,
     pub version: i32,
     pub model: String,
+}
+
+impl ProfileKey {
+    /// The row this profile is stored in.
+    pub fn slot(&self) -> ProfileSlot<'_> {
+        ProfileSlot {
+            project: &self.project,
+            user: &self.user,
+            history_hash: &self.history_hash,
+            version: self.version,
+            model: &self.model,
+        }
+    }
 }
 
 /// Everything a summary depends on: the item's content, the `p_sum` version, the model.

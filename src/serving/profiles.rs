@@ -287,15 +287,8 @@ impl Reranker {
                 // for the user's next request.
                 detached(async move {
                     let k = &key;
-                    let found = db::get_profile(
-                        &pool,
-                        &k.project,
-                        &k.user,
-                        &k.history_hash,
-                        k.version,
-                        &k.model,
-                    )
-                    .await;
+                    let slot = k.slot();
+                    let found = db::get_profile(&pool, slot).await;
                     match found {
                         Ok(Some(row)) => {
                             let v = cached(row);
@@ -315,17 +308,7 @@ impl Reranker {
                         &refs,
                     )
                     .await?;
-                    let stored = db::put_profile(
-                        &pool,
-                        &k.project,
-                        &k.user,
-                        &k.history_hash,
-                        k.version,
-                        &k.model,
-                        &text,
-                        writer,
-                    )
-                    .await;
+                    let stored = db::put_profile(&pool, slot, &text, writer).await;
                     let v = match stored {
                         Ok(row) => cached(row),
                         Err(e) => {

@@ -81,24 +81,30 @@ pub async fn recent_items(
     ))
 }
 
+/// Where a profile is stored: one per user, history, `p_gen` version and model.
+#[derive(Debug, Clone, Copy)]
+pub struct ProfileSlot<'a> {
+    pub project: &'a str,
+    pub user: &'a str,
+    pub history_hash: &'a [u8],
+    pub version: i32,
+    pub model: &'a str,
+}
+
 /// A cached profile.
 pub async fn get_profile(
     pool: &PgPool,
-    project: &str,
-    user: &str,
-    history_hash: &[u8],
-    version: i32,
-    model: &str,
+    slot: ProfileSlot<'_>,
 ) -> Result<Option<StoredProfile>, sqlx::Error> {
     sqlx::query_as!(
         StoredProfile,
         r#"SELECT id, profile, written_by AS "written_by: ProfileWriter" FROM user_profiles
            WHERE project = $1 AND user_id = $2 AND history_hash = $3 AND prompt_version = $4 AND model = $5"#,
-        project,
-        user,
-        history_hash,
-        version,
-        model,
+        slot.project,
+        slot.user,
+        slot.history_hash,
+        slot.version,
+        slot.model,
     )
     .fetch_optional(pool)
     .await
@@ -115,11 +121,7 @@ pub struct StoredProfile {
 /// Stores a profile; when another writer got there first, theirs is kept and returned.
 pub async fn put_profile(
     pool: &PgPool,
-    project: &str,
-    user: &str,
-    history_hash: &[u8],
-    version: i32,
-    model: &str,
+    slot: ProfileSlot<'_>,
     profile: &str,
     writer: ProfileWriter,
 ) -> Result<StoredProfile, sqlx::Error> {
@@ -131,11 +133,11 @@ pub async fn put_profile(
              DO UPDATE SET profile = user_profiles.profile
            RETURNING id, profile, written_by AS "written_by: ProfileWriter""#,
         Uuid::new_v4(),
-        project,
-        user,
-        history_hash,
-        version,
-        model,
+        slot.project,
+        slot.user,
+        slot.history_hash,
+        slot.version,
+        slot.model,
         profile,
         writer as _,
     )
