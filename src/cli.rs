@@ -231,6 +231,14 @@ pub enum KeysCommand {
         #[command(flatten)]
         rate: RateArgs,
     },
+    /// Set (or, without `--rate-per-second`, remove) a project's rate limit: all its keys
+    /// together, on top of each key's own limit.
+    ProjectRate {
+        /// Project (tenant) id.
+        project: String,
+        #[command(flatten)]
+        rate: RateArgs,
+    },
     /// Revoke a key by its id or its printed prefix.
     Revoke {
         /// Key id (uuid) or prefix (`agp_xxxxxxxx`).
@@ -714,6 +722,18 @@ async fn run_keys(db_args: &DbArgs, cmd: KeysCommand) -> anyhow::Result<()> {
                 match (per_second, burst) {
                     (Some(r), Some(b)) => println!("key {key}: {r} requests per second, burst {b}"),
                     _ => println!("key {key}: unlimited"),
+                }
+            }
+            KeysCommand::ProjectRate { project, rate } => {
+                let (per_second, burst) = rate.limit()?;
+                if store::keys::set_project_rate(&db.pool, &project, per_second, burst).await? == 0 {
+                    bail!("no project {project:?}");
+                }
+                match (per_second, burst) {
+                    (Some(r), Some(b)) => {
+                        println!("project {project}: {r} requests per second, burst {b} (all its keys together)")
+                    }
+                    _ => println!("project {project}: unlimited"),
                 }
             }
             KeysCommand::Revoke { key } => {

@@ -213,6 +213,10 @@ async fn lead(
 /// One partition maintenance pass as of now (logged); false when it failed (a lock timeout
 /// behind a long reader, the database away): it is tried again a minute later.
 pub async fn maintain(pool: &PgPool, retention_days: u32) -> bool {
+    // Rate limit buckets untouched for a day: a small table, pruned here.
+    if let Err(e) = crate::store::keys::prune_buckets(pool).await {
+        tracing::warn!(error = %e, "could not prune old rate limit buckets");
+    }
     // LLM spend rows past the day window (two days kept): a small table, pruned here.
     if let Err(e) = crate::store::budget::prune(pool).await {
         tracing::warn!(error = %e, "could not prune old LLM spend rows");

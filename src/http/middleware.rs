@@ -7,7 +7,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use super::error::AppError;
-use super::rate_limit::{Limit, retry_after_secs};
+use super::rate_limit::{Bucket, Limit, retry_after_secs};
 use super::state::AppState;
 use crate::auth::{self, Principal};
 use crate::store;
@@ -86,28 +86,46 @@ pub async fn authenticate(State(state): State<AppState>, mut req: Request, next:
     next.run(req).await
 }
 
-/// Applies the key's rate limit: `Err` is the 429 (with `Retry-After` and the error body).
+/// Applies the key's rate limit, then its project's: `Err` is the 429 (with `Retry-After` and
+/// the error body).
 async fn rate_limited(state: &AppState, key: &store::keys::LiveKey) -> Result<(), Response> {
-    let Some(per_second) = key.rate_per_second else {
-        return Ok(());
+    let limits = [
+        (Bucket::Key(key.id), key.rate_per_second, key.burst),
+        (
+            Bucket::Project(key.project.clone()),
+            key.project_rate_per_second,
+            key.project_burst,
+        ),
+    ];
+    for (bucket, rate, burst) in limits {
+        let Some(per_second) = rate else { continue };
+        let limit = Limit {
+            per_second,
+            burst: f64::from(burst.unwrap_or(1)).max(1.0),
+        };
+        if let Err(wait) = state.rate_limiter.admit(&bucket, limit).await {
+            return Err(too_many(&bucket, limit, wait));
+        }
+    }
+    Ok(())
+}
+
+/// The 429 of a limit: the contract's error body and `Retry-After`.
+fn too_many(bucket: &Bucket, limit: Limit, wait: std::time::Duration) -> Response {
+    let (kind, whose) = match bucket {
+        Bucket::Key(_) => ("key", "this key is"),
+        Bucket::Project(_) => ("project", "this key's project (all its keys together) is"),
     };
-    let limit = Limit {
-        per_second,
-        burst: f64::from(key.burst.unwrap_or(1)).max(1.0),
-    };
-    let Err(wait) = state.rate_limiter.admit(key.id, limit).await else {
-        return Ok(());
-    };
-    metrics::counter!("agp_rate_limited_total").increment(1);
+    metrics::counter!("agp_rate_limited_total", "limit" => kind).increment(1);
     let secs = retry_after_secs(wait);
     let mut resp = AppError::RateLimited(format!(
-        "this key is limited to {per_second} requests per second (burst {}); retry after {secs} s",
-        limit.burst
+        "{whose} limited to {} requests per second (burst {}); retry after {secs} s",
+        limit.per_second, limit.burst
     ))
     .into_response();
     resp.headers_mut()
         .insert(axum::http::header::RETRY_AFTER, secs.into());
-    Err(resp)
+    resp
 }
 
 /// Returns the request span's W3C `traceparent` (when traces are exported), so a caller can

@@ -1,5 +1,6 @@
-//! Rate limits per API key, cluster-wide. Each limited key has one token bucket in Postgres
-//! (`rate_buckets`: refilled at the key's rate up to its burst), shared by every replica. A
+//! Rate limits per API key and per project, cluster-wide. Each limited key and each limited
+//! project (all its keys together) has one token bucket in Postgres (`rate_buckets`: refilled
+//! at the rate up to the burst), shared by every replica. A
 //! replica takes a chunk of tokens at a time (a tenth of a second's worth, at least one; all
 //! or none) and admits requests from that local allowance without touching the database; when
 //! it is used up, one round trip takes the next chunk. A bucket holding less than a chunk
@@ -23,7 +24,24 @@ use uuid::Uuid;
 /// How long tokens taken from the bucket may be used.
 pub const ALLOWANCE_TTL: Duration = Duration::from_secs(1);
 
-/// A key's limit.
+/// What a limit applies to: one key, or every key of a project together.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Bucket {
+    Key(Uuid),
+    Project(String),
+}
+
+impl Bucket {
+    /// The bucket's row in `rate_buckets`.
+    pub fn name(&self) -> String {
+        match self {
+            Bucket::Key(id) => format!("key:{id}"),
+            Bucket::Project(p) => format!("project:{p}"),
+        }
+    }
+}
+
+/// A key's or a project's limit.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Limit {
     pub per_second: f64,
@@ -46,26 +64,29 @@ struct Local {
     blocked_until: Option<Instant>,
 }
 
-/// This replica's view of the limited keys.
+/// This replica's view of the limited keys and projects.
 #[derive(Debug)]
 pub struct RateLimiter {
     pool: PgPool,
-    keys: Mutex<HashMap<Uuid, Arc<tokio::sync::Mutex<Local>>>>,
+    buckets: Mutex<HashMap<Bucket, Arc<tokio::sync::Mutex<Local>>>>,
 }
 
 impl RateLimiter {
     pub fn new(pool: PgPool) -> Self {
         RateLimiter {
             pool,
-            keys: Mutex::new(HashMap::new()),
+            buckets: Mutex::new(HashMap::new()),
         }
     }
 
-    /// Admits one request of `key`, or says how long to wait.
-    pub async fn admit(&self, key: Uuid, limit: Limit) -> Result<(), Duration> {
+    /// Admits one request against `bucket`, or says how long to wait.
+    pub async fn admit(&self, bucket: &Bucket, limit: Limit) -> Result<(), Duration> {
         let cell = {
-            let mut keys = self.keys.lock().unwrap_or_else(|e| e.into_inner());
-            keys.entry(key).or_default().clone()
+            let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
+            match buckets.get(bucket) {
+                Some(cell) => cell.clone(),
+                None => buckets.entry(bucket.clone()).or_default().clone(),
+            }
         };
         let mut local = cell.lock().await;
         let now = Instant::now();
@@ -83,9 +104,15 @@ impl RateLimiter {
             return Err(until - now);
         }
         let chunk = limit.chunk();
-        let taken =
-            crate::store::keys::take_tokens(&self.pool, key, limit.per_second, limit.burst, chunk)
-                .await;
+        let name = bucket.name();
+        let taken = crate::store::keys::take_tokens(
+            &self.pool,
+            &name,
+            limit.per_second,
+            limit.burst,
+            chunk,
+        )
+        .await;
         metrics::counter!("agp_rate_limit_bucket_takes_total").increment(1);
         match taken {
             Ok((granted, _)) if granted >= 1.0 => {
@@ -103,7 +130,7 @@ impl RateLimiter {
                 Err(wait)
             }
             Err(e) => {
-                tracing::warn!(%key, error = %e, "could not read the key's rate limit bucket; letting the request through");
+                tracing::warn!(bucket = %name, error = %e, "could not read a rate limit bucket; letting the request through");
                 Ok(())
             }
         }

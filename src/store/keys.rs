@@ -59,14 +59,19 @@ pub struct LiveKey {
     /// Requests per second allowed (`None`: unlimited), with this burst.
     pub rate_per_second: Option<f64>,
     pub burst: Option<i32>,
+    /// The limit of the key's project, all its keys together (`None`: unlimited).
+    pub project_rate_per_second: Option<f64>,
+    pub project_burst: Option<i32>,
 }
 
-/// The live (not revoked) key with this hash.
+/// The live (not revoked) key with this hash, with its project's limit.
 pub async fn find_live(pool: &PgPool, hash: &[u8]) -> Result<Option<LiveKey>, sqlx::Error> {
     sqlx::query_as!(
         LiveKey,
-        "SELECT id, project, scope, rate_per_second, burst FROM api_keys
-         WHERE key_hash = $1 AND revoked_at IS NULL",
+        r#"SELECT k.id, k.project, k.scope, k.rate_per_second, k.burst,
+                  p.rate_per_second AS "project_rate_per_second?", p.burst AS "project_burst?"
+           FROM api_keys k JOIN projects p ON p.id = k.project
+           WHERE k.key_hash = $1 AND k.revoked_at IS NULL"#,
         hash
     )
     .fetch_optional(pool)
@@ -94,20 +99,50 @@ pub async fn set_rate(
     Ok(res.rows_affected())
 }
 
-/// Takes `want` tokens from the key's shared bucket (refilled at `rate` per second up to
-/// `burst`; a new bucket starts full), or none when it holds fewer. Returns the tokens
+/// Sets a project's rate limit, all its keys together (`None`: unlimited); returns whether
+/// the project exists.
+pub async fn set_project_rate(
+    pool: &PgPool,
+    project: &str,
+    rate_per_second: Option<f64>,
+    burst: Option<i32>,
+) -> Result<u64, sqlx::Error> {
+    let res = sqlx::query!(
+        "UPDATE projects SET rate_per_second = $2, burst = $3 WHERE id = $1",
+        project,
+        rate_per_second,
+        burst,
+    )
+    .execute(pool)
+    .await?;
+    Ok(res.rows_affected())
+}
+
+/// Forgets buckets untouched for a day (of deleted keys or lifted limits); a bucket that comes
+/// back starts full, as it would have refilled by then anyway.
+pub async fn prune_buckets(pool: &PgPool) -> Result<u64, sqlx::Error> {
+    let res = sqlx::query!(
+        "DELETE FROM rate_buckets WHERE updated_at < clock_timestamp() - interval '1 day'"
+    )
+    .execute(pool)
+    .await?;
+    Ok(res.rows_affected())
+}
+
+/// Takes `want` tokens from a shared bucket (`key:<id>` or `project:<id>`; refilled at `rate`
+/// per second up to `burst`; a new bucket starts full), or none when it holds fewer. Returns the tokens
 /// granted and, when none were, the seconds until `want` will have accrued.
 pub async fn take_tokens(
     pool: &PgPool,
-    key: Uuid,
+    bucket: &str,
     rate: f64,
     burst: f64,
     want: f64,
 ) -> Result<(f64, f64), sqlx::Error> {
     sqlx::query!(
-        "INSERT INTO rate_buckets (key_id, tokens, updated_at) VALUES ($1, $2, clock_timestamp())
-         ON CONFLICT (key_id) DO NOTHING",
-        key,
+        "INSERT INTO rate_buckets (bucket, tokens, updated_at) VALUES ($1, $2, clock_timestamp())
+         ON CONFLICT (bucket) DO NOTHING",
+        bucket,
         burst,
     )
     .execute(pool)
@@ -116,14 +151,14 @@ pub async fn take_tokens(
         r#"WITH cur AS (
              SELECT least($3::float8, tokens + $2::float8 * extract(epoch FROM clock_timestamp() - updated_at)::float8)
                     AS avail
-             FROM rate_buckets WHERE key_id = $1 FOR UPDATE)
+             FROM rate_buckets WHERE bucket = $1 FOR UPDATE)
            UPDATE rate_buckets b
               SET tokens = cur.avail - CASE WHEN cur.avail >= $4::float8 THEN $4::float8 ELSE 0 END,
                   updated_at = clock_timestamp()
-             FROM cur WHERE b.key_id = $1
+             FROM cur WHERE b.bucket = $1
            RETURNING CASE WHEN cur.avail >= $4::float8 THEN $4::float8 ELSE 0 END AS "granted!",
                      cur.avail AS "avail!""#,
-        key,
+        bucket,
         rate,
         burst,
         want,
