@@ -54,7 +54,7 @@ pub enum Command {
     /// Apply database migrations and exit.
     Migrate,
     /// Bulk-load a dataset (items and interactions) into a project.
-    Import(ImportArgs),
+    Import(Box<ImportArgs>),
     /// Manage API keys.
     #[command(subcommand)]
     Keys(KeysCommand),
@@ -152,6 +152,18 @@ pub struct ImportArgs {
     pub hold_out_last: bool,
     #[command(flatten)]
     pub limits: LimitArgs,
+    /// After the import, write the profile each imported user's next rerank will ask for
+    /// (background LLM work: charged to the background budget, paced by
+    /// `--refresh-per-second`), so those reranks make one LLM call. Off by default: a backfill
+    /// spends on every user, including those who never come back. Needs an LLM (`--llm`), and
+    /// the serving settings the profiles depend on (`AGP_SUMMARIES`, `AGP_HISTORY_LEN`) as
+    /// the replicas have them.
+    #[arg(long)]
+    pub refresh_profiles: bool,
+    #[command(flatten)]
+    pub rerank: crate::config::RerankArgs,
+    #[command(flatten)]
+    pub llm: LlmArgs,
 }
 
 /// Options of `agp simulate`.
@@ -296,7 +308,7 @@ async fn run_command(cli: Cli) -> anyhow::Result<()> {
             db.close().await;
             Ok(())
         }
-        Command::Import(args) => run_import(&cli.db, args).await,
+        Command::Import(args) => run_import(&cli.db, *args).await,
         Command::Simulate(args) => run_simulate(*args).await,
         Command::Worker(args) => run_worker_cmd(&cli.db, *args).await,
         Command::Eval(args) => {
@@ -588,6 +600,15 @@ pub async fn shutdown_signal() {
 
 async fn run_import(db_args: &DbArgs, args: ImportArgs) -> anyhow::Result<()> {
     let started = Instant::now();
+    // Checked before anything is read or written.
+    let pacing = args.rerank.refresh_pacing().map_err(anyhow::Error::msg)?;
+    if args.refresh_profiles && args.llm.mode != LlmMode::Local {
+        let llm = args.llm.settings(None).map_err(anyhow::Error::msg)?;
+        anyhow::ensure!(
+            llm.routes.contains_key(&crate::llm::Role::Profile),
+            "--refresh-profiles needs an LLM and none is configured (--llm local, or an OpenAI-compatible AGP_LLM_BASE_URL); nothing was imported"
+        );
+    }
     eprintln!(
         "reading {:?} from {}",
         args.format,
@@ -629,7 +650,13 @@ async fn run_import(db_args: &DbArgs, args: ImportArgs) -> anyhow::Result<()> {
         bar.finish_and_clear();
     }
     let result = match (loaded, &db) {
-        (Ok(loaded), Some(db)) => print_imported(&db.pool, &args.project, &loaded, started).await,
+        (Ok(loaded), Some(db)) => {
+            let printed = print_imported(&db.pool, &args.project, &loaded, started).await;
+            match (printed, args.refresh_profiles) {
+                (Ok(()), true) => refresh_imported(db, &args, pacing, loaded.users).await,
+                (printed, _) => printed,
+            }
+        }
         (Ok(_), None) => Err(anyhow::anyhow!("the import wrote without a database")),
         (Err(import::LoadError::Database(e)), _) => Err(e),
         (Err(e), _) => Err(e.into()),
@@ -638,6 +665,47 @@ async fn run_import(db_args: &DbArgs, args: ImportArgs) -> anyhow::Result<()> {
         db.close().await;
     }
     result
+}
+
+/// `agp import --refresh-profiles`: writes the imported users' profiles, with a progress bar.
+async fn refresh_imported(
+    db: &Database,
+    args: &ImportArgs,
+    pacing: crate::serving::refresh::RefreshOptions,
+    users: Vec<String>,
+) -> anyhow::Result<()> {
+    let (llm, local) = start_llm(&args.llm, db).await?;
+    let settings = args.rerank.settings(args.llm.mode == LlmMode::Local);
+    let reranker = crate::serving::Reranker::new(db.pool.clone(), llm.clone(), settings);
+    let started = Instant::now();
+    let bar = ProgressBar::new(users.len() as u64);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} profiles [{bar:40}] {pos}/{len} users {per_sec} ETA {eta}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    let out =
+        crate::serving::refresh::refresh_all(&reranker, &args.project, users, pacing, |done| {
+            bar.set_position(done as u64)
+        })
+        .await;
+    bar.finish_and_clear();
+    reranker.flush().await;
+    llm.flush_usage().await;
+    if let Some(l) = local {
+        l.stop().await;
+    }
+    println!(
+        "profiles: {} written, {} already stored, {} failed (their next rerank writes them), {} without history, in {:.1} s",
+        out.written,
+        out.already,
+        out.failed,
+        out.empty,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
 }
 
 /// What `agp import` says once the data set is read and checked.

@@ -222,19 +222,24 @@ impl RerankArgs {
     pub fn refresh_options(
         &self,
     ) -> Result<Option<crate::serving::refresh::RefreshOptions>, String> {
-        if !self.refresh_ahead {
-            return Ok(None);
+        match self.refresh_ahead {
+            true => self.refresh_pacing().map(Some),
+            false => Ok(None),
         }
+    }
+
+    /// The refresh pacing (`--refresh-per-second`), checked.
+    pub fn refresh_pacing(&self) -> Result<crate::serving::refresh::RefreshOptions, String> {
         if !(self.refresh_per_second > 0.0 && self.refresh_per_second <= 1000.0) {
             return Err(format!(
                 "AGP_REFRESH_PER_SECOND must be above 0 and at most 1000, got {}",
                 self.refresh_per_second
             ));
         }
-        Ok(Some(crate::serving::refresh::RefreshOptions {
+        Ok(crate::serving::refresh::RefreshOptions {
             per_second: self.refresh_per_second,
             ..Default::default()
-        }))
+        })
     }
 }
 

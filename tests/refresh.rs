@@ -1,6 +1,7 @@
 //! Profiles refreshed ahead of time, on real Postgres: new interactions start a background
 //! profile write that the user's next rerank uses (one LLM call, `meta.profile_source:
-//! "refreshed_ahead"`), and a refresh racing an inline write makes one profile call, not two.
+//! "refreshed_ahead"`), and a refresh racing an inline write makes one profile call, not two;
+//! `agp import --refresh-profiles` writes the imported users' profiles (and only when asked).
 
 mod common;
 
@@ -152,4 +153,77 @@ async fn a_refresh_racing_an_inline_write_makes_one_profile_call() {
         1,
         "one stored profile"
     );
+}
+
+/// `agp import data/example.jsonl` into the app's database with `extra` flags and `env`.
+fn import(app: &common::TestApp, extra: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    let dir = tempfile::tempdir().unwrap();
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/data/example.jsonl");
+    common::proc::agp(dir.path())
+        .args(["import", "--format", "jsonl", example])
+        .args(extra)
+        .env("DATABASE_URL", &app.db_url)
+        .envs(env.iter().copied())
+        .output()
+        .expect("agp import")
+}
+
+// Multi-threaded: the test LLM answers while this thread waits for `agp import`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_import_refreshes_its_users_profiles_only_when_asked() {
+    let (app, llm, profiles) = app(false, 0).await;
+    let env = [
+        ("AGP_LLM_BASE_URL", llm.base_url.as_str()),
+        ("AGP_LLM_MODEL", "test-model"),
+        ("AGP_SUMMARIES", "false"),
+    ];
+    // Off by default: an import spends nothing on profiles.
+    let out = import(&app, &["--project", "plain"], &env);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(profiles.load(Ordering::SeqCst), 0);
+    assert_eq!(app.count("SELECT count(*) FROM user_profiles").await, 0);
+
+    // Asked without an LLM: refused before anything is written.
+    let out = import(&app, &["--project", "nollm", "--refresh-profiles"], &[]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("needs an LLM"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        app.count("SELECT count(*) FROM items WHERE project = 'nollm'")
+            .await,
+        0
+    );
+
+    // Asked: one profile per imported user, written ahead; their first rerank makes one call.
+    let out = import(&app, &["--refresh-profiles"], &env);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        said.contains("profiles: 2 written"),
+        "{said}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(profiles.load(Ordering::SeqCst), 2);
+    assert_eq!(
+        app.count("SELECT count(*) FROM user_profiles WHERE written_by = 'ahead'")
+            .await,
+        2
+    );
+    for user in ["u1", "u2"] {
+        let b = rerank(&app, user).await;
+        assert_eq!(b["meta"]["profile_source"], "refreshed_ahead", "{b}");
+        assert_eq!(b["meta"]["usage"]["llm_calls"], 1, "the ranking only: {b}");
+    }
+    assert_eq!(profiles.load(Ordering::SeqCst), 2);
 }

@@ -74,11 +74,13 @@ pub enum Progress<'a> {
 }
 
 /// What a load did.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Loaded {
     pub items: usize,
     pub interactions: usize,
     pub summary: ImportSummary,
+    /// The users the written interactions belong to, each once, in order.
+    pub users: Vec<String>,
     pub read_time: Duration,
     pub write_time: Duration,
 }
@@ -142,10 +144,16 @@ pub async fn load_into(
             .await
             .map_err(LoadError::Source)?;
     }
+    let users: std::collections::BTreeSet<&str> = data
+        .interactions
+        .iter()
+        .map(|i| i.user_id.as_str())
+        .collect();
     Ok(Loaded {
         items: data.items.len(),
         interactions: data.interactions.len(),
         summary,
+        users: users.into_iter().map(str::to_string).collect(),
         read_time,
         write_time: write_started.elapsed(),
     })

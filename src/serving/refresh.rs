@@ -1,6 +1,6 @@
 //! Profiles refreshed ahead of time. When new interactions arrive for a user
-//! (`POST /v1/interactions`), a background task writes the profile that user's next rerank
-//! will ask for: the same prompts (labels and experiment arms resolve as for a rerank), the
+//! (`POST /v1/interactions`, or `agp import --refresh-profiles`), a background task writes the
+//! profile that user's next rerank will ask for: the same prompts (labels and experiment arms resolve as for a rerank), the
 //! same history, so the same profile key. The rerank then finds it stored and makes one LLM
 //! call (the ranking); if the refresh is still writing it, the rerank joins that call (the
 //! profile single-flight), never a second one.
@@ -14,7 +14,9 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use tokio::sync::{Semaphore, mpsc};
+use tokio::time::Instant;
 
 use super::{BlendSelector, ProfileSource, PromptSelector, RerankError, RerankRequest, Reranker};
 use crate::llm::{CallContext, LlmError};
@@ -52,6 +54,32 @@ pub enum RefreshError {
 }
 
 type UserKey = (String, String);
+
+/// Starts at most `per_second` refreshes a second: each waits for the next free start time.
+#[derive(Debug)]
+struct Pacer {
+    gap: Duration,
+    next: Mutex<Instant>,
+}
+
+impl Pacer {
+    fn new(per_second: f64) -> Self {
+        Pacer {
+            gap: Duration::from_secs_f64(1.0 / per_second.max(0.01)),
+            next: Mutex::new(Instant::now()),
+        }
+    }
+
+    async fn wait(&self) {
+        let at = {
+            let mut next = self.next.lock().unwrap_or_else(|e| e.into_inner());
+            let at = (*next).max(Instant::now());
+            *next = at + self.gap;
+            at
+        };
+        tokio::time::sleep_until(at).await;
+    }
+}
 
 /// The queue of users whose profiles to refresh, and its workers.
 #[derive(Debug)]
@@ -104,12 +132,10 @@ async fn run(
     pending: Arc<Mutex<HashSet<UserKey>>>,
     opts: RefreshOptions,
 ) {
-    let gap = Duration::from_secs_f64(1.0 / opts.per_second.max(0.01));
+    let pacer = Pacer::new(opts.per_second);
     let slots = Arc::new(Semaphore::new(opts.concurrent.max(1)));
-    let mut pace = tokio::time::interval(gap);
-    pace.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     while let Some(key) = rx.recv().await {
-        pace.tick().await;
+        pacer.wait().await;
         let Ok(slot) = slots.clone().acquire_owned().await else {
             return;
         };
@@ -137,6 +163,56 @@ async fn run(
             drop(slot);
         });
     }
+}
+
+/// What a batch refresh did, user by user.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct BatchOutcome {
+    /// Users whose profile(s) were written.
+    pub written: usize,
+    /// Users whose profile(s) were already stored.
+    pub already: usize,
+    /// Users without history (nothing to write).
+    pub empty: usize,
+    /// Users whose refresh failed (their next rerank writes the profile inline).
+    pub failed: usize,
+}
+
+/// Refreshes the profiles of `users` of `project` (an import's backfill), paced as the queue
+/// is (`per_second`, `concurrent`); `progress(done)` after each user.
+pub async fn refresh_all(
+    reranker: &Reranker,
+    project: &str,
+    users: Vec<String>,
+    opts: RefreshOptions,
+    mut progress: impl FnMut(usize),
+) -> BatchOutcome {
+    let pacer = Pacer::new(opts.per_second);
+    let mut runs = futures_util::stream::iter(users)
+        .map(|user| {
+            let pacer = &pacer;
+            async move {
+                pacer.wait().await;
+                let r = reranker.refresh_profile(project, &user).await;
+                if let Err(e) = &r {
+                    tracing::info!(project, user, error = %e, "profile refresh failed; the next rerank writes it");
+                }
+                r
+            }
+        })
+        .buffer_unordered(opts.concurrent.max(1));
+    let (mut out, mut done) = (BatchOutcome::default(), 0);
+    while let Some(r) = runs.next().await {
+        match r {
+            Ok(s) if s.is_empty() => out.empty += 1,
+            Ok(s) if s.iter().all(|s| *s == ProfileSource::Fresh) => out.already += 1,
+            Ok(_) => out.written += 1,
+            Err(_) => out.failed += 1,
+        }
+        done += 1;
+        progress(done);
+    }
+    out
 }
 
 impl Reranker {
