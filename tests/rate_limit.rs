@@ -14,18 +14,11 @@ const MASTER: &str = "rate-limit-test-master-key";
 
 /// `agp keys create` against the database; returns the key's secret.
 fn create_key(dir: &std::path::Path, db_url: &str, extra: &[&str]) -> String {
-    let out = common::proc::agp(dir)
-        .args(["keys", "create", "--scope", "read"])
-        .args(extra)
-        .env("DATABASE_URL", db_url)
-        .output()
-        .expect("agp keys create");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
+    let args: Vec<&str> = ["keys", "create", "--scope", "read"]
+        .into_iter()
+        .chain(extra.iter().copied())
+        .collect();
+    agp_ok(dir, db_url, &args).trim().to_string()
 }
 
 /// `agp` with these arguments against the database; returns its standard output.

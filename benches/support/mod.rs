@@ -22,8 +22,12 @@ pub fn upstream(delay: u64) -> impl Fn(&Seen) -> Reply + Send + Sync + 'static {
     }
 }
 
+/// The release `agp` (`cargo build --release --bin agp`), under `CARGO_TARGET_DIR` when set.
 pub fn release_bin() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("target/release/agp")
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"));
+    target.join("release/agp")
 }
 
 pub fn free_port() -> u16 {
