@@ -4,7 +4,7 @@
 # openapi/openapi.json (a cargo test keeps it equal to what the server serves).
 #   ST_EXAMPLES=N   test cases per operation and phase (default 40)
 #   ST_SEED=N       generation seed (default 1)
-#   AGP_BIN=PATH    the agp binary (default target/debug/agp, built if missing)
+#   AGP_BIN=PATH    the agp binary (default $CARGO_TARGET_DIR or target, /debug/agp; built if missing)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ST_VERSION=4.32.5
@@ -14,7 +14,7 @@ if [ ! -x "$VENV/bin/st" ]; then
   python3 -m venv "$VENV"
   "$VENV/bin/pip" install --quiet --disable-pip-version-check "schemathesis==$ST_VERSION"
 fi
-BIN=${AGP_BIN:-target/debug/agp}
+BIN=${AGP_BIN:-${CARGO_TARGET_DIR:-target}/debug/agp}
 [ -x "$BIN" ] || cargo build --bin agp
 DATA=$(mktemp -d)
 chmod 755 "$DATA"
