@@ -240,3 +240,57 @@ async fn the_budget_is_validated() {
     assert!(b["interactive_tokens_per_hour"].is_null());
     assert_eq!(b["interactive"]["tokens_this_hour"], 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cost_budget_prices_calls_by_model_and_holds() {
+    let llm = TestLlm::start(common::reversing_llm).await;
+    let mut settings = LlmSettings::single(llm.base_url.clone(), "test-model");
+    // 1,000 per million tokens, in and out: a thousandth per token.
+    let (_, price) = agp_rerank::llm::config::Price::parse("test-model=1000:1000").unwrap();
+    settings.prices.insert("test-model".into(), price);
+    let mut config = AppConfig::default();
+    config.rerank.summaries = false;
+    let app = common::spawn_app_with_llm(config, settings).await;
+    common::seed_http(&app.client, &app.base, 12, 2, 60).await;
+    const CAP: f64 = 0.5;
+    let (s, b) = app
+        .put("/v1/budget", json!({"interactive_cost_per_hour": CAP}))
+        .await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(b["interactive_cost_per_hour"], CAP);
+
+    // New users one after another (a profile and a ranking each) until the cost cap answers.
+    let mut capped_at = None;
+    for u in 0..60 {
+        let b = rerank(&app.client, &app.base, &format!("u{u}"), false).await;
+        if b["meta"]["fallback"] == "budget" {
+            assert_eq!(b["meta"]["usage"]["llm_calls"], 0, "{b}");
+            capped_at = Some(u);
+            break;
+        }
+    }
+    let capped_at = capped_at.expect("the cost cap was never reached");
+    let b = budget(&app.client, &app.base).await;
+    let (tokens, cost) = (
+        b["interactive"]["tokens_this_hour"].as_i64().unwrap(),
+        b["interactive"]["cost_this_hour"].as_f64().unwrap(),
+    );
+    // Sequential calls: the cap is crossed by the last call's cost at most.
+    assert!(
+        (CAP..CAP + 0.5).contains(&cost),
+        "cost {cost} after {capped_at} users"
+    );
+    assert!(
+        (cost - tokens as f64 / 1000.0).abs() < 1e-9,
+        "{cost} for {tokens} tokens"
+    );
+    // A strict rerank is not an error either.
+    let b = rerank(&app.client, &app.base, "u59", true).await;
+    assert_eq!(b["meta"]["fallback"], "budget", "{b}");
+
+    let (s, b) = app
+        .put("/v1/budget", json!({"background_cost_per_day": -0.5}))
+        .await;
+    assert_eq!(s, 422);
+    assert!(common::error_message(&b, "validation_error").contains("background_cost_per_day"));
+}

@@ -1,5 +1,6 @@
-//! The project's LLM budget: tokens per hour and per day for interactive work (reranks) and
-//! background work (jobs), and what each spent in the current UTC hour and day. When the
+//! The project's LLM budget: tokens (and optionally cost, priced by `--llm-price`) per hour
+//! and per day for interactive work (reranks) and background work (jobs, refreshes), and what
+//! each spent in the current UTC hour and day. When the
 //! interactive budget is spent, reranks answer without the LLM (`meta.fallback: "budget"`);
 //! when the background one is, jobs pause until the window rolls (`llm::budget`).
 
@@ -19,6 +20,9 @@ use crate::store::states::BudgetClass;
 /// Largest limit accepted (tokens).
 const MAX_TOKENS: i64 = 1_000_000_000_000;
 
+/// Largest cost limit accepted (currency units).
+const MAX_COST: f64 = 1_000_000_000.0;
+
 /// Routes of this area.
 pub fn router() -> Router<AppState> {
     Router::new().route("/v1/budget", get(read).put(set))
@@ -27,7 +31,7 @@ pub fn router() -> Router<AppState> {
 /// The limits, each absent when unlimited.
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-#[schema(example = json!({"interactive_tokens_per_hour": 200000, "background_tokens_per_day": 5000000}))]
+#[schema(example = json!({"interactive_tokens_per_hour": 200000, "background_tokens_per_day": 5000000, "interactive_cost_per_day": 25.0}))]
 pub struct BudgetBody {
     #[schema(minimum = 0, maximum = 1000000000000_i64)]
     pub interactive_tokens_per_hour: Option<i64>,
@@ -37,13 +41,25 @@ pub struct BudgetBody {
     pub background_tokens_per_hour: Option<i64>,
     #[schema(minimum = 0, maximum = 1000000000000_i64)]
     pub background_tokens_per_day: Option<i64>,
+    /// Cost in the currency of the configured per-model prices (`--llm-price`).
+    #[schema(minimum = 0, maximum = 1000000000)]
+    pub interactive_cost_per_hour: Option<f64>,
+    #[schema(minimum = 0, maximum = 1000000000)]
+    pub interactive_cost_per_day: Option<f64>,
+    #[schema(minimum = 0, maximum = 1000000000)]
+    pub background_cost_per_hour: Option<f64>,
+    #[schema(minimum = 0, maximum = 1000000000)]
+    pub background_cost_per_day: Option<f64>,
 }
 
-/// Tokens one class spent in the current UTC hour and day, and when those windows roll.
+/// Tokens and cost one class spent in the current UTC hour and day, and when those windows
+/// roll (cost: calls of priced models; spend is counted while a budget is set).
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct SpendView {
     pub tokens_this_hour: i64,
     pub tokens_today: i64,
+    pub cost_this_hour: f64,
+    pub cost_today: f64,
     pub hour_ends: chrono::DateTime<chrono::Utc>,
     pub day_ends: chrono::DateTime<chrono::Utc>,
 }
@@ -83,11 +99,30 @@ impl BudgetBody {
                 )));
             }
         }
+        let costs = [
+            ("interactive_cost_per_hour", self.interactive_cost_per_hour),
+            ("interactive_cost_per_day", self.interactive_cost_per_day),
+            ("background_cost_per_hour", self.background_cost_per_hour),
+            ("background_cost_per_day", self.background_cost_per_day),
+        ];
+        for (name, v) in costs {
+            if let Some(v) = v
+                && !(0.0..=MAX_COST).contains(&v)
+            {
+                return Err(AppError::Validation(format!(
+                    "{name} must be between 0 and {MAX_COST}, got {v}"
+                )));
+            }
+        }
         Ok(Limits {
             interactive_tokens_per_hour: self.interactive_tokens_per_hour,
             interactive_tokens_per_day: self.interactive_tokens_per_day,
             background_tokens_per_hour: self.background_tokens_per_hour,
             background_tokens_per_day: self.background_tokens_per_day,
+            interactive_cost_per_hour: self.interactive_cost_per_hour,
+            interactive_cost_per_day: self.interactive_cost_per_day,
+            background_cost_per_hour: self.background_cost_per_hour,
+            background_cost_per_day: self.background_cost_per_day,
         })
     }
 
@@ -97,6 +132,10 @@ impl BudgetBody {
             interactive_tokens_per_day: l.interactive_tokens_per_day,
             background_tokens_per_hour: l.background_tokens_per_hour,
             background_tokens_per_day: l.background_tokens_per_day,
+            interactive_cost_per_hour: l.interactive_cost_per_hour,
+            interactive_cost_per_day: l.interactive_cost_per_day,
+            background_cost_per_hour: l.background_cost_per_hour,
+            background_cost_per_day: l.background_cost_per_day,
         }
     }
 }
@@ -106,6 +145,8 @@ async fn view(state: &AppState, project: &str) -> Result<BudgetView, AppError> {
     let spend = |s: db::Spent| SpendView {
         tokens_this_hour: s.hour,
         tokens_today: s.day,
+        cost_this_hour: s.cost_hour,
+        cost_today: s.cost_day,
         hour_ends: s.hour_ends,
         day_ends: s.day_ends,
     };

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
-use crate::store::budget::{self as db, Limits};
+use crate::store::budget::{self as db, ClassLimits, Limits};
 use crate::store::states::BudgetClass;
 
 /// How long a replica trusts the limits it read (a change elsewhere shows within it).
@@ -80,8 +80,8 @@ impl Budgets {
     /// Also true (with a warning) when the database cannot say: a budget never stops
     /// serving because Postgres is away.
     pub async fn check(&self, project: &str, class: BudgetClass) -> Result<(), Spent> {
-        let (per_hour, per_day) = self.limits(project).await.of(class);
-        if per_hour.is_none() && per_day.is_none() {
+        let limits = self.limits(project).await.of(class);
+        if limits.is_unlimited() {
             return Ok(());
         }
         let s = match db::spent(&self.pool, project, class).await {
@@ -97,16 +97,23 @@ impl Budgets {
         metrics::gauge!("agp_llm_budget_spent_tokens", "project" => project.to_string(),
             "class" => class.as_str(), "window" => "day")
         .set(s.day as f64);
-        verdict(class, per_hour, per_day, &s)
+        metrics::gauge!("agp_llm_budget_spent_cost", "project" => project.to_string(),
+            "class" => class.as_str(), "window" => "hour")
+        .set(s.cost_hour);
+        metrics::gauge!("agp_llm_budget_spent_cost", "project" => project.to_string(),
+            "class" => class.as_str(), "window" => "day")
+        .set(s.cost_day);
+        verdict(class, &limits, &s)
     }
 
-    /// Adds a call's tokens to the project's spend, if the project has a budget.
-    pub async fn charge(&self, project: &str, class: BudgetClass, tokens: u64) {
+    /// Adds a call's tokens and cost (millionths of the price currency) to the project's
+    /// spend, if the project has a budget.
+    pub async fn charge(&self, project: &str, class: BudgetClass, tokens: u64, cost_micros: i64) {
         if self.limits(project).await.is_unlimited() {
             return;
         }
         let tokens = i64::try_from(tokens).unwrap_or(i64::MAX);
-        if let Err(e) = db::charge(&self.pool, project, class, tokens).await {
+        if let Err(e) = db::charge(&self.pool, project, class, tokens, cost_micros).await {
             tracing::warn!(project, error = %e, "could not add to the LLM spend");
         }
     }
@@ -151,27 +158,44 @@ impl Budgets {
     }
 }
 
-/// The decision from limits and spend: the hour's limit first (it rolls sooner).
-fn verdict(
-    class: BudgetClass,
-    per_hour: Option<i64>,
-    per_day: Option<i64>,
-    s: &db::Spent,
-) -> Result<(), Spent> {
+/// The decision from limits and spend: the hour's limits first (they roll sooner), tokens
+/// before cost.
+fn verdict(class: BudgetClass, l: &ClassLimits, s: &db::Spent) -> Result<(), Spent> {
     let windows = [
-        (per_hour, s.hour, s.hour_ends, "hour", "this hour"),
-        (per_day, s.day, s.day_ends, "day", "today, UTC"),
+        (
+            l.tokens_per_hour,
+            l.cost_per_hour,
+            s.hour,
+            s.cost_hour,
+            s.hour_ends,
+            "hour",
+            "this hour",
+        ),
+        (
+            l.tokens_per_day,
+            l.cost_per_day,
+            s.day,
+            s.cost_day,
+            s.day_ends,
+            "day",
+            "today, UTC",
+        ),
     ];
-    for (limit, used, ends, per, when) in windows {
-        if let Some(limit) = limit
+    for (tokens, cost, used, cost_used, ends, per, when) in windows {
+        let spent = |why: String| Spent { until: ends, why };
+        if let Some(limit) = tokens
             && used >= limit
         {
-            return Err(Spent {
-                until: ends,
-                why: format!(
-                    "the {class} LLM budget of {limit} tokens per {per} is spent ({used} used {when})"
-                ),
-            });
+            return Err(spent(format!(
+                "the {class} LLM budget of {limit} tokens per {per} is spent ({used} used {when})"
+            )));
+        }
+        if let Some(limit) = cost
+            && cost_used >= limit
+        {
+            return Err(spent(format!(
+                "the {class} LLM budget of {limit} (cost) per {per} is spent ({cost_used:.4} used {when})"
+            )));
         }
     }
     Ok(())
@@ -186,29 +210,78 @@ mod tests {
         db::Spent {
             hour,
             day,
+            cost_hour: 0.0,
+            cost_day: 0.0,
             hour_ends: t + chrono::Duration::minutes(10),
             day_ends: t + chrono::Duration::hours(5),
+        }
+    }
+
+    fn tokens(per_hour: Option<i64>, per_day: Option<i64>) -> ClassLimits {
+        ClassLimits {
+            tokens_per_hour: per_hour,
+            tokens_per_day: per_day,
+            ..Default::default()
         }
     }
 
     #[test]
     fn a_limit_is_spent_when_reached_and_the_hour_is_said_first() {
         let c = BudgetClass::Interactive;
-        assert!(verdict(c, Some(100), None, &spent(99, 99)).is_ok());
+        assert!(verdict(c, &tokens(Some(100), None), &spent(99, 99)).is_ok());
         let s = spent(100, 100);
         assert_eq!(
-            verdict(c, Some(100), Some(100), &s).unwrap_err().until,
+            verdict(c, &tokens(Some(100), Some(100)), &s)
+                .unwrap_err()
+                .until,
             s.hour_ends
         );
         assert_eq!(
-            verdict(c, Some(1000), Some(100), &s).unwrap_err().until,
+            verdict(c, &tokens(Some(1000), Some(100)), &s)
+                .unwrap_err()
+                .until,
             s.day_ends
         );
-        assert!(verdict(c, None, None, &s).is_ok());
-        let why = verdict(c, None, Some(50), &s).unwrap_err().why;
+        assert!(verdict(c, &tokens(None, None), &s).is_ok());
+        let why = verdict(c, &tokens(None, Some(50)), &s).unwrap_err().why;
         assert!(
             why.contains("50 tokens per day") && why.contains(c.as_str()),
             "{why}"
+        );
+    }
+
+    #[test]
+    fn a_cost_limit_is_spent_when_the_priced_spend_reaches_it() {
+        let c = BudgetClass::Background;
+        let mut s = spent(10, 10);
+        (s.cost_hour, s.cost_day) = (0.4, 2.5);
+        let cost = |per_hour, per_day| ClassLimits {
+            cost_per_hour: per_hour,
+            cost_per_day: per_day,
+            ..Default::default()
+        };
+        assert!(verdict(c, &cost(Some(0.5), Some(3.0)), &s).is_ok());
+        let e = verdict(c, &cost(Some(0.4), None), &s).unwrap_err();
+        assert_eq!(e.until, s.hour_ends);
+        assert!(
+            e.why.contains("(cost) per hour") && e.why.contains("0.4000 used"),
+            "{}",
+            e.why
+        );
+        assert_eq!(
+            verdict(c, &cost(None, Some(2.5)), &s).unwrap_err().until,
+            s.day_ends
+        );
+        // Tokens are said before cost in the same window.
+        let both = ClassLimits {
+            tokens_per_hour: Some(10),
+            ..cost(Some(0.1), None)
+        };
+        assert!(
+            verdict(c, &both, &s)
+                .unwrap_err()
+                .why
+                .contains("10 tokens per hour")
         );
     }
 }

@@ -359,7 +359,9 @@ impl LlmClient {
                 let result = self.attempt(role, rr, &body, timeout).await;
                 if let (Some(b), Ok(r)) = (&self.inner.budgets, &result) {
                     let tokens = u64::from(r.prompt_tokens) + u64::from(r.completion_tokens);
-                    b.charge(&ctx.project, class_of(ctx), tokens).await;
+                    let cost = (self.inner.settings.prices.get(&rr.route.model))
+                        .map_or(0, |p| p.micros(r.prompt_tokens, r.completion_tokens));
+                    b.charge(&ctx.project, class_of(ctx), tokens, cost).await;
                 }
                 drop(permit);
                 result

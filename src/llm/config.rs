@@ -91,6 +91,11 @@ pub struct LlmArgs {
         hide_env_values = true
     )]
     pub llm_role_api_key: Vec<Secret>,
+    /// Per-model prices for cost budgets, `MODEL=INPUT:OUTPUT` in currency units per million
+    /// prompt and completion tokens, repeatable or comma-separated (e.g.
+    /// `gpt-4o-mini=0.15:0.60`). A model without a price costs nothing (its tokens still count).
+    #[arg(long, env = "AGP_LLM_PRICES", value_delimiter = ',')]
+    pub llm_price: Vec<String>,
     /// llama-server binary for `--llm local` (default: the one scripts/setup-local-llm.sh caches).
     #[arg(long, env = "AGP_LLAMA_SERVER")]
     pub llama_server: Option<PathBuf>,
@@ -113,6 +118,51 @@ pub struct Route {
     pub model: String,
 }
 
+/// A model's price in currency units per million tokens.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Price {
+    pub input_per_million: f64,
+    pub output_per_million: f64,
+}
+
+impl Price {
+    /// What a call costs, in millionths of the currency (prices are per million tokens).
+    pub fn micros(&self, prompt_tokens: u32, completion_tokens: u32) -> i64 {
+        let m = f64::from(prompt_tokens) * self.input_per_million
+            + f64::from(completion_tokens) * self.output_per_million;
+        m.round().clamp(0.0, i64::MAX as f64) as i64
+    }
+
+    /// `MODEL=INPUT:OUTPUT`, both finite and at least 0.
+    pub fn parse(s: &str) -> Result<(String, Price), String> {
+        let bad = || {
+            format!(
+                "--llm-price entries look like MODEL=INPUT:OUTPUT (per million tokens), got {s:?}"
+            )
+        };
+        let (model, prices) = s.rsplit_once('=').ok_or_else(bad)?;
+        let (input, output) = prices.split_once(':').ok_or_else(bad)?;
+        let num = |v: &str| {
+            v.trim()
+                .parse::<f64>()
+                .ok()
+                .filter(|p| p.is_finite() && (0.0..=1_000_000.0).contains(p))
+                .ok_or_else(|| format!("--llm-price {s:?}: prices are numbers from 0 to 1000000"))
+        };
+        let model = model.trim();
+        if model.is_empty() {
+            return Err(bad());
+        }
+        Ok((
+            model.to_string(),
+            Price {
+                input_per_million: num(input)?,
+                output_per_million: num(output)?,
+            },
+        ))
+    }
+}
+
 /// Everything the client needs, resolved from flags.
 #[derive(Debug, Clone)]
 pub struct LlmSettings {
@@ -128,6 +178,8 @@ pub struct LlmSettings {
     pub cache: bool,
     /// When to stop calling a server that keeps failing.
     pub breaker: super::breaker::BreakerPolicy,
+    /// Prices per model, for cost budgets.
+    pub prices: BTreeMap<String, Price>,
 }
 
 impl LlmSettings {
@@ -157,6 +209,7 @@ impl LlmSettings {
             max_tokens: 512,
             cache: true,
             breaker: Default::default(),
+            prices: BTreeMap::new(),
         }
     }
 }
@@ -219,6 +272,21 @@ impl LlmArgs {
         if self.llm_concurrency == 0 {
             return Err("--llm-concurrency must be at least 1".into());
         }
+        let prices = self
+            .llm_price
+            .iter()
+            .map(|s| Price::parse(s))
+            .collect::<Result<BTreeMap<_, _>, _>>()?;
+        if !prices.is_empty() {
+            let models: std::collections::BTreeSet<&str> =
+                routes.values().map(|r| r.model.as_str()).collect();
+            for model in models.into_iter().filter(|m| !prices.contains_key(*m)) {
+                tracing::warn!(
+                    model,
+                    "no --llm-price for this model: its calls cost nothing in cost budgets"
+                );
+            }
+        }
         Ok(LlmSettings {
             routes,
             timeout: Duration::from_millis(self.llm_timeout_ms.max(1)),
@@ -234,6 +302,7 @@ impl LlmArgs {
             seed: self.llm_seed,
             max_tokens: self.llm_max_tokens,
             cache: self.llm_cache,
+            prices,
             breaker: super::breaker::BreakerPolicy {
                 threshold: self.llm_breaker_threshold.max(1),
                 cooldown: Duration::from_millis(self.llm_breaker_cooldown_ms.max(1)),
@@ -253,6 +322,25 @@ mod tests {
     struct T {
         #[command(flatten)]
         llm: LlmArgs,
+    }
+
+    #[test]
+    fn prices_parse_per_model_and_cost_a_call_in_millionths() {
+        let t = T::try_parse_from([
+            "t",
+            "--llm-price",
+            "gpt-4o-mini=0.15:0.60,org/model:v2=3:15",
+        ])
+        .unwrap();
+        let s = t.llm.settings(None).unwrap();
+        let mini = s.prices["gpt-4o-mini"];
+        // 1,000 prompt tokens at 0.15 and 200 completion tokens at 0.60 per million.
+        assert_eq!(mini.micros(1000, 200), 150 + 120);
+        assert_eq!(s.prices["org/model:v2"].micros(1, 1), 18);
+        for bad in ["x", "m=1", "m=-1:2", "m=1:nan", "=1:2", "m=1:2000000"] {
+            let t = T::try_parse_from(["t", "--llm-price", bad]).unwrap();
+            assert!(t.llm.settings(None).is_err(), "{bad} accepted");
+        }
     }
 
     #[test]

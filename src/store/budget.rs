@@ -1,5 +1,5 @@
-//! LLM budgets in Postgres: the per-project limits (`llm_budgets`) and the tokens spent per
-//! project, class and UTC hour (`llm_spend`), which every replica reads before an upstream
+//! LLM budgets in Postgres: the per-project limits (`llm_budgets`) and the tokens and cost
+//! spent per project, class and UTC hour (`llm_spend`), which every replica reads before an upstream
 //! call of a project with a budget and adds to after it.
 
 use chrono::{DateTime, Utc};
@@ -8,27 +8,45 @@ use uuid::Uuid;
 
 use super::states::BudgetClass;
 
-/// A project's limits (`None`: unlimited).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// A project's limits (`None`: unlimited). Costs are in the currency of the configured
+/// per-model prices.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Limits {
     pub interactive_tokens_per_hour: Option<i64>,
     pub interactive_tokens_per_day: Option<i64>,
     pub background_tokens_per_hour: Option<i64>,
     pub background_tokens_per_day: Option<i64>,
+    pub interactive_cost_per_hour: Option<f64>,
+    pub interactive_cost_per_day: Option<f64>,
+    pub background_cost_per_hour: Option<f64>,
+    pub background_cost_per_day: Option<f64>,
+}
+
+/// The limits of one class of work.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct ClassLimits {
+    pub tokens_per_hour: Option<i64>,
+    pub tokens_per_day: Option<i64>,
+    pub cost_per_hour: Option<f64>,
+    pub cost_per_day: Option<f64>,
 }
 
 impl Limits {
-    /// The (hourly, daily) limits of one class.
-    pub fn of(&self, class: BudgetClass) -> (Option<i64>, Option<i64>) {
+    /// The limits of one class.
+    pub fn of(&self, class: BudgetClass) -> ClassLimits {
         match class {
-            BudgetClass::Interactive => (
-                self.interactive_tokens_per_hour,
-                self.interactive_tokens_per_day,
-            ),
-            BudgetClass::Background => (
-                self.background_tokens_per_hour,
-                self.background_tokens_per_day,
-            ),
+            BudgetClass::Interactive => ClassLimits {
+                tokens_per_hour: self.interactive_tokens_per_hour,
+                tokens_per_day: self.interactive_tokens_per_day,
+                cost_per_hour: self.interactive_cost_per_hour,
+                cost_per_day: self.interactive_cost_per_day,
+            },
+            BudgetClass::Background => ClassLimits {
+                tokens_per_hour: self.background_tokens_per_hour,
+                tokens_per_day: self.background_tokens_per_day,
+                cost_per_hour: self.background_cost_per_hour,
+                cost_per_day: self.background_cost_per_day,
+            },
         }
     }
 
@@ -38,21 +56,36 @@ impl Limits {
     }
 }
 
-/// Tokens spent by one class in the current UTC hour and day, and when those windows end.
+impl ClassLimits {
+    /// True when nothing is limited.
+    pub fn is_unlimited(&self) -> bool {
+        *self == ClassLimits::default()
+    }
+}
+
+/// Tokens and cost spent by one class in the current UTC hour and day, and when those
+/// windows end.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Spent {
     pub hour: i64,
     pub day: i64,
+    pub cost_hour: f64,
+    pub cost_day: f64,
     pub hour_ends: DateTime<Utc>,
     pub day_ends: DateTime<Utc>,
 }
+
+/// Millionths of the price currency per unit.
+pub const MICROS: f64 = 1_000_000.0;
 
 /// The project's limits (all unlimited when never set).
 pub async fn limits(pool: &PgPool, project: &str) -> Result<Limits, sqlx::Error> {
     let row = sqlx::query_as!(
         Limits,
         "SELECT interactive_tokens_per_hour, interactive_tokens_per_day,
-                background_tokens_per_hour, background_tokens_per_day
+                background_tokens_per_hour, background_tokens_per_day,
+                interactive_cost_per_hour, interactive_cost_per_day,
+                background_cost_per_hour, background_cost_per_day
          FROM llm_budgets WHERE project = $1",
         project
     )
@@ -65,16 +98,24 @@ pub async fn limits(pool: &PgPool, project: &str) -> Result<Limits, sqlx::Error>
 pub async fn set_limits(pool: &PgPool, project: &str, l: &Limits) -> Result<(), sqlx::Error> {
     sqlx::query!(
         "INSERT INTO llm_budgets (project, interactive_tokens_per_hour, interactive_tokens_per_day,
-                                  background_tokens_per_hour, background_tokens_per_day)
-         VALUES ($1, $2, $3, $4, $5)
+                                  background_tokens_per_hour, background_tokens_per_day,
+                                  interactive_cost_per_hour, interactive_cost_per_day,
+                                  background_cost_per_hour, background_cost_per_day)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
          ON CONFLICT (project) DO UPDATE SET
            interactive_tokens_per_hour = $2, interactive_tokens_per_day = $3,
-           background_tokens_per_hour = $4, background_tokens_per_day = $5, updated_at = now()",
+           background_tokens_per_hour = $4, background_tokens_per_day = $5,
+           interactive_cost_per_hour = $6, interactive_cost_per_day = $7,
+           background_cost_per_hour = $8, background_cost_per_day = $9, updated_at = now()",
         project,
         l.interactive_tokens_per_hour,
         l.interactive_tokens_per_day,
         l.background_tokens_per_hour,
         l.background_tokens_per_day,
+        l.interactive_cost_per_hour,
+        l.interactive_cost_per_day,
+        l.background_cost_per_hour,
+        l.background_cost_per_day,
     )
     .execute(pool)
     .await
@@ -86,6 +127,9 @@ pub async fn spent(pool: &PgPool, project: &str, class: BudgetClass) -> Result<S
     let r = sqlx::query!(
         r#"SELECT coalesce(sum(tokens) FILTER (WHERE hour = date_trunc('hour', now())), 0)::int8 AS "hour!",
                   coalesce(sum(tokens), 0)::int8 AS "day!",
+                  coalesce(sum(cost_micros) FILTER (WHERE hour = date_trunc('hour', now())), 0)::int8
+                    AS "cost_hour!",
+                  coalesce(sum(cost_micros), 0)::int8 AS "cost_day!",
                   date_trunc('hour', now()) + interval '1 hour' AS "hour_ends!",
                   date_trunc('day', now()) + interval '1 day' AS "day_ends!"
            FROM llm_spend
@@ -98,26 +142,32 @@ pub async fn spent(pool: &PgPool, project: &str, class: BudgetClass) -> Result<S
     Ok(Spent {
         hour: r.hour,
         day: r.day,
+        cost_hour: r.cost_hour as f64 / MICROS,
+        cost_day: r.cost_day as f64 / MICROS,
         hour_ends: r.hour_ends,
         day_ends: r.day_ends,
     })
 }
 
-/// Adds one upstream call's tokens to the current hour of `class`.
+/// Adds one upstream call's tokens and cost (millionths of the price currency) to the
+/// current hour of `class`.
 pub async fn charge(
     pool: &PgPool,
     project: &str,
     class: BudgetClass,
     tokens: i64,
+    cost_micros: i64,
 ) -> Result<(), sqlx::Error> {
     sqlx::query!(
-        "INSERT INTO llm_spend (project, class, hour, tokens, calls)
-         VALUES ($1, $2, date_trunc('hour', now()), $3, 1)
+        "INSERT INTO llm_spend (project, class, hour, tokens, cost_micros, calls)
+         VALUES ($1, $2, date_trunc('hour', now()), $3, $4, 1)
          ON CONFLICT (project, class, hour)
-         DO UPDATE SET tokens = llm_spend.tokens + $3, calls = llm_spend.calls + 1",
+         DO UPDATE SET tokens = llm_spend.tokens + $3, cost_micros = llm_spend.cost_micros + $4,
+                       calls = llm_spend.calls + 1",
         project,
         class as _,
         tokens,
+        cost_micros,
     )
     .execute(pool)
     .await

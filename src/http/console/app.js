@@ -55,9 +55,20 @@ async function budget() {
     `<tr><td>${name}</td><td>${cell(s.tokens_this_hour, perHour)}</td><td>${cell(s.tokens_today, perDay)}</td></tr>`;
   const el = $("#budget");
   if (!el) return;
-  el.innerHTML = "<h3>LLM budget (tokens spent / limit; UTC windows)</h3><table id='budget-table'><thead><tr><th>work</th><th>this hour</th><th>today</th></tr></thead><tbody>"
-    + row("interactive (reranks)", b.interactive, b.interactive_tokens_per_hour, b.interactive_tokens_per_day)
-    + row("background (jobs, refreshes)", b.background, b.background_tokens_per_hour, b.background_tokens_per_day)
+  // Cost rows only when a cost limit is set or priced calls spent something.
+  const money = (v) => (v == null ? "unlimited" : Number(v).toFixed(4));
+  const costRow = (name, s, perHour, perDay) =>
+    `<tr><td>${name}</td><td>${money(s.cost_this_hour)} / ${money(perHour)}</td><td>${money(s.cost_today)} / ${money(perDay)}</td></tr>`;
+  const costs = [b.interactive_cost_per_hour, b.interactive_cost_per_day, b.background_cost_per_hour,
+    b.background_cost_per_day].some((v) => v != null)
+    || b.interactive.cost_today > 0 || b.background.cost_today > 0;
+  el.innerHTML = "<h3>LLM budget (spent / limit; UTC windows)</h3><table id='budget-table'><thead><tr><th>work</th><th>this hour</th><th>today</th></tr></thead><tbody>"
+    + row("interactive (reranks), tokens", b.interactive, b.interactive_tokens_per_hour, b.interactive_tokens_per_day)
+    + row("background (jobs, refreshes), tokens", b.background, b.background_tokens_per_hour, b.background_tokens_per_day)
+    + (costs
+      ? costRow("interactive, cost", b.interactive, b.interactive_cost_per_hour, b.interactive_cost_per_day)
+        + costRow("background, cost", b.background, b.background_cost_per_hour, b.background_cost_per_day)
+      : "")
     + "</tbody></table>";
 }
 
