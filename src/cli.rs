@@ -642,7 +642,7 @@ async fn run_import(db_args: &DbArgs, args: ImportArgs) -> anyhow::Result<()> {
             "held out {held} interactions: the last of each user with two or more (what `agp simulate` asks the service to find)"
         ),
         import::Progress::Written { rows, total } => {
-            bar.get_or_insert_with(|| write_bar(total)).set_position(rows)
+            bar.get_or_insert_with(|| import_bar(total, "writing", "rows")).set_position(rows)
         }
     })
     .await;
@@ -678,14 +678,7 @@ async fn refresh_imported(
     let settings = args.rerank.settings(args.llm.mode == LlmMode::Local);
     let reranker = crate::serving::Reranker::new(db.pool.clone(), llm.clone(), settings);
     let started = Instant::now();
-    let bar = ProgressBar::new(users.len() as u64);
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{spinner} profiles [{bar:40}] {pos}/{len} users {per_sec} ETA {eta}",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar())
-        .progress_chars("=> "),
-    );
+    let bar = import_bar(users.len() as u64, "profiles", "users");
     let out =
         crate::serving::refresh::refresh_all(&reranker, &args.project, users, pacing, |done| {
             bar.set_position(done as u64)
@@ -727,13 +720,13 @@ fn print_read(data: &import::Dataset, took: Duration) {
     }
 }
 
-/// The progress bar of `agp import`'s write.
-fn write_bar(total: u64) -> ProgressBar {
+/// A progress bar of `agp import`: `doing` `total` `units` (its write, its profile refresh).
+fn import_bar(total: u64, doing: &str, units: &str) -> ProgressBar {
     let bar = ProgressBar::new(total);
     bar.set_style(
-        ProgressStyle::with_template(
-            "{spinner} writing [{bar:40}] {pos}/{len} rows {per_sec} ETA {eta}",
-        )
+        ProgressStyle::with_template(&format!(
+            "{{spinner}} {doing} [{{bar:40}}] {{pos}}/{{len}} {units} {{per_sec}} ETA {{eta}}"
+        ))
         .unwrap_or_else(|_| ProgressStyle::default_bar())
         .progress_chars("=> "),
     );
