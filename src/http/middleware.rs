@@ -87,27 +87,38 @@ pub async fn authenticate(State(state): State<AppState>, mut req: Request, next:
 }
 
 /// Applies the key's rate limit, then its project's: `Err` is the 429 (with `Retry-After` and
-/// the error body).
+/// the error body). An unlimited key or project costs nothing here.
 async fn rate_limited(state: &AppState, key: &store::keys::LiveKey) -> Result<(), Response> {
-    let limits = [
-        (Bucket::Key(key.id), key.rate_per_second, key.burst),
-        (
+    if let Some(rate) = key.rate_per_second {
+        admit(state, Bucket::Key(key.id), rate, key.burst).await?;
+    }
+    if let Some(rate) = key.project_rate_per_second {
+        admit(
+            state,
             Bucket::Project(key.project.clone()),
-            key.project_rate_per_second,
+            rate,
             key.project_burst,
-        ),
-    ];
-    for (bucket, rate, burst) in limits {
-        let Some(per_second) = rate else { continue };
-        let limit = Limit {
-            per_second,
-            burst: f64::from(burst.unwrap_or(1)).max(1.0),
-        };
-        if let Err(wait) = state.rate_limiter.admit(&bucket, limit).await {
-            return Err(too_many(&bucket, limit, wait));
-        }
+        )
+        .await?;
     }
     Ok(())
+}
+
+/// One request against one limited bucket.
+async fn admit(
+    state: &AppState,
+    bucket: Bucket,
+    per_second: f64,
+    burst: Option<i32>,
+) -> Result<(), Response> {
+    let limit = Limit {
+        per_second,
+        burst: f64::from(burst.unwrap_or(1)).max(1.0),
+    };
+    match state.rate_limiter.admit(&bucket, limit).await {
+        Ok(()) => Ok(()),
+        Err(wait) => Err(too_many(&bucket, limit, wait)),
+    }
 }
 
 /// The 429 of a limit: the contract's error body and `Retry-After`.
