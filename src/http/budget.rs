@@ -75,7 +75,7 @@ pub struct BudgetView {
 
 impl BudgetBody {
     fn limits(self) -> Result<Limits, AppError> {
-        let fields = [
+        let tokens = [
             (
                 "interactive_tokens_per_hour",
                 self.interactive_tokens_per_hour,
@@ -90,29 +90,17 @@ impl BudgetBody {
             ),
             ("background_tokens_per_day", self.background_tokens_per_day),
         ];
-        for (name, v) in fields {
-            if let Some(v) = v
-                && !(0..=MAX_TOKENS).contains(&v)
-            {
-                return Err(AppError::Validation(format!(
-                    "{name} must be between 0 and {MAX_TOKENS}, got {v}"
-                )));
-            }
-        }
         let costs = [
             ("interactive_cost_per_hour", self.interactive_cost_per_hour),
             ("interactive_cost_per_day", self.interactive_cost_per_day),
             ("background_cost_per_hour", self.background_cost_per_hour),
             ("background_cost_per_day", self.background_cost_per_day),
         ];
+        for (name, v) in tokens {
+            within(name, v, 0, MAX_TOKENS)?;
+        }
         for (name, v) in costs {
-            if let Some(v) = v
-                && !(0.0..=MAX_COST).contains(&v)
-            {
-                return Err(AppError::Validation(format!(
-                    "{name} must be between 0 and {MAX_COST}, got {v}"
-                )));
-            }
+            within(name, v, 0.0, MAX_COST)?;
         }
         Ok(Limits {
             interactive_tokens_per_hour: self.interactive_tokens_per_hour,
@@ -137,6 +125,21 @@ impl BudgetBody {
             background_cost_per_hour: l.background_cost_per_hour,
             background_cost_per_day: l.background_cost_per_day,
         }
+    }
+}
+
+/// A limit, when given, between `min` and `max`.
+fn within<T: PartialOrd + Copy + std::fmt::Display>(
+    name: &str,
+    v: Option<T>,
+    min: T,
+    max: T,
+) -> Result<(), AppError> {
+    match v {
+        Some(v) if !(min..=max).contains(&v) => Err(AppError::Validation(format!(
+            "{name} must be between {min} and {max}, got {v}"
+        ))),
+        _ => Ok(()),
     }
 }
 
