@@ -1,6 +1,6 @@
 -- LLM budgets per project (issue 22): tokens per hour and per day, separately for interactive
 -- work (reranks) and background work (jobs, refreshes), and optionally a cost (in the currency
--- of the configured per-model prices, `--llm-prices`). NULL = unlimited.
+-- of the configured per-model prices, `--llm-price`). NULL = unlimited.
 CREATE TABLE llm_budgets (
     project                     text PRIMARY KEY,
     interactive_tokens_per_hour bigint CHECK (interactive_tokens_per_hour >= 0),
@@ -14,8 +14,9 @@ CREATE TABLE llm_budgets (
     updated_at                  timestamptz NOT NULL DEFAULT now()
 );
 
--- Tokens (and cost, in millionths of the price currency) spent per project, class and UTC hour: the truth every replica checks before an
--- upstream call of a project with a budget (the hour's row and the day's rows). Rows older
+-- Tokens (and cost, in millionths of the price currency) spent per project, class and UTC
+-- hour: the truth every replica checks before an upstream call of a project with a budget
+-- (the hour's row and the day's rows). Rows older
 -- than two days are pruned by the leader's hourly maintenance.
 CREATE TABLE llm_spend (
     project     text NOT NULL,

@@ -1,11 +1,10 @@
-//! Rate limits per API key and per project, cluster-wide. Each limited key and each limited
-//! project (all its keys together) has one token bucket in Postgres (`rate_buckets`: refilled
-//! at the rate up to the burst), shared by every replica. A
-//! replica takes a chunk of tokens at a time (a tenth of a second's worth, at least one; all
-//! or none) and admits requests from that local allowance without touching the database; when
-//! it is used up, one round trip takes the next chunk. A bucket holding less than a chunk
-//! blocks the key on this replica until a chunk will have accrued (429 with `Retry-After`, no
-//! database round trip meanwhile).
+//! Rate limits per API key and per project, cluster-wide. Each limited key and each limited project
+//! (all its keys together) has one token bucket in Postgres (`rate_buckets`: refilled at the rate
+//! up to the burst), shared by every replica. A replica takes a chunk of tokens at a time (a tenth
+//! of a second's worth, at least one; all or none) and admits requests from that local allowance
+//! without touching the database; when it is used up, one round trip takes the next chunk. A bucket
+//! holding less than a chunk blocks the key on this replica until a chunk will have accrued (429
+//! with `Retry-After`, no database round trip meanwhile).
 //!
 //! Why this scheme: the bucket in Postgres makes the limit exact across replicas (tokens are
 //! taken atomically, whoever asks), and chunks keep the database off the hot path: at 50

@@ -1,9 +1,9 @@
-//! Profiles refreshed ahead of time. When new interactions arrive for a user
-//! (`POST /v1/interactions`, or `agp import --refresh-profiles`), a background task writes the
-//! profile that user's next rerank will ask for: the same prompts (labels and experiment arms resolve as for a rerank), the
-//! same history, so the same profile key. The rerank then finds it stored and makes one LLM
-//! call (the ranking); if the refresh is still writing it, the rerank joins that call (the
-//! profile single-flight), never a second one.
+//! Profiles refreshed ahead of time. When new interactions arrive for a user (`POST
+//! /v1/interactions`, or `agp import --refresh-profiles`), a background task writes the profile
+//! that user's next rerank will ask for: the same prompts (labels and experiment arms resolve as
+//! for a rerank), the same history, so the same profile key. The rerank then finds it stored and
+//! makes one LLM call (the ranking); if the refresh is still writing it, the rerank joins that call
+//! (the profile single-flight), never a second one.
 //!
 //! Refreshes are background work: background priority for LLM slots, charged to the
 //! background budget, at most `per_second` started a second and `concurrent` at once; a

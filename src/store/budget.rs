@@ -1,6 +1,6 @@
-//! LLM budgets in Postgres: the per-project limits (`llm_budgets`) and the tokens and cost
-//! spent per project, class and UTC hour (`llm_spend`), which every replica reads before an upstream
-//! call of a project with a budget and adds to after it.
+//! LLM budgets in Postgres: the per-project limits (`llm_budgets`) and the tokens and cost spent
+//! per project, class and UTC hour (`llm_spend`), which every replica reads before an upstream call
+//! of a project with a budget and adds to after it.
 
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
